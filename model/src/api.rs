@@ -1,0 +1,322 @@
+//! Wire types of the public HTTP API under `/v1/`, shared by the server, `fluxctl`, node agents
+//! and gateways.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::chain::Capability;
+use crate::geo::GeoPoint;
+use crate::keys::{PublicKeyHex, verify_hex};
+use crate::spec::ComponentSpec;
+use crate::tier::{Resources, Tier};
+use crate::{AppName, NodeId};
+
+/// The body of every error response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// A machine-readable code and a message for people.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable code, e.g. `invalid_spec`, `not_found`, `forbidden`.
+    pub code: String,
+    /// What went wrong.
+    pub message: String,
+    /// Field errors, for `invalid_spec`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<crate::spec::FieldError>,
+}
+
+/// Answer to a submitted transaction.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmitTxResponse {
+    /// The transaction id.
+    pub tx_id: String,
+    /// The chain height when it was accepted into the mempool.
+    pub height: u64,
+}
+
+/// A transaction's fate.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum TxStatus {
+    /// Waiting for a block.
+    Pending,
+    /// In a block.
+    Included {
+        /// The block's height.
+        height: u64,
+    },
+    /// Dropped when the block was built.
+    Rejected {
+        /// Why.
+        reason: String,
+    },
+    /// Not known to this chain source.
+    Unknown,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusView {
+    /// The chain source's tip.
+    pub chain_height: u64,
+    /// Tip hash.
+    pub chain_tip: String,
+    /// One entry per region shard.
+    pub regions: Vec<RegionStatus>,
+}
+
+/// One shard's state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegionStatus {
+    /// Region name.
+    pub name: String,
+    /// Raft leader's id, if known.
+    pub leader: Option<u64>,
+    /// Raft term.
+    pub term: u64,
+    /// Highest chain block the shard applied.
+    pub applied_height: Option<u64>,
+    /// Nodes in the region.
+    pub nodes: usize,
+    /// Nodes up.
+    pub nodes_up: usize,
+    /// Instances placed in the region.
+    pub instances_placed: usize,
+    /// Instances reported healthy.
+    pub instances_healthy: usize,
+    /// Routing-feed version.
+    pub feed_version: u64,
+}
+
+/// `GET /v1/apps/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppView {
+    /// Name.
+    pub name: AppName,
+    /// Owner's address.
+    pub owner: PublicKeyHex,
+    /// Description.
+    pub description: String,
+    /// Instances wanted.
+    pub instances: u32,
+    /// Geolocation rules, in Flux syntax.
+    pub geolocation: Vec<String>,
+    /// Block of first registration.
+    pub registered_height: u64,
+    /// Block of the last update.
+    pub updated_height: u64,
+    /// Block at which the lease ends.
+    pub expires_height: u64,
+    /// Instances each region is to run.
+    pub quotas: BTreeMap<String, u32>,
+    /// Placed instances.
+    pub placements: Vec<InstanceView>,
+    /// Why fewer instances than wanted run, by region.
+    pub shortfall: BTreeMap<String, String>,
+    /// Components.
+    pub components: Vec<ComponentSpec>,
+}
+
+impl AppView {
+    /// Instances reported healthy.
+    pub fn running(&self) -> usize {
+        self.placements.iter().filter(|p| p.state == InstanceState::Running).count()
+    }
+}
+
+/// The state of one placed instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    /// Placed; the node has not reported it healthy yet.
+    Starting,
+    /// Reported healthy and routed to.
+    Running,
+    /// Reported, but failing its health check.
+    Unhealthy,
+    /// Its node is down.
+    NodeDown,
+}
+
+/// One placed instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceView {
+    /// `app@node`.
+    pub id: String,
+    /// Node.
+    pub node: NodeId,
+    /// Region.
+    pub region: String,
+    /// State.
+    pub state: InstanceState,
+    /// Where it listens, once reported.
+    pub endpoints: BTreeMap<String, String>,
+    /// Last health message.
+    pub message: Option<String>,
+}
+
+/// `GET /v1/nodes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeView {
+    /// Id.
+    pub id: NodeId,
+    /// Region.
+    pub region: String,
+    /// Tier.
+    pub tier: Tier,
+    /// Location.
+    pub geo: GeoPoint,
+    /// Continent code.
+    pub continent: String,
+    /// Country code.
+    pub country: String,
+    /// Capabilities.
+    pub capabilities: Vec<Capability>,
+    /// Whether the shard counts it as up.
+    pub up: bool,
+    /// Milliseconds since its last heartbeat reached the shard leader, if any.
+    pub last_heartbeat_ms_ago: Option<u64>,
+    /// Instances placed on it.
+    pub instances: usize,
+    /// Capacity left.
+    pub free: Resources,
+}
+
+/// `GET /v1/wallets/{address}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WalletView {
+    /// Address.
+    pub address: PublicKeyHex,
+    /// Spendable balance, smallest unit.
+    pub balance: u64,
+    /// Last nonce used.
+    pub nonce: u64,
+}
+
+/// `GET /v1/regions`: the region directory from the cached chain state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegionView {
+    /// Name.
+    pub name: String,
+    /// Continent served.
+    pub continent: String,
+    /// Centre.
+    pub center: GeoPoint,
+    /// Base URL of the API that serves this region's shard.
+    pub api: String,
+}
+
+// === node agents ===
+
+/// What an agent reports each beat.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The node.
+    pub node: NodeId,
+    /// Agent's clock, ms since the epoch; stale beats are refused.
+    pub at_ms: u64,
+    /// Instances the agent runs.
+    pub instances: Vec<InstanceReport>,
+}
+
+/// A heartbeat signed with the node key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignedHeartbeat {
+    /// The beat.
+    pub beat: Heartbeat,
+    /// ed25519 over the beat's JSON, hex.
+    pub signature: String,
+}
+
+impl SignedHeartbeat {
+    /// The bytes signed.
+    pub fn signing_bytes(beat: &Heartbeat) -> Vec<u8> {
+        let mut bytes = b"fluxplane-heartbeat-v1\n".to_vec();
+        bytes.extend(serde_json::to_vec(beat).unwrap_or_default());
+        bytes
+    }
+
+    /// Signs a beat.
+    pub fn sign(beat: Heartbeat, key: &crate::keys::Keypair) -> Self {
+        let signature = key.sign_hex(&Self::signing_bytes(&beat));
+        Self { beat, signature }
+    }
+
+    /// Checks the signature against the node key.
+    pub fn verify(&self, node_key: &PublicKeyHex) -> Result<(), String> {
+        verify_hex(node_key, &Self::signing_bytes(&self.beat), &self.signature)
+    }
+}
+
+/// One instance as the agent sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceReport {
+    /// `app@node`.
+    pub id: String,
+    /// Spec height it runs.
+    pub spec_height: u64,
+    /// Component name to `addr:port`.
+    pub endpoints: BTreeMap<String, String>,
+    /// Whether its health check passes.
+    pub healthy: bool,
+    /// Why not, or a start error.
+    pub message: Option<String>,
+}
+
+/// The shard's answer to a heartbeat: what the node should run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Assignments {
+    /// Instances to run; anything else the agent runs should stop.
+    pub instances: Vec<Assignment>,
+}
+
+/// One instance to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// `app@node`.
+    pub id: String,
+    /// App.
+    pub app: AppName,
+    /// Spec height; a higher one means restart with the new spec.
+    pub spec_height: u64,
+    /// Components to run.
+    pub components: Vec<ComponentSpec>,
+}
+
+// === routing feed ===
+
+/// A region's routes, as gateways follow them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RouteFeed {
+    /// Region.
+    pub region: String,
+    /// Bumped on every change.
+    pub version: u64,
+    /// Healthy endpoints.
+    pub routes: Vec<Route>,
+}
+
+/// One healthy endpoint of one component of one instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Route {
+    /// App.
+    pub app: AppName,
+    /// Component.
+    pub component: String,
+    /// Whether this is the app's first component, which answers on the app's own domain.
+    pub primary: bool,
+    /// Node.
+    pub node: NodeId,
+    /// Region.
+    pub region: String,
+    /// Node location.
+    pub geo: GeoPoint,
+    /// `addr:port`.
+    pub addr: String,
+}

@@ -1,0 +1,444 @@
+//! Chain data: transactions, blocks, and the state that applying them builds.
+//!
+//! These are pure types so that `fluxctl` can sign transactions and every shard can apply blocks
+//! with the same rules as the block producer. The rules are deterministic: given the same blocks,
+//! every replica computes the same [`ChainState`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::geo::{GeoPoint, Region};
+use crate::keys::{PublicKeyHex, verify_hex};
+use crate::price::app_price;
+use crate::spec::{AppSpec, check_name};
+use crate::tier::{Resources, Tier};
+use crate::{AppName, NodeId};
+
+/// What a node can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Capability {
+    /// wasi:http components.
+    Wasm,
+    /// OCI containers.
+    Oci,
+}
+
+/// A node operator's announcement: lock collateral and join a region.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStart {
+    /// Unique node id, a DNS label such as `eu-1`.
+    pub node_id: NodeId,
+    /// Collateral locked; it decides the tier.
+    pub collateral: u64,
+    /// The region the node joins.
+    pub region: String,
+    /// Flux continent code of the node's location.
+    pub continent: String,
+    /// ISO country code of the node's location.
+    pub country: String,
+    /// The node's location.
+    pub geo: GeoPoint,
+    /// What the node can run.
+    pub capabilities: Vec<Capability>,
+    /// The key the node agent signs heartbeats with.
+    pub node_key: PublicKeyHex,
+}
+
+/// A transaction body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Tx {
+    /// Start a node (signed by its operator, who locks the collateral).
+    NodeStart(NodeStart),
+    /// Register a new app, paying at least its price (signed by the owner).
+    AppRegister {
+        /// The app, in chain form (modules by content hash).
+        spec: AppSpec,
+        /// Paid, in the smallest unit; at least [`app_price`].
+        payment: u64,
+    },
+    /// Replace an app's spec and restart its lease (owner only).
+    AppUpdate {
+        /// The new spec; its name must be the app's.
+        spec: AppSpec,
+        /// Paid, at least the new spec's price.
+        payment: u64,
+    },
+    /// Remove an app (owner only).
+    AppRemove {
+        /// The app.
+        name: AppName,
+    },
+    /// Move funds.
+    Transfer {
+        /// Receiving address.
+        to: PublicKeyHex,
+        /// Amount in the smallest unit.
+        amount: u64,
+    },
+}
+
+impl Tx {
+    /// A short name for logs and listings.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Tx::NodeStart(_) => "node_start",
+            Tx::AppRegister { .. } => "app_register",
+            Tx::AppUpdate { .. } => "app_update",
+            Tx::AppRemove { .. } => "app_remove",
+            Tx::Transfer { .. } => "transfer",
+        }
+    }
+
+    /// The app a transaction is about, if any.
+    pub fn app_name(&self) -> Option<&str> {
+        match self {
+            Tx::AppRegister { spec, .. } | Tx::AppUpdate { spec, .. } => Some(&spec.name),
+            Tx::AppRemove { name } => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// A transaction with its signer's signature.
+///
+/// `nonce` must be greater than the signer's last used nonce, which stops replays; `fluxctl` uses
+/// the current time in microseconds, which keeps one client's transactions in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignedTx {
+    /// The body.
+    pub tx: Tx,
+    /// Replay guard.
+    pub nonce: u64,
+    /// The signing key, which is the signer's address.
+    pub signer: PublicKeyHex,
+    /// ed25519 over [`SignedTx::signing_bytes`], hex.
+    pub signature: String,
+}
+
+impl SignedTx {
+    /// The bytes that are signed: a domain tag, then the JSON of the body and nonce.
+    pub fn signing_bytes(tx: &Tx, nonce: u64) -> Vec<u8> {
+        let mut bytes = b"fluxplane-tx-v1\n".to_vec();
+        // Serializing plain structs with BTreeMaps cannot fail and is deterministic.
+        bytes.extend(serde_json::to_vec(&(tx, nonce)).unwrap_or_default());
+        bytes
+    }
+
+    /// Signs `tx` with `key`.
+    pub fn sign(tx: Tx, nonce: u64, key: &crate::keys::Keypair) -> SignedTx {
+        let signature = key.sign_hex(&Self::signing_bytes(&tx, nonce));
+        SignedTx { tx, nonce, signer: key.public(), signature }
+    }
+
+    /// Checks the signature.
+    pub fn verify(&self) -> Result<(), String> {
+        verify_hex(&self.signer, &Self::signing_bytes(&self.tx, self.nonce), &self.signature)
+    }
+
+    /// The transaction id: blake3 of the signed bytes and signature, hex.
+    pub fn id(&self) -> String {
+        let mut h = blake3::Hasher::new();
+        h.update(&Self::signing_bytes(&self.tx, self.nonce));
+        h.update(self.signature.as_bytes());
+        h.finalize().to_hex().to_string()
+    }
+}
+
+/// What the first block sets up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Genesis {
+    /// The regions shards serve.
+    pub regions: Vec<Region>,
+    /// Initial balances.
+    pub allocations: Vec<(PublicKeyHex, u64)>,
+}
+
+/// A block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Block {
+    /// 0 for genesis.
+    pub height: u64,
+    /// The parent's hash; empty for genesis.
+    pub prev_hash: String,
+    /// Producer's clock, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// Only in block 0.
+    pub genesis: Option<Genesis>,
+    /// Transactions, in the order they apply.
+    pub txs: Vec<SignedTx>,
+    /// blake3 of the header and transaction ids.
+    pub hash: String,
+}
+
+impl Block {
+    /// Builds a block and computes its hash.
+    pub fn new(height: u64, prev_hash: String, time_ms: u64, genesis: Option<Genesis>, txs: Vec<SignedTx>) -> Block {
+        let mut block = Block { height, prev_hash, time_ms, genesis, txs, hash: String::new() };
+        block.hash = block.compute_hash();
+        block
+    }
+
+    /// The hash the header and transactions give.
+    pub fn compute_hash(&self) -> String {
+        let ids: Vec<String> = self.txs.iter().map(SignedTx::id).collect();
+        let header = (self.height, &self.prev_hash, self.time_ms, &self.genesis, ids);
+        blake3::hash(&serde_json::to_vec(&header).unwrap_or_default()).to_hex().to_string()
+    }
+}
+
+/// A started node, as the chain records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// What the operator announced.
+    pub start: NodeStart,
+    /// The operator's address.
+    pub operator: PublicKeyHex,
+    /// Tier from the collateral.
+    pub tier: Tier,
+    /// Block that started it.
+    pub started_height: u64,
+}
+
+impl NodeRecord {
+    /// What the node offers to apps.
+    pub fn resources(&self) -> Resources {
+        self.tier.resources()
+    }
+}
+
+/// A registered app, as the chain records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppRecord {
+    /// The current spec.
+    pub spec: AppSpec,
+    /// The owner's address; only this key may update or remove the app.
+    pub owner: PublicKeyHex,
+    /// Block of the first registration.
+    pub registered_height: u64,
+    /// Block of the latest register or update.
+    pub updated_height: u64,
+    /// The app is removed when this height is reached.
+    pub expires_height: u64,
+}
+
+/// Why a transaction did not apply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum TxError {
+    /// The signature did not verify.
+    #[error("bad signature: {0}")]
+    BadSignature(String),
+    /// The nonce was used before.
+    #[error("nonce {nonce} is not above the signer's last nonce {last}")]
+    StaleNonce {
+        /// Given.
+        nonce: u64,
+        /// Last used.
+        last: u64,
+    },
+    /// Not enough funds.
+    #[error("insufficient funds: need {need}, have {have}")]
+    InsufficientFunds {
+        /// Needed.
+        need: u64,
+        /// Available.
+        have: u64,
+    },
+    /// The payment is below the price.
+    #[error("payment {paid} is below the price {price}")]
+    Underpaid {
+        /// Paid.
+        paid: u64,
+        /// Price.
+        price: u64,
+    },
+    /// The spec breaks a manifest rule.
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+    /// The app name is registered already.
+    #[error("app `{0}` is already registered")]
+    AppExists(String),
+    /// No such app.
+    #[error("app `{0}` is not registered")]
+    UnknownApp(String),
+    /// The signer does not own the app.
+    #[error("only the owner of `{app}` may change it (owner {owner})")]
+    NotOwner {
+        /// App.
+        app: String,
+        /// Its owner.
+        owner: PublicKeyHex,
+    },
+    /// A node-start rule failed.
+    #[error("invalid node start: {0}")]
+    InvalidNode(String),
+}
+
+/// The state a chain's blocks build: balances, nodes and apps.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChainState {
+    /// Height of the last applied block; `None` before genesis.
+    pub height: Option<u64>,
+    /// Hash of the last applied block.
+    pub tip_hash: String,
+    /// Regions from genesis.
+    pub regions: Vec<Region>,
+    /// Spendable balances.
+    pub balances: BTreeMap<PublicKeyHex, u64>,
+    /// Last nonce used per signer.
+    pub nonces: BTreeMap<PublicKeyHex, u64>,
+    /// Started nodes.
+    pub nodes: BTreeMap<NodeId, NodeRecord>,
+    /// Registered, unexpired apps.
+    pub apps: BTreeMap<AppName, AppRecord>,
+}
+
+/// What applying one block did, transaction by transaction.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BlockOutcome {
+    /// `(tx id, error)` for each transaction that did not apply.
+    pub rejected: Vec<(String, TxError)>,
+    /// Apps removed because their lease ran out.
+    pub expired: Vec<AppName>,
+}
+
+impl ChainState {
+    /// Whether `block` is the next one: height and parent hash follow the tip.
+    pub fn follows(&self, block: &Block) -> bool {
+        match self.height {
+            None => block.height == 0,
+            Some(h) => block.height == h + 1 && block.prev_hash == self.tip_hash,
+        }
+    }
+
+    /// Applies a block that [`follows`](Self::follows) the tip. Invalid transactions are skipped
+    /// and reported, as every replica skips them the same way.
+    pub fn apply_block(&mut self, block: &Block) -> BlockOutcome {
+        let mut outcome = BlockOutcome::default();
+        if let Some(genesis) = &block.genesis
+            && block.height == 0
+        {
+            self.regions = genesis.regions.clone();
+            for (addr, amount) in &genesis.allocations {
+                *self.balances.entry(addr.clone()).or_default() += amount;
+            }
+        }
+        for stx in &block.txs {
+            if let Err(e) = self.apply_tx(stx, block.height) {
+                outcome.rejected.push((stx.id(), e));
+            }
+        }
+        let expired: Vec<AppName> =
+            self.apps.iter().filter(|(_, a)| a.expires_height <= block.height).map(|(n, _)| n.clone()).collect();
+        for name in &expired {
+            self.apps.remove(name);
+        }
+        outcome.expired = expired;
+        self.height = Some(block.height);
+        self.tip_hash = block.hash.clone();
+        outcome
+    }
+
+    /// Checks a transaction against the current state without applying it.
+    pub fn check_tx(&self, stx: &SignedTx, height: u64) -> Result<(), TxError> {
+        self.clone().apply_tx(stx, height)
+    }
+
+    /// Applies one transaction at `height`, or changes nothing and says why not.
+    pub fn apply_tx(&mut self, stx: &SignedTx, height: u64) -> Result<(), TxError> {
+        stx.verify().map_err(TxError::BadSignature)?;
+        let last = self.nonces.get(&stx.signer).copied().unwrap_or(0);
+        if stx.nonce <= last {
+            return Err(TxError::StaleNonce { nonce: stx.nonce, last });
+        }
+        let signer = &stx.signer;
+        match &stx.tx {
+            Tx::NodeStart(start) => {
+                let tier = Tier::from_collateral(start.collateral).ok_or_else(|| {
+                    TxError::InvalidNode(format!(
+                        "collateral {} matches no tier (1,000 / 12,500 / 40,000 FLUX)",
+                        start.collateral
+                    ))
+                })?;
+                check_name(&start.node_id).map_err(|m| TxError::InvalidNode(format!("node id {m}")))?;
+                if self.nodes.contains_key(&start.node_id) {
+                    return Err(TxError::InvalidNode(format!("node `{}` already started", start.node_id)));
+                }
+                if !self.regions.iter().any(|r| r.name == start.region) {
+                    return Err(TxError::InvalidNode(format!("unknown region `{}`", start.region)));
+                }
+                self.debit(signer, start.collateral)?;
+                let record =
+                    NodeRecord { start: start.clone(), operator: signer.clone(), tier, started_height: height };
+                self.nodes.insert(start.node_id.clone(), record);
+            }
+            Tx::AppRegister { spec, payment } => {
+                spec.validate_for_chain().map_err(|e| TxError::InvalidSpec(e.to_string()))?;
+                if self.apps.contains_key(&spec.name) {
+                    return Err(TxError::AppExists(spec.name.clone()));
+                }
+                check_payment(spec, *payment)?;
+                self.debit(signer, *payment)?;
+                let record = AppRecord {
+                    spec: spec.clone(),
+                    owner: signer.clone(),
+                    registered_height: height,
+                    updated_height: height,
+                    expires_height: height + u64::from(spec.expire),
+                };
+                self.apps.insert(spec.name.clone(), record);
+            }
+            Tx::AppUpdate { spec, payment } => {
+                spec.validate_for_chain().map_err(|e| TxError::InvalidSpec(e.to_string()))?;
+                self.check_owner(&spec.name, signer)?;
+                check_payment(spec, *payment)?;
+                self.debit(signer, *payment)?;
+                if let Some(app) = self.apps.get_mut(&spec.name) {
+                    app.spec = spec.clone();
+                    app.updated_height = height;
+                    app.expires_height = height + u64::from(spec.expire);
+                }
+            }
+            Tx::AppRemove { name } => {
+                self.check_owner(name, signer)?;
+                self.apps.remove(name);
+            }
+            Tx::Transfer { to, amount } => {
+                self.debit(signer, *amount)?;
+                *self.balances.entry(to.clone()).or_default() += amount;
+            }
+        }
+        self.nonces.insert(signer.clone(), stx.nonce);
+        Ok(())
+    }
+
+    fn check_owner(&self, name: &str, signer: &PublicKeyHex) -> Result<(), TxError> {
+        let app = self.apps.get(name).ok_or_else(|| TxError::UnknownApp(name.to_string()))?;
+        if &app.owner != signer {
+            return Err(TxError::NotOwner { app: name.to_string(), owner: app.owner.clone() });
+        }
+        Ok(())
+    }
+
+    fn debit(&mut self, who: &PublicKeyHex, amount: u64) -> Result<(), TxError> {
+        let have = self.balances.get(who).copied().unwrap_or(0);
+        if have < amount {
+            return Err(TxError::InsufficientFunds { need: amount, have });
+        }
+        self.balances.insert(who.clone(), have - amount);
+        Ok(())
+    }
+}
+
+fn check_payment(spec: &AppSpec, paid: u64) -> Result<(), TxError> {
+    let price = app_price(spec);
+    if paid < price {
+        return Err(TxError::Underpaid { paid, price });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

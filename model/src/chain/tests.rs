@@ -1,0 +1,120 @@
+use super::*;
+use crate::geo::default_regions;
+use crate::keys::Keypair;
+use crate::spec::ComponentSpec;
+use crate::tier::FLUX;
+
+fn spec(name: &str) -> AppSpec {
+    AppSpec {
+        name: name.into(),
+        description: String::new(),
+        instances: 3,
+        geolocation: vec![],
+        expire: 10,
+        components: vec![ComponentSpec {
+            name: "web".into(),
+            wasm: format!("blake3:{}", "00".repeat(32)),
+            cpu_tenths: 1,
+            ram_mb: 64,
+            hdd_gb: 1,
+            env: Default::default(),
+        }],
+    }
+}
+
+fn genesis(funded: &Keypair) -> (ChainState, Block) {
+    let g = Genesis { regions: default_regions(), allocations: vec![(funded.public(), 100_000 * FLUX)] };
+    let block = Block::new(0, String::new(), 0, Some(g), vec![]);
+    let mut state = ChainState::default();
+    assert!(state.follows(&block));
+    state.apply_block(&block);
+    (state, block)
+}
+
+#[test]
+fn register_then_only_the_owner_removes() {
+    let owner = Keypair::generate();
+    let other = Keypair::generate();
+    let (mut state, g) = genesis(&owner);
+    let reg = SignedTx::sign(Tx::AppRegister { spec: spec("a"), payment: FLUX }, 1, &owner);
+    let b1 = Block::new(1, g.hash.clone(), 1, None, vec![reg]);
+    assert!(state.follows(&b1));
+    let out = state.apply_block(&b1);
+    assert!(out.rejected.is_empty(), "{out:?}");
+    assert_eq!(state.apps["a"].owner, owner.public());
+    assert_eq!(state.balances[&owner.public()], 100_000 * FLUX - FLUX);
+
+    let steal = SignedTx::sign(Tx::AppRemove { name: "a".into() }, 1, &other);
+    assert!(matches!(state.check_tx(&steal, 2), Err(TxError::NotOwner { .. })));
+    let remove = SignedTx::sign(Tx::AppRemove { name: "a".into() }, 2, &owner);
+    state.apply_tx(&remove, 2).expect("owner may remove");
+    assert!(state.apps.is_empty());
+}
+
+#[test]
+fn replays_forged_and_underpaid_transactions_are_refused() {
+    let owner = Keypair::generate();
+    let (mut state, _) = genesis(&owner);
+    let reg = SignedTx::sign(Tx::AppRegister { spec: spec("a"), payment: FLUX }, 5, &owner);
+    state.apply_tx(&reg, 1).expect("applies");
+    assert!(matches!(state.check_tx(&reg, 2), Err(TxError::StaleNonce { .. })));
+
+    let mut forged = SignedTx::sign(Tx::Transfer { to: owner.public(), amount: 1 }, 9, &owner);
+    forged.tx = Tx::Transfer { to: owner.public(), amount: 2 };
+    assert!(matches!(state.check_tx(&forged, 2), Err(TxError::BadSignature(_))));
+
+    let cheap = SignedTx::sign(Tx::AppRegister { spec: spec("b"), payment: 1 }, 10, &owner);
+    assert!(matches!(state.check_tx(&cheap, 2), Err(TxError::Underpaid { .. })));
+
+    let poor = Keypair::generate();
+    let broke = SignedTx::sign(Tx::AppRegister { spec: spec("c"), payment: FLUX }, 1, &poor);
+    assert!(matches!(state.check_tx(&broke, 2), Err(TxError::InsufficientFunds { .. })));
+}
+
+#[test]
+fn apps_expire_at_their_height() {
+    let owner = Keypair::generate();
+    let (mut state, g) = genesis(&owner);
+    let reg = SignedTx::sign(Tx::AppRegister { spec: spec("a"), payment: FLUX }, 1, &owner);
+    let mut prev = Block::new(1, g.hash, 1, None, vec![reg]);
+    state.apply_block(&prev);
+    for h in 2..=11 {
+        let b = Block::new(h, prev.hash.clone(), h, None, vec![]);
+        let out = state.apply_block(&b);
+        assert_eq!(out.expired.is_empty(), h < 11, "height {h}");
+        prev = b;
+    }
+    assert!(state.apps.is_empty());
+}
+
+#[test]
+fn node_start_locks_collateral_and_sets_tier() {
+    let op = Keypair::generate();
+    let (mut state, _) = genesis(&op);
+    let start = NodeStart {
+        node_id: "eu-1".into(),
+        collateral: 12_500 * FLUX,
+        region: "eu".into(),
+        continent: "EU".into(),
+        country: "DE".into(),
+        geo: GeoPoint { lat: 50.1, lon: 8.7 },
+        capabilities: vec![Capability::Wasm],
+        node_key: Keypair::generate().public(),
+    };
+    state.apply_tx(&SignedTx::sign(Tx::NodeStart(start.clone()), 1, &op), 1).expect("starts");
+    assert_eq!(state.nodes["eu-1"].tier, Tier::Nimbus);
+    assert_eq!(state.balances[&op.public()], (100_000 - 12_500) * FLUX);
+    let again = SignedTx::sign(Tx::NodeStart(start.clone()), 2, &op);
+    assert!(matches!(state.check_tx(&again, 2), Err(TxError::InvalidNode(_))));
+    let bad_region = NodeStart { node_id: "x-1".into(), region: "mars".into(), ..start };
+    assert!(state.check_tx(&SignedTx::sign(Tx::NodeStart(bad_region), 3, &op), 2).is_err());
+}
+
+#[test]
+fn a_block_that_does_not_follow_is_detected() {
+    let owner = Keypair::generate();
+    let (state, g) = genesis(&owner);
+    assert!(!state.follows(&Block::new(2, g.hash.clone(), 0, None, vec![])));
+    assert!(!state.follows(&Block::new(1, "other".into(), 0, None, vec![])));
+    assert!(state.follows(&Block::new(1, g.hash, 0, None, vec![])));
+}

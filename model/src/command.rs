@@ -1,0 +1,76 @@
+//! Commands that a regional shard commits through Raft, and their results.
+//!
+//! They live here, not in `control-plane`, so that the API types and `fluxctl` can name them
+//! without linking openraft.
+
+use serde::{Deserialize, Serialize};
+
+use crate::chain::Block;
+use crate::{AppName, NodeId};
+
+/// One instance of an app placed on one node. An app has at most one instance per node, so
+/// `app@node` identifies it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// The app.
+    pub app: AppName,
+    /// The node that runs it.
+    pub node: NodeId,
+    /// The node's region.
+    pub region: String,
+    /// Chain height of the spec this placement runs (apps restart on update).
+    pub spec_height: u64,
+}
+
+impl Placement {
+    /// `app@node`.
+    pub fn instance_id(&self) -> String {
+        format!("{}@{}", self.app, self.node)
+    }
+}
+
+/// A change to a shard's replicated state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    /// Apply the next chain block; ignored when its height was applied already.
+    ApplyBlock(Block),
+    /// One app's placements in this region, decided by its AppActor.
+    Reconcile {
+        /// The app.
+        app: AppName,
+        /// New placements.
+        place: Vec<Placement>,
+        /// Nodes to take the app's instances off.
+        remove: Vec<NodeId>,
+        /// Why fewer instances than wanted are placed, if so.
+        shortfall: Option<String>,
+    },
+    /// A node's liveness changed.
+    SetLiveness {
+        /// The node.
+        node: NodeId,
+        /// Whether it now counts as up.
+        up: bool,
+        /// When the leader decided, ms since the epoch.
+        at_ms: u64,
+    },
+}
+
+/// What a committed command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum CommandResult {
+    /// The state changed.
+    Applied,
+    /// Nothing to do (for example a block applied before).
+    Skipped {
+        /// Why.
+        reason: String,
+    },
+    /// The command broke a rule and changed nothing.
+    Rejected {
+        /// Why.
+        reason: String,
+    },
+}

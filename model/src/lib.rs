@@ -1,0 +1,26 @@
+//! Pure domain types for fluxplane: the app manifest and its validation, geography and regions,
+//! node tiers, the price formula, chain transactions and the chain state they build, and the
+//! wire types that the API, `fluxctl`, agents and gateways exchange.
+//!
+//! This crate does no I/O and must not depend on tokio, openraft, wasmtime or any other runtime
+//! crate: every other crate builds on it, and `fluxctl` and the gateway link it without the
+//! control plane.
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod chain;
+pub mod command;
+pub mod geo;
+pub mod keys;
+pub mod price;
+pub mod spec;
+pub mod tier;
+
+pub use geo::{GeoPoint, Region};
+pub use spec::{AppSpec, ComponentSpec, GeoRule, ValidationErrors};
+pub use tier::Tier;
+
+/// A node's identifier, unique on the chain (for example `eu-1`).
+pub type NodeId = String;
+/// An app's name, unique on the chain; it is also the first label of the app's domain.
+pub type AppName = String;
