@@ -1,0 +1,227 @@
+//! The devnet block producer.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::Context;
+use model::api::TxStatus;
+use model::chain::{Block, ChainState, SignedTx, TxError};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::watch;
+
+const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
+/// Most transactions waiting for a block; past it, submissions are refused rather than queued
+/// without bound.
+const MEMPOOL_LIMIT: usize = 10_000;
+
+/// Why a transaction was not accepted into the mempool.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// It breaks a chain rule against the current state and the pending transactions.
+    #[error(transparent)]
+    Invalid(#[from] TxError),
+    /// The mempool is full.
+    #[error("the mempool is full ({MEMPOOL_LIMIT} transactions); try again after the next block")]
+    Busy,
+}
+
+/// A local block producer. Cloning shares it.
+#[derive(Clone)]
+pub struct Devnet {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: redb::Database,
+    state: Mutex<State>,
+    tip_tx: watch::Sender<u64>,
+}
+
+struct State {
+    chain: ChainState,
+    tip: Block,
+    /// Accepted transactions, in order, with the state they lead to.
+    mempool: Vec<SignedTx>,
+    pending_state: ChainState,
+    /// Fate of the transactions seen since start (a devnet convenience for `fluxctl --wait`).
+    statuses: HashMap<String, TxStatus>,
+}
+
+impl Devnet {
+    /// Opens the chain stored at `path`, writing `genesis` first if it is new. Replays the stored
+    /// blocks to rebuild the state, so a restart continues the same chain.
+    pub fn open(path: &Path, genesis: impl FnOnce() -> Block) -> anyhow::Result<Devnet> {
+        let db = redb::Database::create(path).with_context(|| format!("opening chain store {}", path.display()))?;
+        let mut blocks = Vec::new();
+        {
+            let tx = db.begin_read()?;
+            match tx.open_table(BLOCKS) {
+                Ok(table) => {
+                    for row in table.iter()? {
+                        let (_, bytes) = row?;
+                        let block: Block = serde_json::from_slice(bytes.value()).context("decoding a stored block")?;
+                        blocks.push(block);
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if blocks.is_empty() {
+            let g = genesis();
+            write_block(&db, &g)?;
+            blocks.push(g);
+        }
+        let mut chain = ChainState::default();
+        for block in &blocks {
+            anyhow::ensure!(chain.follows(block), "stored block {} does not follow its parent", block.height);
+            chain.apply_block(block);
+        }
+        let tip = blocks.pop().context("chain has no blocks")?;
+        let (tip_tx, _) = watch::channel(tip.height);
+        let state = State { pending_state: chain.clone(), chain, tip, mempool: Vec::new(), statuses: HashMap::new() };
+        Ok(Devnet { inner: Arc::new(Inner { db, state: Mutex::new(state), tip_tx }) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the state half-changed: every change is
+        // computed first and assigned last, so the poisoned data is still consistent.
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Accepts a transaction into the mempool if it applies on top of the pending ones.
+    pub fn submit(&self, stx: SignedTx) -> Result<String, SubmitError> {
+        let mut s = self.lock();
+        if s.mempool.len() >= MEMPOOL_LIMIT {
+            return Err(SubmitError::Busy);
+        }
+        let next_height = s.tip.height + 1;
+        let mut next = s.pending_state.clone();
+        next.apply_tx(&stx, next_height)?;
+        let id = stx.id();
+        s.pending_state = next;
+        s.mempool.push(stx);
+        s.statuses.insert(id.clone(), TxStatus::Pending);
+        Ok(id)
+    }
+
+    /// Builds, stores and announces the next block from the mempool.
+    pub fn produce_block(&self, time_ms: u64) -> anyhow::Result<Block> {
+        let mut s = self.lock();
+        let height = s.tip.height + 1;
+        let txs = std::mem::take(&mut s.mempool);
+        let block = Block::new(height, s.tip.hash.clone(), time_ms, None, txs);
+        let mut chain = s.chain.clone();
+        let outcome = chain.apply_block(&block);
+        write_block(&self.inner.db, &block)?;
+        for stx in &block.txs {
+            s.statuses.insert(stx.id(), TxStatus::Included { height });
+        }
+        for (id, err) in outcome.rejected {
+            s.statuses.insert(id, TxStatus::Rejected { reason: err.to_string() });
+        }
+        s.pending_state = chain.clone();
+        s.chain = chain;
+        s.tip = block.clone();
+        drop(s);
+        self.inner.tip_tx.send_replace(height);
+        Ok(block)
+    }
+
+    /// Produces a block every `block_time` until `shutdown` fires.
+    pub async fn run(self, block_time: Duration, mut shutdown: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval(block_time);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            match self.produce_block(now_ms()) {
+                Ok(b) => tracing::debug!(height = b.height, txs = b.txs.len(), "block produced"),
+                Err(e) => tracing::error!("devnet could not store a block: {e:#}"),
+            }
+        }
+    }
+
+    /// The block at `height`, if produced.
+    pub fn block(&self, height: u64) -> anyhow::Result<Option<Block>> {
+        let tx = self.inner.db.begin_read()?;
+        let table = tx.open_table(BLOCKS)?;
+        let Some(bytes) = table.get(height)? else { return Ok(None) };
+        Ok(Some(serde_json::from_slice(bytes.value())?))
+    }
+
+    /// Height and hash of the tip.
+    pub fn tip(&self) -> (u64, String) {
+        let s = self.lock();
+        (s.tip.height, s.tip.hash.clone())
+    }
+
+    /// Follows the tip height.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.tip_tx.subscribe()
+    }
+
+    /// The state at the tip (balances, nodes, apps).
+    pub fn state(&self) -> ChainState {
+        self.lock().chain.clone()
+    }
+
+    /// What became of a submitted transaction.
+    pub fn tx_status(&self, id: &str) -> TxStatus {
+        self.lock().statuses.get(id).cloned().unwrap_or(TxStatus::Unknown)
+    }
+}
+
+fn write_block(db: &redb::Database, block: &Block) -> anyhow::Result<()> {
+    let tx = db.begin_write()?;
+    {
+        let mut table = tx.open_table(BLOCKS)?;
+        table.insert(block.height, serde_json::to_vec(block)?.as_slice())?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use model::chain::Tx;
+    use model::keys::Keypair;
+    use model::tier::FLUX;
+
+    use super::*;
+    use crate::dev_genesis;
+
+    #[test]
+    fn blocks_survive_a_restart_and_rejections_are_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("chain.redb");
+        let wallet = Keypair::from_seed([7; 32]);
+        let other = Keypair::generate();
+        let devnet = Devnet::open(&path, || dev_genesis(&wallet, &crate::dev_nodes(), 1)).expect("open");
+        let pay = SignedTx::sign(Tx::Transfer { to: other.public(), amount: 5 * FLUX }, 100, &wallet);
+        let id = devnet.submit(pay.clone()).expect("accepted");
+        // The same transaction again fails against the pending state: its nonce is used.
+        assert!(matches!(devnet.submit(pay), Err(SubmitError::Invalid(TxError::StaleNonce { .. }))));
+        let block = devnet.produce_block(1).expect("block");
+        assert_eq!(block.height, 1);
+        assert_eq!(devnet.tx_status(&id), TxStatus::Included { height: 1 });
+        let (height, hash) = devnet.tip();
+        drop(devnet);
+
+        let reopened = Devnet::open(&path, || panic!("genesis must not be rebuilt")).expect("reopen");
+        assert_eq!(reopened.tip(), (height, hash));
+        assert_eq!(reopened.state().balances[&other.public()], 5 * FLUX);
+        assert_eq!(reopened.block(1).expect("read").expect("stored").hash, block.hash);
+        assert!(reopened.block(2).expect("read").is_none());
+    }
+}

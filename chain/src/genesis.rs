@@ -1,0 +1,75 @@
+//! The devnet's genesis: a funded dev wallet and two nodes in each default region.
+
+use model::chain::{Block, Capability, Genesis, NodeStart, SignedTx, Tx};
+use model::geo::{GeoPoint, default_regions};
+use model::keys::Keypair;
+use model::tier::{FLUX, Tier};
+
+/// A node the devnet starts in genesis.
+#[derive(Debug, Clone)]
+pub struct DevNode {
+    /// Id, e.g. `eu-1`.
+    pub id: String,
+    /// Region.
+    pub region: String,
+    /// Continent code.
+    pub continent: String,
+    /// Country code.
+    pub country: String,
+    /// Location.
+    pub geo: GeoPoint,
+    /// Tier.
+    pub tier: Tier,
+}
+
+/// Two nodes per default region, in real data-centre cities.
+pub fn dev_nodes() -> Vec<DevNode> {
+    let n = |id: &str, region: &str, continent: &str, country: &str, lat: f64, lon: f64, tier| DevNode {
+        id: id.into(),
+        region: region.into(),
+        continent: continent.into(),
+        country: country.into(),
+        geo: GeoPoint { lat, lon },
+        tier,
+    };
+    vec![
+        n("eu-1", "eu", "EU", "DE", 50.11, 8.68, Tier::Nimbus),
+        n("eu-2", "eu", "EU", "NL", 52.37, 4.90, Tier::Cumulus),
+        n("na-1", "na", "NA", "US", 39.04, -77.49, Tier::Nimbus),
+        n("na-2", "na", "NA", "US", 37.34, -121.89, Tier::Cumulus),
+        n("as-1", "as", "AS", "SG", 1.35, 103.82, Tier::Nimbus),
+        n("as-2", "as", "AS", "JP", 35.68, 139.69, Tier::Cumulus),
+    ]
+}
+
+/// The node key of a dev node: derived from the dev wallet and the node id, so that the chain
+/// (which records the public half) and the agents (which sign with it) agree without sharing files.
+pub fn dev_node_key(wallet: &Keypair, node_id: &str) -> Keypair {
+    let mut h = blake3::Hasher::new_derive_key("fluxplane dev node key v1");
+    h.update(wallet.secret_hex().as_bytes());
+    h.update(node_id.as_bytes());
+    Keypair::from_seed(*h.finalize().as_bytes())
+}
+
+/// Block 0: fund `wallet` with 1,000,000 FLUX and start `nodes` with its collateral.
+pub fn dev_genesis(wallet: &Keypair, nodes: &[DevNode], time_ms: u64) -> Block {
+    let genesis = Genesis { regions: default_regions(), allocations: vec![(wallet.public(), 1_000_000 * FLUX)] };
+    let txs = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let start = NodeStart {
+                node_id: n.id.clone(),
+                collateral: n.tier.collateral(),
+                region: n.region.clone(),
+                continent: n.continent.clone(),
+                country: n.country.clone(),
+                geo: n.geo,
+                capabilities: vec![Capability::Wasm],
+                node_key: dev_node_key(wallet, &n.id).public(),
+            };
+            SignedTx::sign(Tx::NodeStart(start), i as u64 + 1, wallet)
+        })
+        .collect();
+    Block::new(0, String::new(), time_ms, Some(genesis), txs)
+}
