@@ -8,6 +8,6 @@
 mod devnet;
 mod genesis;
 
-pub use devnet::{Devnet, SubmitError};
 pub use devnet::now_ms;
+pub use devnet::{Devnet, SubmitError};
 pub use genesis::{DevNode, dev_genesis, dev_node_key, dev_nodes};

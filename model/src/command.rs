@@ -18,8 +18,6 @@ pub struct Placement {
     pub node: NodeId,
     /// The node's region.
     pub region: String,
-    /// Chain height of the spec this placement runs (apps restart on update).
-    pub spec_height: u64,
 }
 
 impl Placement {

@@ -1,0 +1,57 @@
+//! The OpenAPI document served at `/v1/openapi.json`.
+
+use serde_json::{Value, json};
+
+fn op(summary: &str, ok: &str) -> Value {
+    json!({
+        "summary": summary,
+        "responses": {
+            "200": { "description": ok },
+            "4XX": { "description": "bad request", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }
+        }
+    })
+}
+
+/// The document.
+pub fn document() -> Value {
+    json!({
+        "openapi": "3.0.3",
+        "info": { "title": "fluxplane control plane", "version": env!("CARGO_PKG_VERSION") },
+        "paths": {
+            "/v1/status": { "get": op("Chain tip and the state of every regional shard", "StatusView") },
+            "/v1/regions": { "get": op("The region directory from the cached chain state", "RegionView[]") },
+            "/v1/apps": { "get": op("Registered apps with placements", "AppView[]") },
+            "/v1/apps/{name}": { "get": op("One app: quotas, placements, instance states, shortfall", "AppView") },
+            "/v1/nodes": { "get": op("Nodes with liveness, load and free capacity", "NodeView[]") },
+            "/v1/wallets/{address}": { "get": op("Balance and last nonce of an address", "WalletView") },
+            "/v1/transactions": { "post": op("Submit a signed transaction (app register/update/remove, transfer, node start)", "SubmitTxResponse") },
+            "/v1/transactions/{id}": { "get": op("Pending, included or rejected", "TxStatus") },
+            "/v1/chain/blocks/{height}": { "get": op("A block", "Block") },
+            "/v1/blobs/{hash}": {
+                "put": op("Upload a module; the body must hash (blake3) to {hash}", "204 stored"),
+                "get": op("Download a module", "bytes")
+            },
+            "/v1/agent/heartbeat": { "post": op("Node agent heartbeat, signed with the node key; returns assignments", "Assignments") },
+            "/v1/routes/{region}": { "get": op("Routing feed; ?after=V&wait_ms=N long-polls for a newer version", "RouteFeed") }
+        },
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "required": ["code", "message"],
+                            "properties": {
+                                "code": { "type": "string" },
+                                "message": { "type": "string" },
+                                "fields": { "type": "array", "items": { "type": "object", "properties": { "path": { "type": "string" }, "message": { "type": "string" } } } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    })
+}

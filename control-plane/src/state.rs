@@ -1,0 +1,110 @@
+//! The replicated state of one regional shard, and the pure function that applies commands.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use model::chain::ChainState;
+use model::command::{Command, CommandResult, Placement};
+use model::tier::Resources;
+use model::{AppName, NodeId};
+use serde::{Deserialize, Serialize};
+
+/// Everything a shard agrees on through Raft.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ShardState {
+    /// The region this shard serves.
+    pub region: String,
+    /// The cached chain state (the cursor is `chain.height` / `chain.tip_hash`).
+    pub chain: ChainState,
+    /// Placements in this region: app -> node -> placement.
+    pub placements: BTreeMap<AppName, BTreeMap<NodeId, Placement>>,
+    /// Why an app has fewer instances here than its quota.
+    pub shortfall: BTreeMap<AppName, String>,
+    /// Nodes of this region that the leader declared down.
+    pub down: BTreeSet<NodeId>,
+}
+
+impl ShardState {
+    /// An empty state for `region`.
+    pub fn new(region: &str) -> Self {
+        Self { region: region.to_string(), ..Default::default() }
+    }
+
+    /// Applies one committed command. Deterministic: every replica gets the same result.
+    pub fn apply(&mut self, cmd: &Command) -> CommandResult {
+        match cmd {
+            Command::ApplyBlock(block) => {
+                if self.chain.height.is_some_and(|h| block.height <= h) {
+                    return CommandResult::Skipped { reason: format!("block {} applied already", block.height) };
+                }
+                if !self.chain.follows(block) {
+                    return CommandResult::Rejected {
+                        reason: format!("block {} does not follow the cursor {:?}", block.height, self.chain.height),
+                    };
+                }
+                self.chain.apply_block(block);
+                // Apps that left the chain (removed or expired) lose their placements at once.
+                let chain = &self.chain;
+                self.placements.retain(|app, _| chain.apps.contains_key(app));
+                self.shortfall.retain(|app, _| chain.apps.contains_key(app));
+                CommandResult::Applied
+            }
+            Command::Reconcile { app, place, remove, shortfall } => {
+                if !self.chain.apps.contains_key(app) {
+                    return CommandResult::Rejected { reason: format!("app `{app}` is not registered") };
+                }
+                for p in place {
+                    let ok_node = self.chain.nodes.get(&p.node).is_some_and(|n| n.start.region == self.region);
+                    if !ok_node || p.app != *app || p.region != self.region {
+                        return CommandResult::Rejected {
+                            reason: format!("node `{}` is not in region {}", p.node, self.region),
+                        };
+                    }
+                }
+                let entry = self.placements.entry(app.clone()).or_default();
+                for node in remove {
+                    entry.remove(node);
+                }
+                for p in place {
+                    entry.insert(p.node.clone(), p.clone());
+                }
+                if entry.is_empty() {
+                    self.placements.remove(app);
+                }
+                match shortfall {
+                    Some(why) => self.shortfall.insert(app.clone(), why.clone()),
+                    None => self.shortfall.remove(app),
+                };
+                CommandResult::Applied
+            }
+            Command::SetLiveness { node, up, .. } => {
+                let changed = if *up { self.down.remove(node) } else { self.down.insert(node.clone()) };
+                if changed {
+                    CommandResult::Applied
+                } else {
+                    CommandResult::Skipped {
+                        reason: format!("node `{node}` already {}", if *up { "up" } else { "down" }),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The nodes of this region, by id.
+    pub fn region_nodes(&self) -> impl Iterator<Item = &model::chain::NodeRecord> {
+        self.chain.nodes.values().filter(|n| n.start.region == self.region)
+    }
+
+    /// Resources placed on `node` by every app.
+    pub fn used_on(&self, node: &str) -> Resources {
+        self.placements
+            .iter()
+            .filter(|(_, nodes)| nodes.contains_key(node))
+            .filter_map(|(app, _)| self.chain.apps.get(app))
+            .fold(Resources::default(), |acc, a| acc.add(&a.spec.instance_resources()))
+    }
+
+    /// Instances placed on `node`.
+    pub fn placements_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Placement> + 'a {
+        self.placements.values().filter_map(move |nodes| nodes.get(node))
+    }
+}

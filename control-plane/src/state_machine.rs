@@ -1,0 +1,177 @@
+//! The Raft state machine: [`ShardState`] in memory, snapshots in redb.
+//!
+//! Applied state is not written on every entry: after a restart openraft replays the durable log
+//! from the last snapshot (up to the saved commit index), which rebuilds the same state.
+
+use std::io::Cursor;
+use std::sync::{Arc, RwLock};
+
+use model::command::CommandResult;
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
+use redb::{Database, ReadableDatabase, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::TypeConfig;
+use crate::state::ShardState;
+use crate::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
+
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+
+/// What the state machine holds; shared read-only with the shard's API and actors.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Applied {
+    /// Last applied log id.
+    pub last_applied: Option<LogId>,
+    /// Last applied membership.
+    pub membership: StoredMembership,
+    /// The shard state.
+    pub state: ShardState,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+/// The openraft state machine of one shard.
+#[derive(Clone)]
+pub struct StateMachine {
+    applied: Arc<RwLock<Applied>>,
+    db: Arc<Database>,
+    /// Bumped after every applied batch, so readers (routing feed, actors) can wait for changes.
+    changed: watch::Sender<u64>,
+}
+
+fn storage_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
+    StorageError::from_io_error(ErrorSubject::StateMachine, verb, std::io::Error::other(e.to_string()))
+}
+
+impl StateMachine {
+    /// Opens the state machine for `region`, restoring the last snapshot if there is one.
+    pub fn open(db: Arc<Database>, region: &str, changed: watch::Sender<u64>) -> anyhow::Result<Self> {
+        let tx = db.begin_write()?;
+        tx.open_table(SNAPSHOT)?;
+        tx.commit()?;
+        let sm = Self {
+            applied: Arc::new(RwLock::new(Applied { state: ShardState::new(region), ..Default::default() })),
+            db,
+            changed,
+        };
+        if let Some(stored) = sm.read_snapshot()? {
+            let applied: Applied = serde_json::from_slice(&stored.data)?;
+            *sm.write() = applied;
+        }
+        Ok(sm)
+    }
+
+    /// Shared read access to the applied state.
+    pub fn applied(&self) -> Arc<RwLock<Applied>> {
+        self.applied.clone()
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Applied> {
+        // Every command checks its rules before it changes anything, so a poisoned lock still holds
+        // whole state.
+        self.applied.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read_snapshot(&self) -> anyhow::Result<Option<StoredSnapshot>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(SNAPSHOT)?;
+        Ok(match table.get("current")? {
+            Some(v) => Some(serde_json::from_slice(v.value())?),
+            None => None,
+        })
+    }
+
+    fn save_snapshot(&self, stored: &StoredSnapshot) -> anyhow::Result<()> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(SNAPSHOT)?.insert("current", serde_json::to_vec(stored)?.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let applied = self.applied.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let data = serde_json::to_vec(&applied).map_err(|e| storage_err(ErrorVerb::Write, e))?;
+        let last = applied.last_applied;
+        let meta = SnapshotMeta {
+            last_log_id: last,
+            last_membership: applied.membership.clone(),
+            snapshot_id: format!(
+                "{}-{}",
+                last.map(|l| l.leader_id.term).unwrap_or(0),
+                last.map(|l| l.index).unwrap_or(0)
+            ),
+        };
+        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
+        self.save_snapshot(&stored).map_err(|e| storage_err(ErrorVerb::Write, e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let a = self.applied.read().unwrap_or_else(|e| e.into_inner());
+        Ok((a.last_applied, a.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut results = Vec::new();
+        {
+            let mut a = self.write();
+            for entry in entries {
+                a.last_applied = Some(entry.log_id);
+                let result = match entry.payload {
+                    EntryPayload::Blank => CommandResult::Skipped { reason: "blank entry".into() },
+                    EntryPayload::Normal(cmd) => a.state.apply(&cmd),
+                    EntryPayload::Membership(m) => {
+                        a.membership = StoredMembership::new(Some(entry.log_id), m);
+                        CommandResult::Applied
+                    }
+                };
+                results.push(result);
+            }
+        }
+        self.changed.send_modify(|v| *v += 1);
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let applied: Applied = serde_json::from_slice(&data).map_err(|e| storage_err(ErrorVerb::Read, e))?;
+        self.save_snapshot(&StoredSnapshot { meta: meta.clone(), data })
+            .map_err(|e| storage_err(ErrorVerb::Write, e))?;
+        *self.write() = applied;
+        self.changed.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let stored = self.read_snapshot().map_err(|e| storage_err(ErrorVerb::Read, e))?;
+        Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+    }
+}
