@@ -1,0 +1,183 @@
+//! The RegionSupervisor: keeps one NodeActor per node and one AppActor per app of its region's
+//! shard, restarts any child that fails or is killed, and fans state changes out to the apps.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chain::Devnet;
+use control_plane::Shard;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+use crate::app_actor::{AppActor, AppMsg};
+use crate::chain_actor::ChainActor;
+use crate::node_actor::NodeActor;
+
+/// How often every app is reconciled even without a change (self-healing backstop).
+const RESYNC_EVERY: Duration = Duration::from_secs(2);
+
+/// Messages to a RegionSupervisor.
+#[derive(Debug)]
+pub enum SupervisorMsg {
+    /// The shard's state changed: match children to it and reconcile every app.
+    Sync,
+}
+
+/// The registered name of a child: `<region>/chain`, `<region>/node/<id>`, `<region>/app/<name>`.
+pub fn actor_name(region: &str, kind: &str, id: Option<&str>) -> String {
+    match id {
+        Some(id) => format!("{region}/{kind}/{id}"),
+        None => format!("{region}/{kind}"),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Child {
+    Chain,
+    Node(String),
+    App(String),
+}
+
+/// The supervisor actor.
+pub struct RegionSupervisor;
+
+/// Its state.
+pub struct SupervisorState {
+    shard: Arc<Shard>,
+    devnet: Devnet,
+    children: HashMap<Child, ActorCell>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl SupervisorState {
+    async fn spawn(&mut self, myself: &ActorRef<SupervisorMsg>, child: Child) -> Result<(), ActorProcessingErr> {
+        let region = self.shard.region.clone();
+        let sup = myself.get_cell();
+        let cell = match &child {
+            Child::Chain => {
+                let name = actor_name(&region, "chain", None);
+                Actor::spawn_linked(Some(name), ChainActor, (self.shard.clone(), self.devnet.clone()), sup)
+                    .await?
+                    .0
+                    .get_cell()
+            }
+            Child::Node(id) => {
+                let name = actor_name(&region, "node", Some(id));
+                Actor::spawn_linked(Some(name), NodeActor, (self.shard.clone(), id.clone()), sup).await?.0.get_cell()
+            }
+            Child::App(app) => {
+                let name = actor_name(&region, "app", Some(app));
+                Actor::spawn_linked(Some(name), AppActor, (self.shard.clone(), app.clone()), sup).await?.0.get_cell()
+            }
+        };
+        self.children.insert(child, cell);
+        Ok(())
+    }
+
+    async fn sync(&mut self, myself: &ActorRef<SupervisorMsg>) -> Result<(), ActorProcessingErr> {
+        let (nodes, apps): (Vec<String>, Vec<String>) = self.shard.read(|s| {
+            (s.region_nodes().map(|n| n.start.node_id.clone()).collect(), s.chain.apps.keys().cloned().collect())
+        });
+        let wanted: Vec<Child> =
+            nodes.into_iter().map(Child::Node).chain(apps.into_iter().map(Child::App)).chain([Child::Chain]).collect();
+        for child in &wanted {
+            if !self.children.contains_key(child) {
+                self.spawn(myself, child.clone()).await?;
+            }
+        }
+        let gone: Vec<Child> = self.children.keys().filter(|c| !wanted.contains(c)).cloned().collect();
+        for child in gone {
+            if let Some(cell) = self.children.remove(&child) {
+                cell.stop(Some("removed from the chain".into()));
+            }
+        }
+        for (child, cell) in &self.children {
+            if let Child::App(_) = child {
+                let _ = cell.send_message(AppMsg::Reconcile);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Actor for RegionSupervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = (Arc<Shard>, Devnet);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        (shard, devnet): Self::Arguments,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        let mut changes = shard.subscribe();
+        let me = myself.clone();
+        let watcher = tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                if me.cast(SupervisorMsg::Sync).is_err() {
+                    return;
+                }
+            }
+        });
+        let ticker = myself.send_interval(RESYNC_EVERY, || SupervisorMsg::Sync);
+        myself.cast(SupervisorMsg::Sync)?;
+        Ok(SupervisorState { shard, devnet, children: HashMap::new(), tasks: vec![watcher, ticker] })
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        for t in &state.tasks {
+            t.abort();
+        }
+        for cell in state.children.values() {
+            cell.stop(None);
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        msg: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let SupervisorMsg::Sync = msg;
+        state.sync(&myself).await
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, why) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, format!("failed: {err}")),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, format!("terminated: {}", reason.unwrap_or_default()))
+            }
+            _ => return Ok(()),
+        };
+        // Only a child we still want is restarted; one we stopped on purpose is already gone
+        // from the map.
+        let child = state.children.iter().find(|(_, c)| c.get_id() == cell.get_id()).map(|(k, _)| k.clone());
+        if let Some(child) = child {
+            tracing::warn!(region = %state.shard.region, ?child, "child {why}; restarting it from the shard's state");
+            state.children.remove(&child);
+            state.spawn(&myself, child).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Starts the supervision tree of one region.
+pub async fn start_region(
+    shard: Arc<Shard>,
+    devnet: Devnet,
+) -> anyhow::Result<(ActorRef<SupervisorMsg>, tokio::task::JoinHandle<()>)> {
+    let name = actor_name(&shard.region, "supervisor", None);
+    Ok(Actor::spawn(Some(name), RegionSupervisor, (shard, devnet)).await?)
+}
