@@ -1,1 +1,16 @@
-//! placeholder
+//! The WASM runtime of a node: one wasmtime [`Engine`](wasmtime::Engine) whose flags are set
+//! here and nowhere else, a cache of compiled components keyed by content hash, and an HTTP
+//! server per instance that runs a wasi:http component once per request with a memory limit
+//! and a deadline.
+//!
+//! A guest that loops past its deadline gets a 504 for that request; one that traps (for
+//! example by running out of its memory limit) gets a 502. The node keeps serving either way.
+//! Depends on no other fluxplane crate.
+
+mod cache;
+mod engine;
+mod serve;
+
+pub use cache::ComponentCache;
+pub use engine::{EngineConfig, WasmEngine};
+pub use serve::{InstanceLimits, InstanceServer};
