@@ -96,7 +96,8 @@ pub async fn run(config: AgentConfig, cache: ComponentCache, mut shutdown: watch
             healthy: false,
             message: Some(message.clone()),
         }));
-        let beat = SignedHeartbeat::sign(Heartbeat { node: config.node_id.clone(), at_ms: now_ms(), instances }, &config.key);
+        let beat =
+            SignedHeartbeat::sign(Heartbeat { node: config.node_id.clone(), at_ms: now_ms(), instances }, &config.key);
         let assignments = match send_beat(&http, &config.api, &beat).await {
             Ok(a) => a,
             Err(e) => {
@@ -115,7 +116,9 @@ pub async fn run(config: AgentConfig, cache: ComponentCache, mut shutdown: watch
         });
         failed.retain(|id, (h, _)| wanted.get(id.as_str()).is_some_and(|a| a.spec_height == *h));
         for a in assignments.instances {
-            let busy = running.contains_key(&a.id) || failed.contains_key(&a.id) || starting.get(&a.id) == Some(&a.spec_height);
+            let busy = running.contains_key(&a.id)
+                || failed.contains_key(&a.id)
+                || starting.get(&a.id) == Some(&a.spec_height);
             if busy {
                 continue;
             }
@@ -141,7 +144,12 @@ async fn send_beat(http: &reqwest::Client, api: &str, beat: &SignedHeartbeat) ->
     Ok(resp.json().await?)
 }
 
-async fn start(cache: &ComponentCache, http: &reqwest::Client, config: &AgentConfig, a: &Assignment) -> anyhow::Result<Vec<(String, InstanceServer)>> {
+async fn start(
+    cache: &ComponentCache,
+    http: &reqwest::Client,
+    config: &AgentConfig,
+    a: &Assignment,
+) -> anyhow::Result<Vec<(String, InstanceServer)>> {
     let mut servers = Vec::new();
     for c in &a.components {
         let hash = c.wasm_hash().with_context(|| format!("component {} has no module hash", c.name))?;

@@ -1,0 +1,169 @@
+//! The proxy service: host routing, client location, nearest-first with retry on connect failure.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{HOST, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use model::geo::GeoPoint;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::routes::{RouteTable, follow};
+
+/// The trusted client-location header.
+pub const CLIENT_GEO: &str = "x-fluxplane-client-geo";
+/// Largest request body buffered (bodies are buffered so a failed connect can be retried).
+const MAX_BODY: usize = 16 << 20;
+
+/// How a gateway is set up.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Apps answer at `<app>.app.<domain>`.
+    pub domain: String,
+    /// Control-plane API to learn regions and feeds from.
+    pub api: String,
+    /// Location used when the client's is unknown.
+    pub geo: GeoPoint,
+    /// Peers whose `x-fluxplane-client-geo` header is believed.
+    pub trusted: Vec<IpAddr>,
+}
+
+type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+/// A running gateway.
+pub struct Gateway {
+    config: GatewayConfig,
+    table: Arc<ArcSwap<RouteTable>>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Gateway {
+    /// Binds the listener and starts following the feeds; returns the bound address.
+    pub async fn spawn(config: GatewayConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<SocketAddr> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        let table: Arc<ArcSwap<RouteTable>> = Arc::default();
+        tokio::spawn(follow(config.api.clone(), table.clone(), shutdown.clone()));
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(1)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+        let gw = Arc::new(Gateway { config, table, client });
+        let mut stop = shutdown;
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = tokio::select! {
+                    r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+                    _ = stop.changed() => return,
+                };
+                let gw = gw.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let gw = gw.clone();
+                        async move { Ok::<_, std::convert::Infallible>(gw.handle(req, peer.ip()).await) }
+                    });
+                    // Slow or oversized headers are cut off by hyper (timeout, max buffer).
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(Duration::from_secs(10))
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(addr)
+    }
+
+    fn app_key<'a>(&self, host: &'a str) -> Option<&'a str> {
+        let host = host
+            .rsplit_once(':')
+            .map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host });
+        let suffix = format!(".app.{}", self.config.domain);
+        host.strip_suffix(suffix.as_str()).filter(|k| !k.is_empty())
+    }
+
+    async fn handle(&self, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
+        let host = req
+            .headers()
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .or(req.uri().host())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let Some(key) = self.app_key(&host) else {
+            return text(StatusCode::NOT_FOUND, format!("no app serves host `{host}`"));
+        };
+        let client_geo = if self.config.trusted.contains(&peer) {
+            req.headers()
+                .get(CLIENT_GEO)
+                .and_then(|v| v.to_str().ok())
+                .and_then(GeoPoint::parse)
+                .unwrap_or(self.config.geo)
+        } else {
+            self.config.geo
+        };
+        let table = self.table.load();
+        let Some(routes) = table.nearest(key, &client_geo) else {
+            return text(StatusCode::NOT_FOUND, format!("no app serves host `{host}`"));
+        };
+        if routes.is_empty() {
+            return text(StatusCode::SERVICE_UNAVAILABLE, format!("`{host}` has no healthy instance right now"));
+        }
+        let (mut parts, body) = req.into_parts();
+        let body = match Limited::new(body, MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return text(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is over {} MB", MAX_BODY >> 20));
+            }
+        };
+        parts.headers.remove(CLIENT_GEO);
+        if let Ok(v) = HeaderValue::from_str(&peer.to_string()) {
+            parts.headers.append(HeaderName::from_static("x-forwarded-for"), v);
+        }
+        let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+        let mut last_error = String::new();
+        for route in routes.iter() {
+            let Ok(uri) = format!("http://{}{}", route.addr, path).parse::<Uri>() else { continue };
+            let mut out = Request::from_parts(parts.clone(), Full::new(body.clone()));
+            *out.uri_mut() = uri;
+            match self.client.request(out).await {
+                Ok(resp) => {
+                    let (mut rparts, rbody) = resp.into_parts();
+                    if let Ok(v) = HeaderValue::from_str(&route.node) {
+                        rparts.headers.insert(HeaderName::from_static("x-fluxplane-node"), v);
+                    }
+                    if let Ok(v) = HeaderValue::from_str(&route.region) {
+                        rparts.headers.insert(HeaderName::from_static("x-fluxplane-region"), v);
+                    }
+                    return Response::from_parts(rparts, rbody.boxed());
+                }
+                // Only failures before the request reached the instance are retried, so a
+                // non-idempotent request is never sent twice.
+                Err(e) if e.is_connect() => {
+                    tracing::debug!(node = %route.node, "connect failed, trying the next instance: {e}");
+                    last_error = e.to_string();
+                }
+                Err(e) => return text(StatusCode::BAD_GATEWAY, format!("instance on {} failed: {e}", route.node)),
+            }
+        }
+        text(StatusCode::BAD_GATEWAY, format!("no instance of `{host}` could be reached: {last_error}"))
+    }
+}
+
+fn text(status: StatusCode, message: String) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(message + "\n")).map_err(|never| match never {}).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
