@@ -1,2 +1,6 @@
-#[test]
-fn placeholder() {}
+//! Whole-system tests: a real `fluxplane dev` child process on ephemeral ports, driven through
+//! the real `fluxctl` binary and the gateway over HTTP.
+
+mod util;
+
+mod spine;
