@@ -14,3 +14,6 @@ mod serve;
 pub use cache::ComponentCache;
 pub use engine::{EngineConfig, WasmEngine};
 pub use serve::{InstanceLimits, InstanceServer};
+
+#[cfg(test)]
+mod tests;
