@@ -5,6 +5,9 @@
 //! It depends on `model` and `chain` only. Actors that drive a shard (following blocks,
 //! reconciling apps, watching heartbeats) live in `actors`, above this crate.
 
+// openraft's storage traits return its large StorageError; boxing it would only add copies.
+#![allow(clippy::result_large_err)]
+
 pub mod api;
 pub mod blobs;
 pub mod log_store;

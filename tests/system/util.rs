@@ -41,14 +41,16 @@ impl Dev {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn fluxplane dev");
+        // Owned by `Dev` at once, so a failed start still kills the process.
+        let mut dev = Dev { child, api: String::new(), gateway: String::new() };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(text) = std::fs::read_to_string(&endpoints)
                 && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
             {
-                let api = v["api"].as_str().expect("api").to_string();
-                let gateway = v["gateway"].as_str().expect("gateway").to_string();
-                return Dev { child, api, gateway };
+                dev.api = v["api"].as_str().expect("api").to_string();
+                dev.gateway = v["gateway"].as_str().expect("gateway").to_string();
+                return dev;
             }
             assert!(Instant::now() < deadline, "fluxplane dev did not start");
             std::thread::sleep(Duration::from_millis(100));
