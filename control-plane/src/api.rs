@@ -192,7 +192,22 @@ fn app_view(api: &Api, name: &str) -> Result<AppView, ApiError> {
             });
         }
     }
-    // Regions without a shard here that still have a quota would show as shortfall elsewhere.
+    let quota_total: u32 = quotas.values().sum();
+    if quota_total < record.spec.instances {
+        // Not a region's shortfall: no region has enough eligible nodes at all.
+        shortfall.insert(
+            "all".into(),
+            format!(
+                "only {quota_total} of {} instances can be placed: too few nodes match the geolocation rules ({})",
+                record.spec.instances,
+                if record.spec.geolocation.is_empty() {
+                    "anywhere".to_string()
+                } else {
+                    record.spec.geolocation.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(", ")
+                }
+            ),
+        );
+    }
     Ok(AppView {
         name: record.spec.name.clone(),
         owner: record.owner,

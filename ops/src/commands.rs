@@ -227,6 +227,9 @@ async fn deploy(cli: &Cli, api: &ApiClient, file: &Path, wait: bool, timeout: Du
             (last_placed, last_running) = (placed, running);
         }
         if want > 0 && running >= want as usize && app.updated_height >= height {
+            if let Some(why) = app.shortfall.get("all") {
+                eprintln!("warning: {why}");
+            }
             break;
         }
         if Instant::now() >= deadline {
