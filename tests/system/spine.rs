@@ -39,6 +39,16 @@ fn deploy_route_restart_validate_and_remove() {
             assert_eq!(body.trim(), format!("hello from {node}"));
         }
     };
+    // deploy --wait reports the instances healthy at the control plane; the gateway learns each
+    // region's routes from that region's feed a moment later.
+    let routed = |dev: &Dev| {
+        [("50.11,8.68", "eu"), ("38.9,-77.0", "na"), ("1.29,103.85", "as")].iter().all(|(g, region)| {
+            dev.get("hello.app.localhost", Some(g)).is_some_and(|r| {
+                r.status() == 200 && r.headers().get("x-fluxplane-region").is_some_and(|v| v == region)
+            })
+        })
+    };
+    Dev::eventually(Duration::from_secs(10), "every region routed", || routed(&dev));
     check_geo(&dev);
 
     // 5. A manifest with three errors is refused with all three named, and nothing reaches the chain.
@@ -84,6 +94,7 @@ fn deploy_route_restart_validate_and_remove() {
             .iter()
             .all(|g| dev.get("hello.app.localhost", Some(g)).is_some_and(|r| r.status() == 200))
     });
+    Dev::eventually(Duration::from_secs(15), "every region routed after restart", || routed(&dev));
     check_geo(&dev);
 
     // 4. `app rm` makes the gateway answer 404.
