@@ -29,6 +29,40 @@ pub struct ErrorDetail {
     /// Field errors, for `invalid_spec`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<crate::spec::FieldError>,
+    /// For `not_leader`: the API URL of the shard's leader, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+}
+
+/// The chain source's tip, and the identity of the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainTip {
+    /// Height of the newest block.
+    pub height: u64,
+    /// Its hash.
+    pub hash: String,
+    /// Hash of block 0.
+    pub genesis_hash: String,
+}
+
+/// The HTTP status that goes with an error code. Every server maps codes through this one table,
+/// so a code means the same status wherever it comes from.
+pub fn status_of(code: &str) -> u16 {
+    match code {
+        "bad_request" | "invalid_spec" | "invalid_node" | "invalid_announce" | "missing_module" | "bad_block" => 400,
+        "bad_signature" | "unauthorized" => 401,
+        "underpaid" | "insufficient_funds" => 402,
+        "forbidden" => 403,
+        "not_found" => 404,
+        "timeout" => 408,
+        "conflict" | "stale_nonce" | "other_chain" | "rejected" => 409,
+        "payload_too_large" => 413,
+        "wrong_region" => 421,
+        "not_leader" => 307,
+        "no_leader" | "busy" | "warming_up" | "unavailable" | "not_committed" | "not_initialized" => 503,
+        "chain_unavailable" => 502,
+        _ => 500,
+    }
 }
 
 /// Answer to a submitted transaction.
@@ -78,6 +112,15 @@ pub struct RegionStatus {
     pub name: String,
     /// Raft leader's id, if known.
     pub leader: Option<u64>,
+    /// The leader's API URL, if known.
+    #[serde(default)]
+    pub leader_api: Option<String>,
+    /// Voting members of the shard.
+    #[serde(default)]
+    pub voters: usize,
+    /// Why the region's shard could not be asked, when it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreachable: Option<String>,
     /// Raft term.
     pub term: u64,
     /// Highest chain block the shard applied.
@@ -121,6 +164,9 @@ pub struct AppView {
     pub shortfall: BTreeMap<String, String>,
     /// Components.
     pub components: Vec<ComponentSpec>,
+    /// Regions whose shard could not be asked; their placements are missing from this view.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unreachable: BTreeMap<String, String>,
 }
 
 impl AppView {
@@ -142,6 +188,8 @@ pub enum InstanceState {
     Unhealthy,
     /// Its node is down.
     NodeDown,
+    /// Health is soft state held by the shard's leader; a stale read from a follower cannot tell.
+    Unknown,
 }
 
 /// One placed instance.
@@ -180,6 +228,9 @@ pub struct NodeView {
     pub capabilities: Vec<Capability>,
     /// Whether the shard counts it as up.
     pub up: bool,
+    /// Whether an operator cordoned it (it gets no new instances).
+    #[serde(default)]
+    pub cordoned: bool,
     /// Milliseconds since its last heartbeat reached the shard leader, if any.
     pub last_heartbeat_ms_ago: Option<u64>,
     /// Instances placed on it.
@@ -208,8 +259,121 @@ pub struct RegionView {
     pub continent: String,
     /// Centre.
     pub center: GeoPoint,
-    /// Base URL of the API that serves this region's shard.
+    /// API base URLs of the replicas of this region's shard, by Raft id, as published on chain.
+    pub replicas: BTreeMap<u64, String>,
+}
+
+impl RegionView {
+    /// The replicas' API URLs.
+    pub fn urls(&self) -> Vec<String> {
+        self.replicas.values().cloned().collect()
+    }
+}
+
+// === shards ===
+
+/// `GET /v1/shards/{region}`: a shard's membership and each replica's state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardView {
+    /// Region.
+    pub region: String,
+    /// Leader's Raft id, if known.
+    pub leader: Option<u64>,
+    /// Term, as the answering replica knows it.
+    pub term: u64,
+    /// Members, voters and learners.
+    pub members: Vec<MemberView>,
+    /// Each member's own report; a member that did not answer has `error` set.
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// One member of a shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    /// Raft id.
+    pub id: u64,
+    /// API base URL.
     pub api: String,
+    /// Voter, or learner.
+    pub voter: bool,
+}
+
+/// One replica's own view of its Raft state: `GET /v1/shards/{region}/replica`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// Raft id.
+    pub id: u64,
+    /// API base URL.
+    pub api: String,
+    /// `leader`, `follower`, `learner`, `candidate`, `shutdown`, or `unreachable`.
+    pub role: String,
+    /// Current term.
+    pub term: u64,
+    /// Leader it knows of.
+    pub leader: Option<u64>,
+    /// Last log index appended.
+    pub last_log_index: Option<u64>,
+    /// Last log index known committed.
+    pub committed: Option<u64>,
+    /// Last log index applied to the state machine.
+    pub applied: Option<u64>,
+    /// Last log index in its snapshot.
+    pub snapshot: Option<u64>,
+    /// Last log index purged from its log.
+    pub purged: Option<u64>,
+    /// Snapshots it installed from a leader since it started.
+    pub snapshots_installed: u64,
+    /// Entries behind the leader (leader's last log index less its matched index), as the leader
+    /// sees it.
+    pub lag: Option<u64>,
+    /// Milliseconds since it last heard from the leader (for the leader: since a quorum acked).
+    pub last_contact_ms: Option<u64>,
+    /// Highest chain block its state has applied.
+    pub chain_height: Option<u64>,
+    /// The genesis its state is pinned to.
+    pub genesis_hash: String,
+    /// Why it could not be asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `GET /v1/shards/{region}/identity`: who a replica is. Signed with the admin token, so that a
+/// replica only trusts identities that a holder of the token vouches for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaIdentity {
+    /// Region.
+    pub region: String,
+    /// Raft id.
+    pub id: u64,
+    /// API base URL.
+    pub api: String,
+    /// The replica's ed25519 key, which signs its Raft calls.
+    pub key: PublicKeyHex,
+    /// Keyed blake3 of the fields above under the admin token, hex.
+    pub mac: String,
+}
+
+/// `POST /v1/shards/{region}/learners`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddLearnerRequest {
+    /// Raft id of the new replica.
+    pub id: u64,
+    /// Its API base URL (`http://host:port`).
+    pub api: String,
+}
+
+/// `POST /v1/shards/{region}/{promote|remove}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberRequest {
+    /// Raft id.
+    pub id: u64,
+}
+
+/// `POST /v1/shards/{region}/transfer-leader`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TransferLeaderRequest {
+    /// Preferred new leader; any up-to-date voter when absent.
+    pub to: Option<u64>,
 }
 
 // === node agents ===

@@ -78,6 +78,17 @@ pub enum Tx {
         /// Amount in the smallest unit.
         amount: u64,
     },
+    /// Publish where one replica of a region's shard serves the API, so that gateways, agents and
+    /// `fluxctl` can find every region from any one control URL. Only a control operator named
+    /// in genesis may sign it.
+    ControlAnnounce {
+        /// The region the replica serves.
+        region: String,
+        /// The replica's Raft id within the region.
+        replica_id: u64,
+        /// The replica's API base URL, `http(s)://host:port`.
+        api_url: String,
+    },
 }
 
 impl Tx {
@@ -89,6 +100,7 @@ impl Tx {
             Tx::AppUpdate { .. } => "app_update",
             Tx::AppRemove { .. } => "app_remove",
             Tx::Transfer { .. } => "transfer",
+            Tx::ControlAnnounce { .. } => "control_announce",
         }
     }
 
@@ -154,6 +166,9 @@ pub struct Genesis {
     pub regions: Vec<Region>,
     /// Initial balances.
     pub allocations: Vec<(PublicKeyHex, u64)>,
+    /// Keys allowed to publish control replicas in the region directory.
+    #[serde(default)]
+    pub control_operators: Vec<PublicKeyHex>,
 }
 
 /// A block.
@@ -274,6 +289,66 @@ pub enum TxError {
     /// A node-start rule failed.
     #[error("invalid node start: {0}")]
     InvalidNode(String),
+    /// The signer may not do this.
+    #[error("not authorized: {0}")]
+    NotAuthorized(String),
+    /// A control announcement is malformed.
+    #[error("invalid control announcement: {0}")]
+    InvalidAnnounce(String),
+}
+
+impl TxError {
+    /// A stable, machine-readable code, as the API reports it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TxError::BadSignature(_) => "bad_signature",
+            TxError::StaleNonce { .. } => "stale_nonce",
+            TxError::InsufficientFunds { .. } => "insufficient_funds",
+            TxError::Underpaid { .. } => "underpaid",
+            TxError::InvalidSpec(_) => "invalid_spec",
+            TxError::AppExists(_) => "conflict",
+            TxError::UnknownApp(_) => "not_found",
+            TxError::NotOwner { .. } => "forbidden",
+            TxError::InvalidNode(_) => "invalid_node",
+            TxError::NotAuthorized(_) => "forbidden",
+            TxError::InvalidAnnounce(_) => "invalid_announce",
+        }
+    }
+}
+
+/// Why a block cannot be applied on top of a state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum BlockError {
+    /// The block's hash is not the hash of its contents.
+    #[error("block {height} claims hash {claimed} but its contents hash to {computed}")]
+    BadHash {
+        /// Height.
+        height: u64,
+        /// The hash in the block.
+        claimed: String,
+        /// The hash of its contents.
+        computed: String,
+    },
+    /// The block is from another chain: its genesis differs from the one this state follows.
+    #[error("this state follows the chain with genesis {pinned}, but the block is from genesis {offered}")]
+    OtherGenesis {
+        /// Genesis hash already followed.
+        pinned: String,
+        /// Genesis hash offered.
+        offered: String,
+    },
+    /// The block does not follow the tip: wrong height or parent hash.
+    #[error("block {height} (parent {parent}) does not follow the tip {tip:?} ({tip_hash})")]
+    DoesNotFollow {
+        /// Height.
+        height: u64,
+        /// Its parent hash.
+        parent: String,
+        /// Current tip height.
+        tip: Option<u64>,
+        /// Current tip hash.
+        tip_hash: String,
+    },
 }
 
 /// The state a chain's blocks build: balances, nodes and apps.
@@ -293,6 +368,15 @@ pub struct ChainState {
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     /// Registered, unexpired apps.
     pub apps: BTreeMap<AppName, AppRecord>,
+    /// Hash of block 0: the identity of the chain this state follows.
+    #[serde(default)]
+    pub genesis_hash: String,
+    /// Keys allowed to publish control replicas.
+    #[serde(default)]
+    pub control_operators: Vec<PublicKeyHex>,
+    /// The region directory: region -> replica id -> API URL.
+    #[serde(default)]
+    pub directory: BTreeMap<String, BTreeMap<u64, String>>,
 }
 
 /// What applying one block did, transaction by transaction.
@@ -313,6 +397,34 @@ impl ChainState {
         }
     }
 
+    /// Checks that `block` may be applied next: its hash is the hash of its contents and it
+    /// follows the tip. The answer depends only on the state and the block, so every replica
+    /// decides alike.
+    pub fn check_block(&self, block: &Block) -> Result<(), BlockError> {
+        let computed = block.compute_hash();
+        if computed != block.hash {
+            return Err(BlockError::BadHash { height: block.height, claimed: block.hash.clone(), computed });
+        }
+        if !self.follows(block) {
+            return Err(BlockError::DoesNotFollow {
+                height: block.height,
+                parent: block.prev_hash.clone(),
+                tip: self.height,
+                tip_hash: self.tip_hash.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks that a chain whose block 0 hashes to `genesis_hash` is the chain this state follows.
+    /// A state that has applied no block yet follows any chain.
+    pub fn check_genesis(&self, genesis_hash: &str) -> Result<(), BlockError> {
+        if self.genesis_hash.is_empty() || self.genesis_hash == genesis_hash {
+            return Ok(());
+        }
+        Err(BlockError::OtherGenesis { pinned: self.genesis_hash.clone(), offered: genesis_hash.to_string() })
+    }
+
     /// Applies a block that [`follows`](Self::follows) the tip. Invalid transactions are skipped
     /// and reported, as every replica skips them the same way.
     pub fn apply_block(&mut self, block: &Block) -> BlockOutcome {
@@ -321,9 +433,13 @@ impl ChainState {
             && block.height == 0
         {
             self.regions = genesis.regions.clone();
+            self.control_operators = genesis.control_operators.clone();
             for (addr, amount) in &genesis.allocations {
                 *self.balances.entry(addr.clone()).or_default() += amount;
             }
+        }
+        if block.height == 0 {
+            self.genesis_hash = block.hash.clone();
         }
         for stx in &block.txs {
             if let Err(e) = self.apply_tx(stx, block.height) {
@@ -409,6 +525,19 @@ impl ChainState {
                 self.debit(signer, *amount)?;
                 *self.balances.entry(to.clone()).or_default() += amount;
             }
+            Tx::ControlAnnounce { region, replica_id, api_url } => {
+                if !self.control_operators.contains(signer) {
+                    return Err(TxError::NotAuthorized(format!(
+                        "{signer} is not a control operator of this chain; only keys named in genesis may publish \
+                         control replicas"
+                    )));
+                }
+                if !self.regions.iter().any(|r| &r.name == region) {
+                    return Err(TxError::InvalidAnnounce(format!("unknown region `{region}`")));
+                }
+                check_api_url(api_url).map_err(TxError::InvalidAnnounce)?;
+                self.directory.entry(region.clone()).or_default().insert(*replica_id, api_url.clone());
+            }
         }
         self.nonces.insert(signer.clone(), stx.nonce);
         Ok(())
@@ -430,6 +559,21 @@ impl ChainState {
         self.balances.insert(who.clone(), have - amount);
         Ok(())
     }
+}
+
+/// Checks an announced API URL: `http://` or `https://`, a host, no path, no spaces, at most 200
+/// characters.
+pub fn check_api_url(url: &str) -> Result<(), String> {
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+    let ok = rest.is_some_and(|host| {
+        !host.is_empty()
+            && !host.contains('/')
+            && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
+    });
+    if !ok || url.len() > 200 {
+        return Err(format!("`{url}` is not an API base URL such as http://10.0.0.1:7070"));
+    }
+    Ok(())
 }
 
 fn check_payment(spec: &AppSpec, paid: u64) -> Result<(), TxError> {

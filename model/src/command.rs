@@ -44,6 +44,13 @@ pub enum Command {
         /// Why fewer instances than wanted are placed, if so.
         shortfall: Option<String>,
     },
+    /// An operator cordoned or uncordoned a node: a cordoned node gets no new instances.
+    SetCordon {
+        /// The node.
+        node: NodeId,
+        /// Whether it is now cordoned.
+        cordoned: bool,
+    },
     /// A node's liveness changed.
     SetLiveness {
         /// The node.

@@ -23,7 +23,11 @@ fn spec(name: &str) -> AppSpec {
 }
 
 fn genesis(funded: &Keypair) -> (ChainState, Block) {
-    let g = Genesis { regions: default_regions(), allocations: vec![(funded.public(), 100_000 * FLUX)] };
+    let g = Genesis {
+        regions: default_regions(),
+        allocations: vec![(funded.public(), 100_000 * FLUX)],
+        control_operators: vec![funded.public()],
+    };
     let block = Block::new(0, String::new(), 0, Some(g), vec![]);
     let mut state = ChainState::default();
     assert!(state.follows(&block));
@@ -117,4 +121,39 @@ fn a_block_that_does_not_follow_is_detected() {
     assert!(!state.follows(&Block::new(2, g.hash.clone(), 0, None, vec![])));
     assert!(!state.follows(&Block::new(1, "other".into(), 0, None, vec![])));
     assert!(state.follows(&Block::new(1, g.hash, 0, None, vec![])));
+}
+
+#[test]
+fn only_control_operators_publish_the_directory() {
+    let operator = Keypair::generate();
+    let stranger = Keypair::generate();
+    let (mut state, _) = genesis(&operator);
+    let announce =
+        |region: &str, url: &str| Tx::ControlAnnounce { region: region.into(), replica_id: 1, api_url: url.into() };
+    let forged = SignedTx::sign(announce("eu", "http://10.0.0.9:7070"), 1, &stranger);
+    assert!(matches!(state.apply_tx(&forged, 1), Err(TxError::NotAuthorized(_))));
+    let bad_url = SignedTx::sign(announce("eu", "http://x/../v1"), 1, &operator);
+    assert!(matches!(state.apply_tx(&bad_url, 1), Err(TxError::InvalidAnnounce(_))));
+    let unknown = SignedTx::sign(announce("mars", "http://10.0.0.1:7070"), 2, &operator);
+    assert!(matches!(state.apply_tx(&unknown, 1), Err(TxError::InvalidAnnounce(_))));
+    let ok = SignedTx::sign(announce("eu", "http://10.0.0.1:7070"), 3, &operator);
+    state.apply_tx(&ok, 1).expect("operator announces");
+    assert_eq!(state.directory["eu"][&1], "http://10.0.0.1:7070");
+}
+
+#[test]
+fn a_block_must_hash_to_its_contents_and_follow_the_tip() {
+    let owner = Keypair::generate();
+    let (state, g) = genesis(&owner);
+    assert_eq!(state.genesis_hash, g.hash);
+    let good = Block::new(1, g.hash.clone(), 5, None, vec![]);
+    state.check_block(&good).expect("follows");
+    let mut forged = good.clone();
+    forged.time_ms = 6;
+    assert!(matches!(state.check_block(&forged), Err(BlockError::BadHash { .. })));
+    let orphan = Block::new(1, "f".repeat(64), 5, None, vec![]);
+    assert!(matches!(state.check_block(&orphan), Err(BlockError::DoesNotFollow { .. })));
+    state.check_genesis(&g.hash).expect("same chain");
+    let err = state.check_genesis("abc").expect_err("other chain");
+    assert!(err.to_string().contains(&g.hash) && err.to_string().contains("abc"), "{err}");
 }

@@ -1,0 +1,205 @@
+//! One typed method per endpoint.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use model::api::*;
+use model::chain::{Block, SignedTx};
+use reqwest::Method;
+
+use crate::transport::{Call, Retry};
+use crate::{Client, ClientError, paths};
+
+/// How long `submit_tx_applied` waits for the block and the shard, at most.
+const APPLIED_WAIT_MS: u64 = 30_000;
+
+impl Client {
+    // === cloud ===
+
+    /// Chain tip and every region's shard (regions that do not answer are marked).
+    pub async fn status(&self) -> Result<StatusView, ClientError> {
+        self.json(Call::get(paths::STATUS)).await
+    }
+
+    /// The region directory.
+    pub async fn regions(&self) -> Result<Vec<RegionView>, ClientError> {
+        self.json(Call::get(paths::REGIONS)).await
+    }
+
+    /// A client of `region`'s replicas, found through the directory.
+    pub async fn region(&self, region: &str) -> Result<Client, ClientError> {
+        let regions = self.regions().await?;
+        let view = regions
+            .iter()
+            .find(|r| r.name == region)
+            .ok_or_else(|| ClientError::NotFound { message: format!("no region `{region}` on this chain") })?;
+        if view.replicas.is_empty() {
+            return Err(ClientError::NotFound {
+                message: format!("region `{region}` has no control replica in the directory yet"),
+            });
+        }
+        self.sibling(view.urls())
+    }
+
+    // === apps, nodes, wallets ===
+
+    /// Every app.
+    pub async fn apps(&self) -> Result<Vec<AppView>, ClientError> {
+        self.json(Call::get(paths::APPS)).await
+    }
+
+    /// One app; [`ClientError::NotFound`] when it is not registered.
+    pub async fn app(&self, name: &str) -> Result<AppView, ClientError> {
+        self.json(Call::get(paths::app(name))).await
+    }
+
+    /// Every node.
+    pub async fn nodes(&self) -> Result<Vec<NodeView>, ClientError> {
+        self.json(Call::get(paths::NODES)).await
+    }
+
+    /// A wallet's balance and last nonce.
+    pub async fn wallet(&self, address: &str) -> Result<WalletView, ClientError> {
+        self.json(Call::get(paths::wallet(address))).await
+    }
+
+    /// Cordons a node (admin): nothing new is placed on it.
+    pub async fn cordon(&self, node: &str, cordoned: bool) -> Result<(), ClientError> {
+        let route = if cordoned { paths::NODE_CORDON_ROUTE } else { paths::NODE_UNCORDON_ROUTE };
+        // Setting a flag twice is harmless, so a lost answer may be retried.
+        let call = Call::post_json(paths::node(route, node), &serde_json::json!({}))?.retry(Retry::Always);
+        self.send(call).await.map(|_| ())
+    }
+
+    // === chain ===
+
+    /// Submits a signed transaction; the answer means it is in the mempool.
+    pub async fn submit_tx(&self, tx: &SignedTx) -> Result<SubmitTxResponse, ClientError> {
+        self.json(Call::post_json(paths::TRANSACTIONS, tx)?).await
+    }
+
+    /// Submits a signed transaction and returns once it is in a block *and* the answering
+    /// replica's shard has applied that block, linearizably.
+    pub async fn submit_tx_applied(&self, tx: &SignedTx) -> Result<SubmitTxResponse, ClientError> {
+        let call = Call::post_json(paths::TRANSACTIONS, tx)?
+            .query("wait", "applied")
+            .timeout(Duration::from_millis(APPLIED_WAIT_MS + 5_000));
+        self.json(call).await
+    }
+
+    /// What became of a transaction.
+    pub async fn tx_status(&self, id: &str) -> Result<TxStatus, ClientError> {
+        self.json(Call::get(paths::transaction(id))).await
+    }
+
+    /// The chain tip.
+    pub async fn chain_tip(&self) -> Result<ChainTip, ClientError> {
+        self.json(Call::get(paths::CHAIN_TIP)).await
+    }
+
+    /// Waits up to `wait` for a tip above `after`, then returns the tip.
+    pub async fn wait_chain_tip(&self, after: u64, wait: Duration) -> Result<ChainTip, ClientError> {
+        let call = Call::get(paths::CHAIN_TIP)
+            .query("after", after)
+            .query("wait_ms", wait.as_millis())
+            .timeout(wait + Duration::from_secs(5));
+        self.json(call).await
+    }
+
+    /// A block; [`ClientError::NotFound`] when it is not produced yet.
+    pub async fn block(&self, height: u64) -> Result<Block, ClientError> {
+        self.json(Call::get(paths::block(height))).await
+    }
+
+    // === modules ===
+
+    /// Uploads a module under its blake3 hash; idempotent.
+    pub async fn put_blob(&self, hash: &str, bytes: Vec<u8>) -> Result<(), ClientError> {
+        let call = Call {
+            method: Method::PUT,
+            path: paths::blob(hash),
+            query: Vec::new(),
+            body: Some((Bytes::from(bytes), "application/octet-stream")),
+            timeout: Some(Duration::from_secs(120)),
+            // Content-addressed: storing the same bytes twice is harmless.
+            retry: Retry::Always,
+        };
+        self.send(call).await.map(|_| ())
+    }
+
+    /// Downloads a module.
+    pub async fn get_blob(&self, hash: &str) -> Result<Bytes, ClientError> {
+        self.bytes(Call::get(paths::blob(hash)).timeout(Duration::from_secs(120))).await
+    }
+
+    /// Downloads a module only if the answering replica holds it (replicas ask each other this
+    /// way, so that a miss never cascades).
+    pub async fn get_blob_local(&self, hash: &str) -> Result<Bytes, ClientError> {
+        self.bytes(Call::get(paths::blob(hash)).query("local", "true").timeout(Duration::from_secs(120))).await
+    }
+
+    // === agents and gateways ===
+
+    /// A node agent's beat; the answer is what the node should run.
+    pub async fn heartbeat(&self, beat: &SignedHeartbeat, timeout: Duration) -> Result<Assignments, ClientError> {
+        // A beat carries a timestamp and only refreshes soft state: resending one is harmless.
+        self.json(Call::post_json(paths::HEARTBEAT, beat)?.retry(Retry::Always).timeout(timeout)).await
+    }
+
+    /// A region's routing feed; with `after`, waits up to `wait` for a version other than it.
+    pub async fn routes(&self, region: &str, after: Option<u64>, wait: Duration) -> Result<RouteFeed, ClientError> {
+        let mut call = Call::get(paths::routes(region)).timeout(wait + Duration::from_secs(5));
+        if let Some(v) = after {
+            call = call.query("after", v).query("wait_ms", wait.as_millis());
+        }
+        self.json(call).await
+    }
+
+    // === shards (admin) ===
+
+    /// Membership and every replica's state.
+    pub async fn shard(&self, region: &str) -> Result<ShardView, ClientError> {
+        self.json(Call::get(paths::shard(paths::SHARD_ROUTE, region))).await
+    }
+
+    /// The answering replica's own Raft state.
+    pub async fn replica_status(&self, region: &str) -> Result<ReplicaStatus, ClientError> {
+        self.json(Call::get(paths::shard(paths::SHARD_REPLICA_ROUTE, region))).await
+    }
+
+    /// The answering replica's identity, vouched for with the admin token.
+    pub async fn replica_identity(&self, region: &str) -> Result<ReplicaIdentity, ClientError> {
+        self.json(Call::get(paths::shard(paths::SHARD_IDENTITY_ROUTE, region))).await
+    }
+
+    /// Initializes the shard with the answering replica's peers as voters.
+    pub async fn shard_init(&self, region: &str) -> Result<ShardView, ClientError> {
+        let call = Call::post_json(paths::shard(paths::SHARD_INIT_ROUTE, region), &serde_json::json!({}))?;
+        self.json(call.timeout(Duration::from_secs(30))).await
+    }
+
+    /// Adds a learner.
+    pub async fn shard_add_learner(&self, region: &str, id: u64, api: &str) -> Result<ShardView, ClientError> {
+        let body = AddLearnerRequest { id, api: api.to_string() };
+        let call = Call::post_json(paths::shard(paths::SHARD_LEARNERS_ROUTE, region), &body)?;
+        self.json(call.timeout(Duration::from_secs(60))).await
+    }
+
+    /// Promotes a learner to voter.
+    pub async fn shard_promote(&self, region: &str, id: u64) -> Result<ShardView, ClientError> {
+        let call = Call::post_json(paths::shard(paths::SHARD_PROMOTE_ROUTE, region), &MemberRequest { id })?;
+        self.json(call.timeout(Duration::from_secs(60))).await
+    }
+
+    /// Removes a voter or learner.
+    pub async fn shard_remove(&self, region: &str, id: u64) -> Result<ShardView, ClientError> {
+        let call = Call::post_json(paths::shard(paths::SHARD_REMOVE_ROUTE, region), &MemberRequest { id })?;
+        self.json(call.timeout(Duration::from_secs(60))).await
+    }
+
+    /// Hands leadership to another voter (`to`, or any).
+    pub async fn shard_transfer_leader(&self, region: &str, to: Option<u64>) -> Result<ShardView, ClientError> {
+        let call = Call::post_json(paths::shard(paths::SHARD_TRANSFER_ROUTE, region), &TransferLeaderRequest { to })?;
+        self.json(call.timeout(Duration::from_secs(30))).await
+    }
+}
