@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Context;
-use model::api::TxStatus;
+use model::api::{ChainTip, TxStatus};
 use model::chain::{Block, ChainState, SignedTx, TxError};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::watch;
@@ -42,6 +42,7 @@ struct Inner {
 struct State {
     chain: ChainState,
     tip: Block,
+    genesis_hash: String,
     /// Accepted transactions, in order, with the state they lead to.
     mempool: Vec<SignedTx>,
     pending_state: ChainState,
@@ -53,6 +54,17 @@ impl Devnet {
     /// Opens the chain stored at `path`, writing `genesis` first if it is new. Replays the stored
     /// blocks to rebuild the state, so a restart continues the same chain.
     pub fn open(path: &Path, genesis: impl FnOnce() -> Block) -> anyhow::Result<Devnet> {
+        Self::open_inner(path, Some(Box::new(genesis)))
+    }
+
+    /// Opens a chain that must exist already: used when something that follows the chain (shards,
+    /// a genesis key) is found beside it, so that a deleted or emptied `chain.redb` is reported
+    /// instead of silently replaced by a new chain the followers would diverge from.
+    pub fn open_existing(path: &Path) -> anyhow::Result<Devnet> {
+        Self::open_inner(path, None)
+    }
+
+    fn open_inner(path: &Path, genesis: Option<Box<dyn FnOnce() -> Block + '_>>) -> anyhow::Result<Devnet> {
         let db = redb::Database::create(path).with_context(|| format!("opening chain store {}", path.display()))?;
         let mut blocks = Vec::new();
         {
@@ -70,6 +82,13 @@ impl Devnet {
             }
         }
         if blocks.is_empty() {
+            let Some(genesis) = genesis else {
+                anyhow::bail!(
+                    "chain store {} holds no blocks, but this data dir already follows a chain; refusing to start \
+                     a new chain that its shards would diverge from. Restore the file, or use a new data dir",
+                    path.display()
+                );
+            };
             let g = genesis();
             write_block(&db, &g)?;
             blocks.push(g);
@@ -79,9 +98,17 @@ impl Devnet {
             anyhow::ensure!(chain.follows(block), "stored block {} does not follow its parent", block.height);
             chain.apply_block(block);
         }
+        let genesis_hash = blocks.first().map(|b| b.hash.clone()).context("chain has no blocks")?;
         let tip = blocks.pop().context("chain has no blocks")?;
         let (tip_tx, _) = watch::channel(tip.height);
-        let state = State { pending_state: chain.clone(), chain, tip, mempool: Vec::new(), statuses: HashMap::new() };
+        let state = State {
+            pending_state: chain.clone(),
+            chain,
+            tip,
+            genesis_hash,
+            mempool: Vec::new(),
+            statuses: HashMap::new(),
+        };
         Ok(Devnet { inner: Arc::new(Inner { db, state: Mutex::new(state), tip_tx }) })
     }
 
@@ -155,10 +182,10 @@ impl Devnet {
         Ok(Some(serde_json::from_slice(bytes.value())?))
     }
 
-    /// Height and hash of the tip.
-    pub fn tip(&self) -> (u64, String) {
+    /// Height and hash of the tip, and the genesis hash.
+    pub fn tip(&self) -> ChainTip {
         let s = self.lock();
-        (s.tip.height, s.tip.hash.clone())
+        ChainTip { height: s.tip.height, hash: s.tip.hash.clone(), genesis_hash: s.genesis_hash.clone() }
     }
 
     /// Follows the tip height.
@@ -215,13 +242,19 @@ mod tests {
         let block = devnet.produce_block(1).expect("block");
         assert_eq!(block.height, 1);
         assert_eq!(devnet.tx_status(&id), TxStatus::Included { height: 1 });
-        let (height, hash) = devnet.tip();
+        let tip = devnet.tip();
         drop(devnet);
 
-        let reopened = Devnet::open(&path, || panic!("genesis must not be rebuilt")).expect("reopen");
-        assert_eq!(reopened.tip(), (height, hash));
+        let reopened = Devnet::open_existing(&path).expect("reopen");
+        assert_eq!(reopened.tip(), tip);
         assert_eq!(reopened.state().balances[&other.public()], 5 * FLUX);
         assert_eq!(reopened.block(1).expect("read").expect("stored").hash, block.hash);
         assert!(reopened.block(2).expect("read").is_none());
+        drop(reopened);
+
+        // A deleted store under followers is refused by name, not replaced by a new chain.
+        std::fs::remove_file(&path).expect("delete");
+        let err = Devnet::open_existing(&path).err().expect("refused").to_string();
+        assert!(err.contains("chain.redb") && err.contains("holds no blocks"), "{err}");
     }
 }

@@ -51,9 +51,14 @@ pub fn dev_node_key(wallet: &Keypair, node_id: &str) -> Keypair {
     Keypair::from_seed(*h.finalize().as_bytes())
 }
 
-/// Block 0: fund `wallet` with 1,000,000 FLUX and start `nodes` with its collateral.
+/// Block 0: fund `wallet` with 1,000,000 FLUX, make it the control operator, and start `nodes`
+/// with its collateral.
 pub fn dev_genesis(wallet: &Keypair, nodes: &[DevNode], time_ms: u64) -> Block {
-    let genesis = Genesis { regions: default_regions(), allocations: vec![(wallet.public(), 1_000_000 * FLUX)] };
+    let genesis = Genesis {
+        regions: default_regions(),
+        allocations: vec![(wallet.public(), 1_000_000 * FLUX)],
+        control_operators: vec![wallet.public()],
+    };
     let txs = nodes
         .iter()
         .enumerate()
@@ -72,4 +77,10 @@ pub fn dev_genesis(wallet: &Keypair, nodes: &[DevNode], time_ms: u64) -> Block {
         })
         .collect();
     Block::new(0, String::new(), time_ms, Some(genesis), txs)
+}
+
+/// Block 0 of `fluxplane chain`: the default regions, `wallet` funded with 1,000,000 FLUX and made
+/// the control operator, and no nodes (nodes register themselves, paying their collateral).
+pub fn chain_genesis(wallet: &Keypair, time_ms: u64) -> Block {
+    dev_genesis(wallet, &[], time_ms)
 }

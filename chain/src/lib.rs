@@ -1,13 +1,22 @@
-//! The chain source: where blocks come from. This crate holds the built-in **devnet**, a local
-//! block producer that keeps its blocks durably in redb, validates transactions with the same
-//! rules every shard applies (`model::chain`), and produces a block every `block_time`.
+//! The chain source: where blocks come from and where transactions go.
 //!
-//! It depends on `model` only; the control plane follows it through [`Devnet::subscribe`] and
-//! [`Devnet::block`]. A fluxd JSON-RPC source is not here yet.
+//! - [`ChainSource`] is the one interface control replicas follow the chain through.
+//! - [`Devnet`] is the built-in local block producer: blocks durable in redb, transactions checked
+//!   with the same rules every shard applies (`model::chain`), a block every `block_time`. It is a
+//!   `ChainSource` in process, and [`server::router`] serves it over HTTP for
+//!   `fluxplane chain`, where [`HttpChain`] follows it.
+//!
+//! Depends on `model` and `client`. A fluxd JSON-RPC source is not here yet.
 
 mod devnet;
 mod genesis;
+pub mod server;
+mod source;
 
 pub use devnet::now_ms;
 pub use devnet::{Devnet, SubmitError};
-pub use genesis::{DevNode, dev_genesis, dev_node_key, dev_nodes};
+pub use genesis::{DevNode, chain_genesis, dev_genesis, dev_node_key, dev_nodes};
+pub use source::{ChainError, ChainSource, HttpChain, SharedChainSource};
+
+#[cfg(test)]
+mod conformance;
