@@ -4,6 +4,7 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, RaftLogReader};
@@ -21,6 +22,8 @@ pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// The last committed index saved, plus one (0: none); shown in `fluxctl shard status`.
+    committed: Arc<AtomicU64>,
 }
 
 fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
@@ -34,7 +37,12 @@ impl LogStore {
         tx.open_table(LOGS)?;
         tx.open_table(META)?;
         tx.commit()?;
-        Ok(Self { db })
+        Ok(Self { db, committed: Arc::default() })
+    }
+
+    /// The last committed index this replica saved.
+    pub fn committed(&self) -> Arc<AtomicU64> {
+        self.committed.clone()
     }
 
     fn read_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError> {
@@ -142,11 +150,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.write_meta("committed", &committed)
+        self.write_meta("committed", &committed)?;
+        self.committed.store(committed.map_or(0, |c| c.index + 1), Ordering::Relaxed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.read_meta::<Option<LogId>>("committed")?.flatten())
+        let committed = self.read_meta::<Option<LogId>>("committed")?.flatten();
+        self.committed.store(committed.map_or(0, |c| c.index + 1), Ordering::Relaxed);
+        Ok(committed)
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>

@@ -55,6 +55,8 @@ pub struct Candidate<'a> {
     pub node: &'a NodeRecord,
     /// Whether the shard counts it as up.
     pub up: bool,
+    /// Whether an operator cordoned it: it keeps what it runs but gets nothing new.
+    pub cordoned: bool,
     /// Capacity left, not counting the app being placed.
     pub free: Resources,
 }
@@ -78,7 +80,8 @@ impl Decision {
 }
 
 /// Places `quota` instances of `spec` on `candidates`, keeping healthy current placements:
-/// never two on one node, only on eligible up nodes with room, emptiest nodes first.
+/// never two on one node, only on eligible up nodes with room (new ones not on cordoned nodes),
+/// emptiest nodes first.
 pub fn place(spec: &AppSpec, quota: u32, candidates: &[Candidate<'_>], current: &BTreeSet<NodeId>) -> Decision {
     let need = spec.instance_resources();
     let quota = quota as usize;
@@ -93,7 +96,7 @@ pub fn place(spec: &AppSpec, quota: u32, candidates: &[Candidate<'_>], current: 
     }
     let mut open: Vec<&Candidate<'_>> = candidates
         .iter()
-        .filter(|c| usable(c) && !current.contains(&c.node.start.node_id) && c.free.fits(&need))
+        .filter(|c| usable(c) && !c.cordoned && !current.contains(&c.node.start.node_id) && c.free.fits(&need))
         .collect();
     // Emptiest first (by memory, then cpu), then by id so the choice is deterministic.
     open.sort_by(|a, b| {

@@ -1,26 +1,59 @@
-//! One regional shard: its Raft group, the applied state, and the soft state (heartbeats,
-//! instance health) that never goes through Raft.
+//! One replica of a regional shard: its Raft group, the applied state, membership changes,
+//! linearizable reads, and the soft state (heartbeats, instance health) that only the leader
+//! holds and that never goes through Raft.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use model::NodeId;
-use model::api::{InstanceReport, Route, RouteFeed};
+use model::api::{InstanceReport, MemberView, ReplicaStatus, Route, RouteFeed};
 use model::command::{Command, CommandResult};
-use openraft::BasicNode;
-use openraft::error::{ClientWriteError, RaftError};
+use model::keys::Keypair;
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::Replica;
+use crate::auth::AdminToken;
 use crate::log_store::LogStore;
-use crate::network::Network;
+use crate::network::{Contacts, Network};
 use crate::state::ShardState;
 use crate::state_machine::{Applied, StateMachine};
-use crate::typ::Raft;
+use crate::typ::{Raft, RaftMetrics};
 
-/// How a shard is set up.
+/// Raft timings and log compaction, checked against each other by the daemon's config.
+#[derive(Debug, Clone)]
+pub struct RaftTiming {
+    /// The leader's heartbeat period.
+    pub heartbeat: Duration,
+    /// Shortest election timeout; longer than the heartbeat.
+    pub election_min: Duration,
+    /// Longest election timeout (also the leader lease).
+    pub election_max: Duration,
+    /// Build a snapshot, and compact the log, after this many entries.
+    pub snapshot_logs: u64,
+    /// Entries kept in the log behind a snapshot, for slow followers.
+    pub keep_logs: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_millis(100),
+            election_min: Duration::from_millis(300),
+            election_max: Duration::from_millis(600),
+            snapshot_logs: 500,
+            keep_logs: 100,
+        }
+    }
+}
+
+/// How a shard replica is set up.
 #[derive(Debug, Clone)]
 pub struct ShardConfig {
     /// Region served.
@@ -29,22 +62,45 @@ pub struct ShardConfig {
     pub data_dir: PathBuf,
     /// This replica's Raft id.
     pub raft_id: u64,
-    /// Address peers reach this replica's Raft listener at.
-    pub raft_addr: String,
+    /// This replica's API base URL, as peers and clients reach it.
+    pub api_url: String,
     /// A node whose last heartbeat is older than this is not routed to, and is declared down.
     pub node_timeout: Duration,
+    /// Raft timings.
+    pub raft: RaftTiming,
+    /// Longest a write waits to commit, or a read to be linearized, before it is reported as not
+    /// done (an isolated leader never acknowledges).
+    pub write_timeout: Duration,
 }
 
-/// Why a proposal failed.
+/// Why a write failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ProposeError {
     /// This replica is not the leader.
-    #[error("not the leader of region {region} (leader is {leader:?})")]
+    #[error("replica is not the leader of region {region} (leader is {leader:?})")]
     NotLeader {
         /// Region.
         region: String,
         /// Known leader.
         leader: Option<u64>,
+        /// The leader's API URL.
+        leader_api: Option<String>,
+    },
+    /// The write did not commit in time; it may still commit later.
+    #[error("the write was not committed in region {region} within {after:?}; it may still be applied")]
+    Timeout {
+        /// Region.
+        region: String,
+        /// How long it waited.
+        after: Duration,
+    },
+    /// A membership change breaks a rule (unknown learner, would remove the last voter...).
+    #[error("membership change refused in region {region}: {message}")]
+    Membership {
+        /// Region.
+        region: String,
+        /// openraft's reason.
+        message: String,
     },
     /// Raft is shutting down or failed.
     #[error("raft error in region {region}: {message}")]
@@ -55,6 +111,53 @@ pub enum ProposeError {
         message: String,
     },
 }
+
+/// Why a linearizable read could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// No leader is known (an election, or this replica is cut off).
+    #[error("region {region} has no leader this replica can reach; try again or read with ?stale=true")]
+    NoLeader {
+        /// Region.
+        region: String,
+    },
+    /// The leader could not confirm its leadership, or this replica did not catch up, in time.
+    #[error("a linearizable read in region {region} did not complete within {after:?}: {reason}")]
+    Timeout {
+        /// Region.
+        region: String,
+        /// How long it waited.
+        after: Duration,
+        /// What was still missing.
+        reason: String,
+    },
+}
+
+/// Why the routing feed or a heartbeat cannot be served here.
+#[derive(Debug, thiserror::Error)]
+pub enum SoftError {
+    /// Soft state lives on the leader.
+    #[error("replica is not the leader of region {region}")]
+    NotLeader {
+        /// Region.
+        region: String,
+        /// The leader's API URL.
+        leader_api: Option<String>,
+    },
+    /// A new leader has not yet heard from every node; serving its feed now would drop routes.
+    #[error("the leader of region {region} took over {since:?} ago and is still hearing from its nodes")]
+    WarmingUp {
+        /// Region.
+        region: String,
+        /// Since when it leads.
+        since: Duration,
+    },
+}
+
+/// The answer a leader gives a follower's read-index request.
+#[derive(Debug, Serialize, Deserialize, thiserror::Error)]
+#[error("{0}")]
+pub struct ReadIndexError(pub String);
 
 #[derive(Default)]
 struct Soft {
@@ -68,17 +171,32 @@ pub struct Shard {
     pub region: String,
     /// The Raft handle.
     pub raft: Raft,
-    raft_id: u64,
+    id: u64,
+    api_url: String,
+    key: Arc<Keypair>,
+    admin: AdminToken,
+    network: Network,
+    contacts: Contacts,
     applied: Arc<RwLock<Applied>>,
+    committed: Arc<AtomicU64>,
+    snapshots_installed: Arc<AtomicU64>,
     soft: Mutex<Soft>,
     changed: watch::Sender<u64>,
+    /// `Some((term, since))` while this replica leads.
+    leading: watch::Sender<Option<(u64, Instant)>>,
+    /// Set while leadership is being handed off: the replica acts as if it did not lead.
+    handing_off: AtomicBool,
+    /// When the leader's last append reached this replica.
+    leader_contact: Mutex<Option<Instant>>,
     node_timeout: Duration,
+    write_timeout: Duration,
+    election_max: Duration,
 }
 
 impl Shard {
-    /// Opens the shard's store, starts its Raft replica, and, on first start, initializes a
-    /// single-member group with this replica.
-    pub async fn open(config: ShardConfig) -> anyhow::Result<Arc<Shard>> {
+    /// Opens the shard's store and starts its Raft replica. A new replica is not initialized: it
+    /// waits to be made a member ([`Shard::initialize`], or a leader adding it).
+    pub async fn open(config: ShardConfig, key: Keypair, admin: AdminToken) -> anyhow::Result<Arc<Shard>> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
         let path = config.data_dir.join(format!("{}.redb", config.region));
@@ -86,80 +204,442 @@ impl Shard {
             Arc::new(redb::Database::create(&path).with_context(|| format!("opening shard store {}", path.display()))?);
         let (changed, _) = watch::channel(0u64);
         let log_store = LogStore::new(db.clone())?;
+        let committed = log_store.committed();
         let sm = StateMachine::open(db, &config.region, changed.clone())?;
         let applied = sm.applied();
+        let snapshots_installed = sm.installed();
+        let t = &config.raft;
         let raft_config = openraft::Config {
             cluster_name: format!("fluxplane-{}", config.region),
-            heartbeat_interval: 100,
-            election_timeout_min: 300,
-            election_timeout_max: 600,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(500),
-            max_in_snapshot_log_to_keep: 100,
+            heartbeat_interval: t.heartbeat.as_millis() as u64,
+            election_timeout_min: t.election_min.as_millis() as u64,
+            election_timeout_max: t.election_max.as_millis() as u64,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(t.snapshot_logs),
+            max_in_snapshot_log_to_keep: t.keep_logs,
             ..Default::default()
         }
-        .validate()?;
-        let raft =
-            Raft::new(config.raft_id, Arc::new(raft_config), Network::new(&config.region), log_store, sm).await?;
-        if !raft.is_initialized().await? {
-            let members = BTreeMap::from([(config.raft_id, BasicNode { addr: config.raft_addr.clone() })]);
-            raft.initialize(members).await?;
-        }
+        .validate()
+        .context("raft timings")?;
+        let key = Arc::new(key);
+        let contacts = Contacts::default();
+        let network = Network::new(&config.region, config.raft_id, key.clone(), admin.clone(), contacts.clone());
+        let raft = Raft::new(config.raft_id, Arc::new(raft_config), network.clone(), log_store, sm).await?;
         let shard = Arc::new(Shard {
             region: config.region,
             raft,
-            raft_id: config.raft_id,
+            id: config.raft_id,
+            api_url: config.api_url,
+            key,
+            admin,
+            network,
+            contacts,
             applied,
+            committed,
+            snapshots_installed,
             soft: Mutex::new(Soft::default()),
             changed,
+            leading: watch::channel(None).0,
+            handing_off: AtomicBool::new(false),
+            leader_contact: Mutex::new(None),
             node_timeout: config.node_timeout,
+            write_timeout: config.write_timeout,
+            election_max: config.raft.election_max,
         });
-        shard.raft.wait(Some(Duration::from_secs(10))).current_leader(config.raft_id, "leader elected").await.ok();
+        tokio::spawn(watch_leadership(Arc::downgrade(&shard), shard.raft.metrics()));
         Ok(shard)
     }
 
-    /// Whether this replica leads its group.
+    // === identity ===
+
+    /// This replica's Raft id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// This replica's API URL.
+    pub fn api_url(&self) -> &str {
+        &self.api_url
+    }
+
+    /// This replica as a member record.
+    pub fn replica(&self) -> Replica {
+        Replica { api: self.api_url.clone(), key: self.key.public() }
+    }
+
+    /// The admin token.
+    pub fn admin(&self) -> &AdminToken {
+        &self.admin
+    }
+
+    // === leadership ===
+
+    fn metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// Whether this replica leads its group and is not handing leadership off.
     pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader == Some(self.raft_id)
+        self.raft.metrics().borrow().current_leader == Some(self.id) && !self.handing_off.load(Ordering::Relaxed)
+    }
+
+    /// Follows leadership: `Some((term, since))` while this replica leads.
+    pub fn leading(&self) -> watch::Receiver<Option<(u64, Instant)>> {
+        self.leading.subscribe()
     }
 
     /// Leader id and term.
     pub fn leader_and_term(&self) -> (Option<u64>, u64) {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.metrics();
+        let m = m.borrow();
         (m.current_leader, m.current_term)
     }
 
-    /// Commits `cmd` through Raft and returns what it did.
-    pub async fn propose(&self, cmd: Command) -> Result<CommandResult, ProposeError> {
-        match self.raft.client_write(cmd).await {
-            Ok(resp) => Ok(resp.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ProposeError::NotLeader { region: self.region.clone(), leader: f.leader_id })
-            }
-            Err(e) => Err(ProposeError::Raft { region: self.region.clone(), message: e.to_string() }),
+    /// The leader's API URL, if a leader is known.
+    pub fn leader_api(&self) -> Option<String> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let leader = m.current_leader?;
+        m.membership_config.membership().get_node(&leader).map(|n| n.api.clone())
+    }
+
+    /// Whether `id` with `key` is a member (voter or learner) of the latest membership.
+    pub fn is_member(&self, id: u64, key: &model::keys::PublicKeyHex) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config.membership().get_node(&id).is_some_and(|n| &n.key == key)
+    }
+
+    /// Whether this replica is in its own latest membership; a replica that is not yet (or no
+    /// longer) a member accepts calls vouched for with the admin token.
+    pub fn is_self_member(&self) -> bool {
+        self.is_member(self.id, &self.key.public())
+    }
+
+    /// Records that the leader's append reached this replica.
+    pub(crate) fn touch_leader_contact(&self) {
+        *self.leader_contact.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    // === writes ===
+
+    fn not_leader(&self, f: openraft::error::ForwardToLeader<u64, Replica>) -> ProposeError {
+        ProposeError::NotLeader {
+            region: self.region.clone(),
+            leader: f.leader_id,
+            leader_api: f.leader_node.map(|n| n.api),
         }
     }
 
-    /// Reads the applied state.
+    fn map_write_error(&self, e: RaftError<u64, ClientWriteError<u64, Replica>>) -> ProposeError {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => self.not_leader(f),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                ProposeError::Membership { region: self.region.clone(), message: describe_membership_error(&e) }
+            }
+            e => ProposeError::Raft { region: self.region.clone(), message: e.to_string() },
+        }
+    }
+
+    /// Commits `cmd` through Raft and returns what it did. Gives up after the write timeout: an
+    /// isolated leader never acknowledges a write.
+    pub async fn propose(&self, cmd: Command) -> Result<CommandResult, ProposeError> {
+        if self.handing_off.load(Ordering::Relaxed) {
+            return Err(ProposeError::NotLeader { region: self.region.clone(), leader: None, leader_api: None });
+        }
+        match tokio::time::timeout(self.write_timeout, self.raft.client_write(cmd)).await {
+            Err(_) => Err(ProposeError::Timeout { region: self.region.clone(), after: self.write_timeout }),
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(e)) => Err(self.map_write_error(e)),
+        }
+    }
+
+    // === reads ===
+
+    /// Waits until this replica's applied state includes every write committed before the call:
+    /// on the leader through `ensure_linearizable`, on a follower by asking the leader for its
+    /// read index and waiting to apply up to it.
+    pub async fn linearize(&self) -> Result<(), ReadError> {
+        let within = self.write_timeout;
+        let timeout = |reason: String| ReadError::Timeout { region: self.region.clone(), after: within, reason };
+        let no_leader = || ReadError::NoLeader { region: self.region.clone() };
+        let index = match tokio::time::timeout(within, self.read_index()).await {
+            Err(_) => return Err(timeout("the leader did not confirm its leadership".into())),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(index)) => index,
+        };
+        let Some(index) = index else { return Ok(()) };
+        self.raft.wait(Some(within)).applied_index_at_least(Some(index), "linearizable read").await.map(|_| ()).map_err(
+            |e| match e {
+                openraft::metrics::WaitError::Timeout(..) => {
+                    timeout(format!("this replica did not apply up to {index}"))
+                }
+                openraft::metrics::WaitError::ShuttingDown => no_leader(),
+            },
+        )
+    }
+
+    async fn read_index(&self) -> Result<Option<u64>, ReadError> {
+        let no_leader = || ReadError::NoLeader { region: self.region.clone() };
+        let m = self.metrics();
+        let leader = m.current_leader.ok_or_else(no_leader)?;
+        if leader == self.id {
+            return self.leader_read_index().await.map_err(|_| no_leader());
+        }
+        let node = m.membership_config.membership().get_node(&leader).cloned().ok_or_else(no_leader)?;
+        let peer = self.network.peer(leader, &node);
+        let answer: Result<Option<u64>, crate::typ::RpcError<ReadIndexError>> =
+            peer.call("read-index", &(), self.write_timeout).await;
+        answer.map_err(|e| {
+            tracing::debug!(region = %self.region, "read index from leader {leader} failed: {e}");
+            no_leader()
+        })
+    }
+
+    /// On the leader: the log index a linearizable read must wait for.
+    pub async fn leader_read_index(&self) -> Result<Option<u64>, ReadIndexError> {
+        if self.handing_off.load(Ordering::Relaxed) {
+            return Err(ReadIndexError("leadership is being handed off".into()));
+        }
+        let (read, _) = self.raft.get_read_log_id().await.map_err(|e| ReadIndexError(e.to_string()))?;
+        Ok(read.map(|l| l.index))
+    }
+
+    /// Reads the applied state (possibly stale; call [`Shard::linearize`] first for a
+    /// linearizable read).
     pub fn read<R>(&self, f: impl FnOnce(&ShardState) -> R) -> R {
         f(&self.applied.read().unwrap_or_else(|e| e.into_inner()).state)
     }
 
-    /// Follows changes to the applied or soft state (the routing-feed version).
+    /// Follows changes to the applied or soft state.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
 
-    /// The routing-feed version.
+    /// The routing-feed version: unique across leaders, because it carries the leader's term.
     pub fn version(&self) -> u64 {
-        *self.changed.borrow()
+        let term = self.raft.metrics().borrow().current_term;
+        (term << 32) | (*self.changed.borrow() & 0xffff_ffff)
     }
+
+    // === membership ===
+
+    /// Initializes a new shard with `members` as its voters.
+    pub async fn initialize(&self, members: BTreeMap<u64, Replica>) -> Result<(), ProposeError> {
+        self.raft.initialize(members).await.map_err(|e| ProposeError::Membership {
+            region: self.region.clone(),
+            message: match e {
+                RaftError::APIError(openraft::error::InitializeError::NotAllowed(_)) => {
+                    "the shard is initialized already".into()
+                }
+                e => e.to_string(),
+            },
+        })
+    }
+
+    /// Waits (up to `within`) until this replica has re-applied every entry it knew committed
+    /// when it started, so its state is at least what it was before a restart.
+    pub async fn caught_up(&self, within: Duration) -> bool {
+        let Some(committed) = self.committed.load(Ordering::Relaxed).checked_sub(1) else { return true };
+        self.raft.wait(Some(within)).applied_index_at_least(Some(committed), "replay").await.is_ok()
+    }
+
+    /// Whether the replica has a membership (was initialized, or joined).
+    pub async fn is_initialized(&self) -> bool {
+        self.raft.is_initialized().await.unwrap_or(false)
+    }
+
+    /// The latest membership: voters and learners.
+    pub fn members(&self) -> Vec<MemberView> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, node)| MemberView { id: *id, api: node.api.clone(), voter: voters.contains(id) })
+            .collect()
+    }
+
+    async fn change(&self, changes: ChangeMembers<u64, Replica>) -> Result<(), ProposeError> {
+        let within = self.write_timeout * 6;
+        match tokio::time::timeout(within, self.raft.change_membership(changes, false)).await {
+            Err(_) => Err(ProposeError::Timeout { region: self.region.clone(), after: within }),
+            Ok(r) => r.map(|_| ()).map_err(|e| self.map_write_error(e)),
+        }
+    }
+
+    /// Adds a learner and waits (bounded) for it to catch up.
+    pub async fn add_learner(&self, id: u64, replica: Replica) -> Result<(), ProposeError> {
+        let within = self.write_timeout * 6;
+        match tokio::time::timeout(within, self.raft.add_learner(id, replica, true)).await {
+            Err(_) => Err(ProposeError::Timeout { region: self.region.clone(), after: within }),
+            Ok(r) => r.map(|_| ()).map_err(|e| self.map_write_error(e)),
+        }
+    }
+
+    /// Makes a learner a voter, through joint consensus.
+    pub async fn promote(&self, id: u64) -> Result<(), ProposeError> {
+        self.change(ChangeMembers::AddVoterIds([id].into())).await
+    }
+
+    /// Removes a voter (through joint consensus) or a learner.
+    pub async fn remove(&self, id: u64) -> Result<(), ProposeError> {
+        let is_voter = self.members().iter().any(|m| m.id == id && m.voter);
+        if is_voter {
+            self.change(ChangeMembers::RemoveVoters([id].into())).await
+        } else {
+            self.change(ChangeMembers::RemoveNodes([id].into())).await
+        }
+    }
+
+    /// Hands leadership to another voter (`to`, or whichever is elected), within `within`.
+    /// Returns the new leader.
+    ///
+    /// openraft 0.9 has no leader transfer, so the leader stops acting and stops its heartbeats;
+    /// once the followers' lease on it runs out, `to` (if given) is told to campaign at once, and
+    /// otherwise the first follower to time out is elected.
+    pub async fn transfer_leadership(&self, to: Option<u64>, within: Duration) -> Result<u64, ProposeError> {
+        let m = self.metrics();
+        if m.current_leader != Some(self.id) {
+            return Err(ProposeError::NotLeader {
+                region: self.region.clone(),
+                leader: m.current_leader,
+                leader_api: self.leader_api(),
+            });
+        }
+        let voters: Vec<u64> = m.membership_config.membership().voter_ids().filter(|v| *v != self.id).collect();
+        if voters.is_empty() {
+            return Err(ProposeError::Membership {
+                region: self.region.clone(),
+                message: "no other voter to hand leadership to".into(),
+            });
+        }
+        if let Some(to) = to
+            && !voters.contains(&to)
+        {
+            return Err(ProposeError::Membership {
+                region: self.region.clone(),
+                message: format!("replica {to} is not a voter of this shard"),
+            });
+        }
+        self.handing_off.store(true, Ordering::Relaxed);
+        self.sync_leading();
+        self.raft.runtime_config().heartbeat(false);
+        let result = async {
+            if let Some(to) = to {
+                tokio::time::sleep(self.election_max + Duration::from_millis(50)).await;
+                if let Some(node) = m.membership_config.membership().get_node(&to) {
+                    let peer = self.network.peer(to, node);
+                    let kicked: Result<(), crate::typ::RpcError<ReadIndexError>> =
+                        peer.call("timeout-now", &(), Duration::from_secs(2)).await;
+                    if let Err(e) = kicked {
+                        tracing::warn!(region = %self.region, "asking replica {to} to campaign failed: {e}");
+                    }
+                }
+            }
+            let mut rx = self.raft.metrics();
+            let took_over = tokio::time::timeout(
+                within,
+                rx.wait_for(|m| m.current_leader.is_some_and(|l| l != self.id) && m.state != ServerState::Leader),
+            )
+            .await;
+            match took_over {
+                Ok(Ok(m)) => Ok(m.current_leader.unwrap_or_default()),
+                _ => Err(ProposeError::Timeout { region: self.region.clone(), after: within }),
+            }
+        }
+        .await;
+        // Heartbeats only matter while leading; turning them back on keeps a replica that stayed
+        // leader (nobody took over) a working leader.
+        self.raft.runtime_config().heartbeat(true);
+        self.handing_off.store(false, Ordering::Relaxed);
+        self.sync_leading();
+        result
+    }
+
+    /// Brings `leading` in step with Raft, and clears soft state when leadership changes hands: a
+    /// new leader starts with no heartbeats (and the NodeActors give every node a grace period).
+    fn sync_leading(&self) {
+        let (leader, term) = self.leader_and_term();
+        let leads = leader == Some(self.id) && !self.handing_off.load(Ordering::Relaxed);
+        let was = self.leading.borrow().map(|(t, _)| t);
+        let now = leads.then_some(term);
+        if now != was {
+            if leads {
+                tracing::info!(region = %self.region, term, "this replica leads");
+            }
+            *self.soft() = Soft::default();
+            self.leading.send_replace(now.map(|t| (t, Instant::now())));
+            self.bump();
+        }
+    }
+
+    // === status ===
+
+    /// This replica's own view of its Raft state.
+    pub fn replica_status(&self) -> ReplicaStatus {
+        let m = self.metrics();
+        let voter = m.membership_config.membership().voter_ids().any(|v| v == self.id);
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Candidate => "candidate",
+            ServerState::Follower if voter => "follower",
+            ServerState::Follower | ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let last_contact_ms = if m.state == ServerState::Leader {
+            m.millis_since_quorum_ack
+        } else {
+            self.leader_contact.lock().unwrap_or_else(|e| e.into_inner()).map(|t| t.elapsed().as_millis() as u64)
+        };
+        let committed = self.committed.load(Ordering::Relaxed).checked_sub(1);
+        let (chain_height, genesis_hash) = self.read(|s| (s.chain.height, s.chain.genesis_hash.clone()));
+        ReplicaStatus {
+            id: self.id,
+            api: self.api_url.clone(),
+            role: role.into(),
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            committed,
+            applied: m.last_applied.map(|l| l.index),
+            snapshot: m.snapshot.map(|l| l.index),
+            purged: m.purged.map(|l| l.index),
+            snapshots_installed: self.snapshots_installed.load(Ordering::Relaxed),
+            lag: None,
+            last_contact_ms,
+            chain_height,
+            genesis_hash,
+            error: None,
+        }
+    }
+
+    /// On the leader: how far behind `peer` is, and when it last answered.
+    pub fn peer_progress(&self, peer: u64) -> (Option<u64>, Option<Duration>) {
+        let m = self.metrics();
+        let lag = m.replication.as_ref().and_then(|r| {
+            let matched = r.get(&peer)?.map_or(0, |l| l.index + 1);
+            Some(m.last_log_index.map_or(0, |i| i + 1).saturating_sub(matched))
+        });
+        (lag, self.contacts.since(peer))
+    }
+
+    // === soft state ===
 
     fn soft(&self) -> std::sync::MutexGuard<'_, Soft> {
         self.soft.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records a verified heartbeat (soft state).
-    pub fn record_heartbeat(&self, node: &str, reports: Vec<InstanceReport>) {
+    fn soft_leader(&self) -> Result<Instant, SoftError> {
+        match *self.leading.borrow() {
+            Some((_, since)) if self.is_leader() => Ok(since),
+            _ => Err(SoftError::NotLeader { region: self.region.clone(), leader_api: self.leader_api() }),
+        }
+    }
+
+    /// Records a verified heartbeat (soft state, leader only).
+    pub fn record_heartbeat(&self, node: &str, reports: Vec<InstanceReport>) -> Result<(), SoftError> {
+        self.soft_leader()?;
         let mut soft = self.soft();
         let was_fresh = soft.beats.get(node).is_some_and(|t| t.elapsed() < self.node_timeout);
         soft.beats.insert(node.to_string(), Instant::now());
@@ -167,8 +647,9 @@ impl Shard {
         soft.reports.insert(node.to_string(), reports);
         drop(soft);
         if changed || !was_fresh {
-            self.changed.send_modify(|v| *v += 1);
+            self.bump();
         }
+        Ok(())
     }
 
     /// Time since `node`'s last heartbeat reached this replica.
@@ -186,7 +667,7 @@ impl Shard {
         self.node_timeout
     }
 
-    /// Signals that a node went stale, so feed followers re-read.
+    /// Signals a soft-state change, so feed followers re-read.
     pub fn bump(&self) {
         self.changed.send_modify(|v| *v += 1);
     }
@@ -197,7 +678,13 @@ impl Shard {
     }
 
     /// The region's routes: placed instances on fresh, up nodes whose agent reports them healthy.
-    pub fn feed(&self) -> RouteFeed {
+    /// Served by the leader only, once it has led for a node timeout (until then it has not heard
+    /// from every node, and an early feed would drop their routes).
+    pub fn feed(&self) -> Result<RouteFeed, SoftError> {
+        let since = self.soft_leader()?.elapsed();
+        if since < self.node_timeout {
+            return Err(SoftError::WarmingUp { region: self.region.clone(), since });
+        }
         let version = self.version();
         let soft = self.soft();
         let routes = self.read(|s| {
@@ -234,7 +721,7 @@ impl Shard {
             }
             routes
         });
-        RouteFeed { region: self.region.clone(), version, routes }
+        Ok(RouteFeed { region: self.region.clone(), version, routes })
     }
 
     /// Stops the Raft replica.
@@ -242,6 +729,29 @@ impl Shard {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(region = %self.region, "raft shutdown: {e}");
         }
+    }
+}
+
+/// Keeps `leading` in step with Raft.
+async fn watch_leadership(shard: std::sync::Weak<Shard>, mut metrics: watch::Receiver<RaftMetrics>) {
+    loop {
+        metrics.borrow_and_update();
+        let Some(shard) = shard.upgrade() else { return };
+        shard.sync_leading();
+        drop(shard);
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn describe_membership_error(e: &ChangeMembershipError<u64>) -> String {
+    match e {
+        ChangeMembershipError::LearnerNotFound(l) => {
+            format!("replica {} is not a learner of this shard; add it with add-learner first", l.node_id)
+        }
+        ChangeMembershipError::InProgress(_) => "another membership change is still in progress".into(),
+        ChangeMembershipError::EmptyMembership(_) => "the change would leave the shard with no voter".into(),
     }
 }
 

@@ -21,6 +21,9 @@ pub struct ShardState {
     pub shortfall: BTreeMap<AppName, String>,
     /// Nodes of this region that the leader declared down.
     pub down: BTreeSet<NodeId>,
+    /// Nodes an operator cordoned: they keep their instances but get no new ones.
+    #[serde(default)]
+    pub cordoned: BTreeSet<NodeId>,
 }
 
 impl ShardState {
@@ -36,10 +39,10 @@ impl ShardState {
                 if self.chain.height.is_some_and(|h| block.height <= h) {
                     return CommandResult::Skipped { reason: format!("block {} applied already", block.height) };
                 }
-                if !self.chain.follows(block) {
-                    return CommandResult::Rejected {
-                        reason: format!("block {} does not follow the cursor {:?}", block.height, self.chain.height),
-                    };
+                // Checked here, on every replica alike, so that a block that is not the chain's (a
+                // forged hash, a wrong parent) is refused deterministically and changes nothing.
+                if let Err(e) = self.chain.check_block(block) {
+                    return CommandResult::Rejected { reason: e.to_string() };
                 }
                 self.chain.apply_block(block);
                 // Apps that left the chain (removed or expired) lose their placements at once.
@@ -75,6 +78,21 @@ impl ShardState {
                     None => self.shortfall.remove(app),
                 };
                 CommandResult::Applied
+            }
+            Command::SetCordon { node, cordoned } => {
+                if self.chain.nodes.get(node).is_none_or(|n| n.start.region != self.region) {
+                    return CommandResult::Rejected {
+                        reason: format!("node `{node}` is not in region {}", self.region),
+                    };
+                }
+                let changed = if *cordoned { self.cordoned.insert(node.clone()) } else { self.cordoned.remove(node) };
+                if changed {
+                    CommandResult::Applied
+                } else {
+                    CommandResult::Skipped {
+                        reason: format!("node `{node}` already {}", if *cordoned { "cordoned" } else { "uncordoned" }),
+                    }
+                }
             }
             Command::SetLiveness { node, up, .. } => {
                 let changed = if *up { self.down.remove(node) } else { self.down.insert(node.clone()) };

@@ -4,6 +4,7 @@
 //! from the last snapshot (up to the saved commit index), which rebuilds the same state.
 
 use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use model::command::CommandResult;
@@ -43,6 +44,8 @@ pub struct StateMachine {
     db: Arc<Database>,
     /// Bumped after every applied batch, so readers (routing feed, actors) can wait for changes.
     changed: watch::Sender<u64>,
+    /// Snapshots installed from a leader since start (shown in `fluxctl shard status`).
+    installed: Arc<AtomicU64>,
 }
 
 fn storage_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
@@ -59,12 +62,18 @@ impl StateMachine {
             applied: Arc::new(RwLock::new(Applied { state: ShardState::new(region), ..Default::default() })),
             db,
             changed,
+            installed: Arc::default(),
         };
         if let Some(stored) = sm.read_snapshot()? {
             let applied: Applied = serde_json::from_slice(&stored.data)?;
             *sm.write() = applied;
         }
         Ok(sm)
+    }
+
+    /// Snapshots installed from a leader since start.
+    pub fn installed(&self) -> Arc<AtomicU64> {
+        self.installed.clone()
     }
 
     /// Shared read access to the applied state.
@@ -166,6 +175,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.save_snapshot(&StoredSnapshot { meta: meta.clone(), data })
             .map_err(|e| storage_err(ErrorVerb::Write, e))?;
         *self.write() = applied;
+        self.installed.fetch_add(1, Ordering::Relaxed);
         self.changed.send_modify(|v| *v += 1);
         Ok(())
     }

@@ -73,8 +73,13 @@ fn places_on_emptiest_eligible_nodes_and_never_twice() {
     let n1 = node("eu-1", "eu", "EU", Tier::Cumulus);
     let n2 = node("eu-2", "eu", "EU", Tier::Cumulus);
     let cands = vec![
-        Candidate { node: &n1, up: true, free: Resources { cpu_tenths: 20, ram_mb: 100, hdd_gb: 10 } },
-        Candidate { node: &n2, up: true, free: Resources { cpu_tenths: 20, ram_mb: 8000, hdd_gb: 10 } },
+        Candidate { node: &n1, up: true, cordoned: false, free: Resources { cpu_tenths: 20, ram_mb: 100, hdd_gb: 10 } },
+        Candidate {
+            node: &n2,
+            up: true,
+            cordoned: false,
+            free: Resources { cpu_tenths: 20, ram_mb: 8000, hdd_gb: 10 },
+        },
     ];
     let d = place(&app(1, &[], 64), 1, &cands, &BTreeSet::new());
     assert_eq!(d.place, vec!["eu-2".to_string()]);
@@ -91,8 +96,18 @@ fn moves_off_down_nodes_and_reports_capacity_shortfall() {
     let n1 = node("eu-1", "eu", "EU", Tier::Cumulus);
     let n2 = node("eu-2", "eu", "EU", Tier::Cumulus);
     let cands = vec![
-        Candidate { node: &n1, up: false, free: Resources { cpu_tenths: 20, ram_mb: 8000, hdd_gb: 10 } },
-        Candidate { node: &n2, up: true, free: Resources { cpu_tenths: 20, ram_mb: 8000, hdd_gb: 10 } },
+        Candidate {
+            node: &n1,
+            up: false,
+            cordoned: false,
+            free: Resources { cpu_tenths: 20, ram_mb: 8000, hdd_gb: 10 },
+        },
+        Candidate {
+            node: &n2,
+            up: true,
+            cordoned: false,
+            free: Resources { cpu_tenths: 20, ram_mb: 8000, hdd_gb: 10 },
+        },
     ];
     let d = place(&app(1, &[], 64), 1, &cands, &BTreeSet::from(["eu-1".to_string()]));
     assert_eq!((d.remove, d.place), (vec!["eu-1".to_string()], vec!["eu-2".to_string()]));
@@ -106,6 +121,7 @@ proptest! {
     fn placements_respect_every_rule(
         quota in 0u32..8,
         ups in proptest::collection::vec(any::<bool>(), 1..8),
+        cordons in proptest::collection::vec(any::<bool>(), 1..8),
         frees in proptest::collection::vec(0u32..300, 1..8),
         current_mask in proptest::collection::vec(any::<bool>(), 1..8),
     ) {
@@ -113,6 +129,7 @@ proptest! {
         let cands: Vec<Candidate<'_>> = nodes.iter().enumerate().map(|(i, n)| Candidate {
             node: n,
             up: ups[i],
+            cordoned: cordons[i % cordons.len()],
             free: Resources { cpu_tenths: 20, ram_mb: frees[i % frees.len()], hdd_gb: 10 },
         }).collect();
         let current: BTreeSet<NodeId> = nodes.iter().enumerate()
@@ -131,7 +148,15 @@ proptest! {
         for p in &d.place {
             let c = cands.iter().find(|c| &c.node.start.node_id == p).expect("known");
             prop_assert!(c.free.ram_mb >= 100);
+            prop_assert!(!c.cordoned, "new instance on cordoned node {}", p);
         }
         prop_assert_eq!(d.shortfall.is_some(), after.len() < quota as usize);
+        // A cordoned node keeps what it runs.
+        for id in &current {
+            let c = cands.iter().find(|c| &c.node.start.node_id == id).expect("known");
+            if c.up && c.cordoned && d.remove.contains(id) {
+                prop_assert!(current.len() > quota as usize, "removed {} from a cordoned node for no reason", id);
+            }
+        }
     }
 }

@@ -8,18 +8,34 @@ fn config(dir: &std::path::Path) -> ShardConfig {
         region: "eu".into(),
         data_dir: dir.to_path_buf(),
         raft_id: 1,
-        raft_addr: "127.0.0.1:1".into(),
+        api_url: "http://127.0.0.1:1".into(),
         node_timeout: Duration::from_secs(2),
+        raft: RaftTiming::default(),
+        write_timeout: Duration::from_secs(5),
     }
+}
+
+async fn open_single(dir: &std::path::Path, key: &Keypair, admin: &AdminToken) -> Arc<Shard> {
+    let shard = Shard::open(config(dir), key.clone(), admin.clone()).await.expect("open");
+    if !shard.is_initialized().await {
+        shard.initialize(BTreeMap::from([(1, shard.replica())])).await.expect("init");
+    }
+    let mut m = shard.raft.metrics();
+    tokio::time::timeout(Duration::from_secs(10), m.wait_for(|m| m.current_leader == Some(1)))
+        .await
+        .expect("elected")
+        .expect("metrics");
+    shard
 }
 
 #[tokio::test]
 async fn committed_blocks_and_placements_survive_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let (key, admin) = (Keypair::generate(), AdminToken::generate());
     let wallet = Keypair::from_seed([3; 32]);
     let genesis = dev_genesis(&wallet, &dev_nodes(), 0);
     {
-        let shard = Shard::open(config(dir.path())).await.expect("open");
+        let shard = open_single(dir.path(), &key, &admin).await;
         assert!(shard.is_leader());
         assert_eq!(shard.propose(Command::ApplyBlock(genesis.clone())).await.expect("commit"), CommandResult::Applied);
         // Applying the same height again is a no-op: blocks apply idempotently by height.
@@ -27,19 +43,37 @@ async fn committed_blocks_and_placements_survive_a_restart() {
             shard.propose(Command::ApplyBlock(genesis.clone())).await.expect("commit"),
             CommandResult::Skipped { .. }
         ));
+        // A block whose hash is not its contents' is refused, and changes nothing.
+        let mut forged = model::chain::Block::new(1, genesis.hash.clone(), 1, None, vec![]);
+        forged.hash = "0".repeat(64);
+        let result = shard.propose(Command::ApplyBlock(forged)).await.expect("commit");
+        assert!(matches!(result, CommandResult::Rejected { ref reason } if reason.contains("hash")), "{result:?}");
         let down = Command::SetLiveness { node: "eu-1".into(), up: false, at_ms: 1 };
         assert_eq!(shard.propose(down).await.expect("commit"), CommandResult::Applied);
+        shard.linearize().await.expect("a lone leader linearizes");
         shard.shutdown().await;
     }
-    let shard = Shard::open(config(dir.path())).await.expect("reopen");
+    let shard = open_single(dir.path(), &key, &admin).await;
     // The log is replayed from redb once the replica is leader again.
     let mut rx = shard.subscribe();
     let _ =
         tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|_| shard.read(|s| s.chain.height == Some(0)))).await;
     shard.read(|s| {
         assert_eq!(s.chain.height, Some(0));
+        assert_eq!(s.chain.genesis_hash, genesis.hash);
         assert_eq!(s.region_nodes().count(), 2);
         assert!(s.down.contains("eu-1"));
     });
+    shard.shutdown().await;
+}
+
+#[tokio::test]
+async fn soft_state_lives_on_the_leader_and_a_new_leader_warms_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shard = open_single(dir.path(), &Keypair::generate(), &AdminToken::generate()).await;
+    // Just elected: the feed waits a node timeout before it speaks for every node.
+    assert!(matches!(shard.feed(), Err(SoftError::WarmingUp { .. })));
+    shard.record_heartbeat("eu-1", vec![]).expect("the leader records beats");
+    assert!(shard.is_fresh("eu-1"));
     shard.shutdown().await;
 }

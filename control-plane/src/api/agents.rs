@@ -1,0 +1,94 @@
+//! What node agents and gateways call: heartbeats and the routing feed. Both are soft state on
+//! the shard's leader; followers name the leader.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use model::api::{Assignment, Assignments, RouteFeed, SignedHeartbeat};
+use serde::Deserialize;
+
+use super::ledger::parse_json;
+use super::{Api, ApiError};
+
+type Json<T> = Result<axum::Json<T>, ApiError>;
+
+/// Beats older or newer than this are refused, so a captured beat cannot be replayed later.
+const HEARTBEAT_SKEW_MS: u64 = 30_000;
+
+pub(super) async fn heartbeat(State(api): State<Arc<Api>>, body: Bytes) -> Json<Assignments> {
+    let signed: SignedHeartbeat = parse_json(&body)?;
+    let shard = &api.shard;
+    let node_id = signed.beat.node.clone();
+    let record = shard
+        .read(|s| s.chain.nodes.get(&node_id).cloned())
+        .ok_or_else(|| ApiError::not_found(format!("node `{node_id}` is not started on chain")))?;
+    signed
+        .verify(&record.start.node_key)
+        .map_err(|e| ApiError::new("bad_signature", format!("heartbeat of `{node_id}`: {e}")))?;
+    if chain::now_ms().abs_diff(signed.beat.at_ms) > HEARTBEAT_SKEW_MS {
+        return Err(ApiError::bad_request("heartbeat timestamp is more than 30 s off; check the node's clock"));
+    }
+    if record.start.region != shard.region {
+        return Err(ApiError::new(
+            "wrong_region",
+            format!(
+                "node `{node_id}` is in region {}; this replica serves {} (find its replicas in /v1/regions)",
+                record.start.region, shard.region
+            ),
+        ));
+    }
+    shard.record_heartbeat(&node_id, signed.beat.instances)?;
+    let instances = shard.read(|s| {
+        s.placements_on(&node_id)
+            .filter_map(|p| {
+                let app = s.chain.apps.get(&p.app)?;
+                Some(Assignment {
+                    id: p.instance_id(),
+                    app: p.app.clone(),
+                    spec_height: app.updated_height,
+                    components: app.spec.components.clone(),
+                })
+            })
+            .collect()
+    });
+    Ok(axum::Json(Assignments { instances }))
+}
+
+#[derive(Deserialize)]
+pub(super) struct FeedQuery {
+    after: Option<u64>,
+    wait_ms: Option<u64>,
+}
+
+/// The routing feed. With `after=V`, waits up to `wait_ms` (at most 30 s) for a version other
+/// than V, so gateways learn of changes at once without polling hard.
+pub(super) async fn routes(
+    State(api): State<Arc<Api>>,
+    Path(region): Path<String>,
+    Query(q): Query<FeedQuery>,
+) -> Json<RouteFeed> {
+    let shard = &api.shard;
+    if region != shard.region {
+        return Err(ApiError::new(
+            "wrong_region",
+            format!("this replica serves region {}, not {region}; find its replicas in /v1/regions", shard.region),
+        ));
+    }
+    if let Some(after) = q.after {
+        // Fails fast on a follower or a warming leader.
+        shard.feed()?;
+        let mut changes = shard.subscribe();
+        let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(30_000));
+        let _ = tokio::time::timeout(wait, async {
+            while shard.version() == after {
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+    Ok(axum::Json(shard.feed()?))
+}

@@ -1,0 +1,135 @@
+//! Transactions, blocks and the chain tip, through the chain source.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use model::api::{ChainTip, SubmitTxResponse, TxStatus};
+use model::chain::{Block, SignedTx, Tx, TxError};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use super::{Api, ApiError};
+
+type Json<T> = Result<axum::Json<T>, ApiError>;
+
+/// Longest `?wait=applied` waits for the block and the shard.
+const APPLIED_WAIT: Duration = Duration::from_secs(30);
+
+pub(super) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("request body is not valid: {e}")))
+}
+
+#[derive(Deserialize)]
+pub(super) struct SubmitQuery {
+    /// `applied`: answer once this replica's shard applied the block holding the transaction.
+    wait: Option<String>,
+}
+
+/// Checks a transaction completely (signature, spec, uploaded modules) before it reaches the
+/// chain, then submits it.
+pub(super) async fn submit_tx(
+    State(api): State<Arc<Api>>,
+    Query(q): Query<SubmitQuery>,
+    body: Bytes,
+) -> Json<SubmitTxResponse> {
+    let wait_applied = match q.wait.as_deref() {
+        None => false,
+        Some("applied") => true,
+        Some(other) => return Err(ApiError::bad_request(format!("wait={other}: the only value is `applied`"))),
+    };
+    let stx: SignedTx = parse_json(&body)?;
+    stx.verify().map_err(TxError::BadSignature)?;
+    if let Tx::AppRegister { spec, .. } | Tx::AppUpdate { spec, .. } = &stx.tx {
+        if let Err(errors) = spec.validate_for_chain() {
+            return Err(ApiError::invalid_spec(format!("the app spec is invalid:\n{errors}"), errors.0));
+        }
+        for (i, c) in spec.components.iter().enumerate() {
+            let present = match c.wasm_hash() {
+                Some(h) => super::modules::ensure(&api, h).await?,
+                None => false,
+            };
+            if !present {
+                return Err(ApiError::new(
+                    "missing_module",
+                    format!("component[{i}].wasm: {} was not uploaded; PUT it to /v1/blobs/<hash> first", c.wasm),
+                ));
+            }
+        }
+    }
+    let tx_id = api.chain.submit(stx).await?;
+    let height = if wait_applied { wait_applied_at(&api, &tx_id).await? } else { api.chain.tip().await?.height };
+    Ok(axum::Json(SubmitTxResponse { tx_id, height }))
+}
+
+/// Waits until `tx_id` is in a block and this replica's shard has applied that block. A shard
+/// applies only committed entries, so the answer means the write is durable in the region: an
+/// isolated replica never gives it.
+async fn wait_applied_at(api: &Api, tx_id: &str) -> Result<u64, ApiError> {
+    let started = Instant::now();
+    let left = || APPLIED_WAIT.saturating_sub(started.elapsed());
+    let height = loop {
+        match api.chain.tx_status(tx_id).await? {
+            TxStatus::Included { height } => break height,
+            TxStatus::Rejected { reason } => {
+                return Err(ApiError::new("rejected", format!("the chain dropped the transaction: {reason}")));
+            }
+            TxStatus::Unknown => {
+                return Err(ApiError::new("unavailable", "the chain source no longer knows the transaction"));
+            }
+            TxStatus::Pending => {}
+        }
+        if left().is_zero() {
+            return Err(ApiError::new("not_committed", format!("transaction {tx_id} is still pending")));
+        }
+        let tip = api.chain.tip().await?;
+        api.chain.wait_for_tip(tip.height, left().min(Duration::from_secs(1))).await?;
+    };
+    let mut changes = api.shard.subscribe();
+    let applied = |api: &Api| api.shard.read(|s| s.chain.height.is_some_and(|h| h >= height));
+    let reached = tokio::time::timeout(left(), async {
+        while !applied(api) {
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    if reached.is_err() || !applied(api) {
+        return Err(ApiError::new(
+            "not_committed",
+            format!("included in block {height}, but region {}'s shard has not applied it here yet", api.shard.region),
+        ));
+    }
+    Ok(height)
+}
+
+pub(super) async fn tx_status(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Json<TxStatus> {
+    Ok(axum::Json(api.chain.tx_status(&id).await?))
+}
+
+#[derive(Deserialize)]
+pub(super) struct TipQuery {
+    after: Option<u64>,
+    wait_ms: Option<u64>,
+}
+
+pub(super) async fn tip(State(api): State<Arc<Api>>, Query(q): Query<TipQuery>) -> Json<ChainTip> {
+    let tip = match q.after {
+        Some(after) => {
+            let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(30_000));
+            api.chain.wait_for_tip(after, wait).await?
+        }
+        None => api.chain.tip().await?,
+    };
+    Ok(axum::Json(tip))
+}
+
+pub(super) async fn block(State(api): State<Arc<Api>>, Path(height): Path<String>) -> Json<Block> {
+    let height: u64 = height.parse().map_err(|_| ApiError::bad_request(format!("`{height}` is not a block height")))?;
+    match api.chain.block(height).await? {
+        Some(b) => Ok(axum::Json(b)),
+        None => Err(ApiError::not_found(format!("block {height} is not produced yet"))),
+    }
+}

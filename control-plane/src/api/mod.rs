@@ -1,0 +1,176 @@
+//! The public HTTP/JSON API under `/v1/` of one control replica. Every error is
+//! `{"error": {"code", "message"}}` with the status `model::api::status_of` gives its code;
+//! 5xx only when the control plane itself fails or cannot reach what it needs.
+//!
+//! - Views that carry soft state (instance health, node liveness) are served by the leader:
+//!   a follower answers `not_leader` (307, with the leader's URL), unless the caller asks for
+//!   `?stale=true`, which reads the answering replica's own state.
+//! - Other reads are linearizable on any replica (`ensure_linearizable` on the leader, the
+//!   leader's read index on a follower), or local with `?stale=true`.
+//! - Cloud-wide views (status, apps, nodes) ask the other regions' shards too, unless
+//!   `?scope=region`; a region that does not answer is named, not fatal.
+
+mod admin;
+mod agents;
+mod error;
+mod ledger;
+mod modules;
+mod views;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
+use chain::SharedChainSource;
+use client::paths;
+use serde::Deserialize;
+
+pub use self::error::ApiError;
+use crate::blobs::{BlobStore, MAX_BLOB_BYTES};
+use crate::shard::Shard;
+
+/// What one control replica's API serves from.
+pub struct Api {
+    /// This replica's shard.
+    pub shard: Arc<Shard>,
+    /// The chain source, for transactions, blocks and the tip.
+    pub chain: SharedChainSource,
+    /// Module store.
+    pub blobs: BlobStore,
+    /// The replicas `shard init` makes voters, by Raft id (this one included), from `--peers`.
+    pub peers: BTreeMap<u64, String>,
+    /// A client to build clients of other replicas and regions from.
+    pub client: client::Client,
+}
+
+/// Query flags every read takes.
+#[derive(Debug, Default, Deserialize)]
+pub struct ReadOpts {
+    /// Read this replica's state as it is, without linearizing or redirecting to the leader.
+    #[serde(default)]
+    pub stale: bool,
+    /// `region`: do not ask other regions.
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+impl ReadOpts {
+    fn region_only(&self) -> bool {
+        self.scope.as_deref() == Some("region")
+    }
+}
+
+/// The API's router.
+pub fn router(api: Arc<Api>) -> Router {
+    Router::new()
+        .route(paths::OPENAPI, get(views::openapi))
+        .route(paths::STATUS, get(views::status))
+        .route(paths::REGIONS, get(views::regions))
+        .route(paths::APPS, get(views::list_apps))
+        .route(paths::APP_ROUTE, get(views::get_app))
+        .route(paths::NODES, get(views::list_nodes))
+        .route(paths::WALLET_ROUTE, get(views::wallet))
+        .route(paths::TRANSACTIONS, post(ledger::submit_tx))
+        .route(paths::TRANSACTION_ROUTE, get(ledger::tx_status))
+        .route(paths::CHAIN_TIP, get(ledger::tip))
+        .route(paths::BLOCK_ROUTE, get(ledger::block))
+        .route(
+            paths::BLOB_ROUTE,
+            put(modules::put_blob).get(modules::get_blob).layer(DefaultBodyLimit::max(MAX_BLOB_BYTES)),
+        )
+        .route(paths::HEARTBEAT, post(agents::heartbeat))
+        .route(paths::ROUTES_ROUTE, get(agents::routes))
+        .route(paths::NODE_CORDON_ROUTE, post(admin::cordon))
+        .route(paths::NODE_UNCORDON_ROUTE, post(admin::uncordon))
+        .route(paths::SHARD_ROUTE, get(admin::shard_view))
+        .route(paths::SHARD_REPLICA_ROUTE, get(admin::replica))
+        .route(paths::SHARD_IDENTITY_ROUTE, get(admin::identity))
+        .route(paths::SHARD_INIT_ROUTE, post(admin::init))
+        .route(paths::SHARD_LEARNERS_ROUTE, post(admin::add_learner))
+        .route(paths::SHARD_PROMOTE_ROUTE, post(admin::promote))
+        .route(paths::SHARD_REMOVE_ROUTE, post(admin::remove))
+        .route(paths::SHARD_TRANSFER_ROUTE, post(admin::transfer_leader))
+        .fallback(|| async { ApiError::not_found("no such endpoint; see /v1/openapi.json") })
+        .with_state(api)
+}
+
+impl Api {
+    /// Makes a read linearizable unless the caller asked for a stale one.
+    async fn consistent(&self, opts: &ReadOpts) -> Result<(), ApiError> {
+        if opts.stale {
+            return Ok(());
+        }
+        self.shard.linearize().await.map_err(ApiError::from)
+    }
+
+    /// For views that carry soft state: unless stale, only the leader answers (a follower names
+    /// the leader), after confirming it still leads.
+    async fn leader_view(&self, opts: &ReadOpts) -> Result<(), ApiError> {
+        if opts.stale {
+            return Ok(());
+        }
+        if !self.shard.is_leader() {
+            return Err(ApiError::not_leader(&self.shard.region, self.shard.leader_api()));
+        }
+        self.shard.linearize().await.map_err(ApiError::from)
+    }
+
+    /// The other regions' replica URLs, from the directory this shard holds.
+    fn other_regions(&self) -> Vec<(String, Vec<String>)> {
+        self.shard.read(|s| {
+            s.chain
+                .regions
+                .iter()
+                .filter(|r| r.name != s.region)
+                .map(|r| {
+                    let urls =
+                        s.chain.directory.get(&r.name).map(|d| d.values().cloned().collect()).unwrap_or_default();
+                    (r.name.clone(), urls)
+                })
+                .collect()
+        })
+    }
+
+    /// A client of another region's replicas that asks for that region's part only.
+    fn region_client(&self, urls: Vec<String>, opts: &ReadOpts) -> Result<client::Client, client::ClientError> {
+        let c = self.client.sibling(urls)?.with_timeout(FAN_OUT_TIMEOUT).region_scoped();
+        Ok(if opts.stale { c.stale() } else { c })
+    }
+}
+
+/// How long a cloud-wide view waits for another region.
+const FAN_OUT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Longest a client may take to send a request body.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Largest request body on any route (a module upload).
+const MAX_BODY: usize = MAX_BLOB_BYTES + (1 << 20);
+
+/// Everything a control replica serves on its one listener: the API and the Raft transport,
+/// with request bodies read under a deadline, so that a slow client cannot hold a request open.
+pub fn service(api: Arc<Api>) -> Router {
+    router(api.clone())
+        .merge(crate::network::router(api.shard.clone()))
+        .layer(axum::middleware::from_fn(read_body_within))
+}
+
+async fn read_body_within(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+        Err(_) => ApiError::new("timeout", format!("request body not received within {}s", BODY_TIMEOUT.as_secs()))
+            .into_response(),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                ApiError::new("payload_too_large", format!("request body is over {} MB", MAX_BODY >> 20))
+                    .into_response()
+            } else {
+                ApiError::bad_request(format!("reading the request body: {e}")).into_response()
+            }
+        }
+        Ok(Ok(bytes)) => next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+    }
+}
