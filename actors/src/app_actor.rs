@@ -52,6 +52,7 @@ impl Actor for AppActor {
                 .map(|n| Candidate {
                     node: n,
                     up: !s.down.contains(&n.start.node_id) && shard.is_fresh(&n.start.node_id),
+                    cordoned: s.cordoned.contains(&n.start.node_id),
                     free: n.resources().saturating_sub(&s.used_on(&n.start.node_id)),
                 })
                 .collect();
@@ -72,7 +73,9 @@ impl Actor for AppActor {
         });
         if let Some(command) = command {
             tracing::info!(region = %shard.region, app = %state.app, ?command, "reconciling");
-            shard.propose(command).await?;
+            if let Err(e) = shard.propose(command).await {
+                tracing::warn!(region = %shard.region, app = %state.app, "reconcile not committed: {e}");
+            }
         }
         Ok(())
     }

@@ -1,11 +1,18 @@
-//! Follows the chain source and applies every block through Raft, in order, idempotently by height.
+//! Follows the chain source and applies every block through Raft, in order, idempotently by
+//! height. It refuses a source whose genesis is not the one the shard follows.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use chain::Devnet;
+use chain::SharedChainSource;
 use control_plane::Shard;
 use model::command::{Command, CommandResult};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::Fatal;
+
+/// How long one long poll of the chain tip waits.
+const TIP_POLL: Duration = Duration::from_secs(5);
 
 /// Messages to the ChainActor.
 #[derive(Debug)]
@@ -16,36 +23,45 @@ pub enum ChainMsg {
 
 pub(crate) struct ChainActor;
 
-pub(crate) struct ChainState {
+pub(crate) struct ChainActorState {
     shard: Arc<Shard>,
-    devnet: Devnet,
+    chain: SharedChainSource,
+    fatal: Fatal,
     follow: tokio::task::JoinHandle<()>,
 }
 
 impl Actor for ChainActor {
     type Msg = ChainMsg;
-    type State = ChainState;
-    type Arguments = (Arc<Shard>, Devnet);
+    type State = ChainActorState;
+    type Arguments = (Arc<Shard>, SharedChainSource, Fatal);
 
     async fn pre_start(
         &self,
         myself: ActorRef<ChainMsg>,
-        (shard, devnet): Self::Arguments,
-    ) -> Result<ChainState, ActorProcessingErr> {
-        let mut tips = devnet.subscribe();
+        (shard, chain, fatal): Self::Arguments,
+    ) -> Result<ChainActorState, ActorProcessingErr> {
         let me = myself.clone();
+        let source = chain.clone();
         let follow = tokio::spawn(async move {
-            while tips.changed().await.is_ok() {
+            let mut seen = 0;
+            loop {
+                match source.wait_for_tip(seen, TIP_POLL).await {
+                    Ok(tip) => seen = tip.height,
+                    Err(e) => {
+                        tracing::debug!("chain source: {e}");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
                 if me.cast(ChainMsg::CatchUp).is_err() {
                     return;
                 }
             }
         });
         myself.cast(ChainMsg::CatchUp)?;
-        Ok(ChainState { shard, devnet, follow })
+        Ok(ChainActorState { shard, chain, fatal, follow })
     }
 
-    async fn post_stop(&self, _: ActorRef<ChainMsg>, state: &mut ChainState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(&self, _: ActorRef<ChainMsg>, state: &mut ChainActorState) -> Result<(), ActorProcessingErr> {
         state.follow.abort();
         Ok(())
     }
@@ -54,27 +70,51 @@ impl Actor for ChainActor {
         &self,
         _: ActorRef<ChainMsg>,
         msg: ChainMsg,
-        state: &mut ChainState,
+        state: &mut ChainActorState,
     ) -> Result<(), ActorProcessingErr> {
         let ChainMsg::CatchUp = msg;
-        if !state.shard.is_leader() {
+        let shard = &state.shard;
+        if !shard.is_leader() {
             return Ok(());
         }
-        let (tip, _) = state.devnet.tip();
-        loop {
-            let next = state.shard.read(|s| s.chain.height.map_or(0, |h| h + 1));
-            if next > tip {
+        let tip = match state.chain.tip().await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(region = %shard.region, "cannot follow the chain: {e}");
                 return Ok(());
             }
-            let Some(block) = state.devnet.block(next)? else { return Ok(()) };
-            match state.shard.propose(Command::ApplyBlock(block)).await? {
-                CommandResult::Rejected { reason } => {
-                    // A block that does not follow the cursor means the source reorganized; the
-                    // devnet never does, so stop here and say so instead of skipping ahead.
-                    tracing::error!(region = %state.shard.region, "block {next} rejected: {reason}");
+        };
+        if let Err(e) = shard.read(|s| s.chain.check_genesis(&tip.genesis_hash)) {
+            let message = format!("refusing chain source {}: {e}", state.chain.describe());
+            tracing::error!(region = %shard.region, "{message}");
+            state.fatal.raise(message);
+            return Ok(());
+        }
+        loop {
+            let next = shard.read(|s| s.chain.height.map_or(0, |h| h + 1));
+            if next > tip.height {
+                return Ok(());
+            }
+            let block = match state.chain.block(next).await {
+                Ok(Some(b)) => b,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(region = %shard.region, "fetching block {next}: {e}");
                     return Ok(());
                 }
-                _ => tracing::debug!(region = %state.shard.region, height = next, "block applied"),
+            };
+            match shard.propose(Command::ApplyBlock(block)).await {
+                Ok(CommandResult::Rejected { reason }) => {
+                    // A block that does not follow the cursor means the source reorganized or
+                    // lied; the devnet never does, so stop here and say so instead of skipping.
+                    tracing::error!(region = %shard.region, "block {next} rejected: {reason}");
+                    return Ok(());
+                }
+                Ok(_) => tracing::debug!(region = %shard.region, height = next, "block applied"),
+                Err(e) => {
+                    tracing::warn!(region = %shard.region, "applying block {next}: {e}");
+                    return Ok(());
+                }
             }
         }
     }

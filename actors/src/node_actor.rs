@@ -64,10 +64,16 @@ impl Actor for NodeActor {
             !fresh && (shard.since_heartbeat(&state.node).is_some() || state.started.elapsed() > shard.node_timeout());
         if stale && !down {
             tracing::warn!(region = %shard.region, node = %state.node, "node missed its heartbeats: declaring it down");
-            shard.propose(Command::SetLiveness { node: state.node.clone(), up: false, at_ms: chain::now_ms() }).await?;
+            let cmd = Command::SetLiveness { node: state.node.clone(), up: false, at_ms: chain::now_ms() };
+            if let Err(e) = shard.propose(cmd).await {
+                tracing::warn!(region = %shard.region, node = %state.node, "liveness change not committed: {e}");
+            }
         } else if fresh && down {
             tracing::info!(region = %shard.region, node = %state.node, "node is beating again: declaring it up");
-            shard.propose(Command::SetLiveness { node: state.node.clone(), up: true, at_ms: chain::now_ms() }).await?;
+            let cmd = Command::SetLiveness { node: state.node.clone(), up: true, at_ms: chain::now_ms() };
+            if let Err(e) = shard.propose(cmd).await {
+                tracing::warn!(region = %shard.region, node = %state.node, "liveness change not committed: {e}");
+            }
         }
         Ok(())
     }

@@ -5,10 +5,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chain::Devnet;
+use chain::SharedChainSource;
 use control_plane::Shard;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::watch;
 
+use crate::Fatal;
 use crate::app_actor::{AppActor, AppMsg};
 use crate::chain_actor::ChainActor;
 use crate::node_actor::NodeActor;
@@ -44,7 +46,8 @@ pub struct RegionSupervisor;
 /// Its state.
 pub struct SupervisorState {
     shard: Arc<Shard>,
-    devnet: Devnet,
+    chain: SharedChainSource,
+    fatal: Fatal,
     children: HashMap<Child, ActorCell>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -56,10 +59,8 @@ impl SupervisorState {
         let cell = match &child {
             Child::Chain => {
                 let name = actor_name(&region, "chain", None);
-                Actor::spawn_linked(Some(name), ChainActor, (self.shard.clone(), self.devnet.clone()), sup)
-                    .await?
-                    .0
-                    .get_cell()
+                let args = (self.shard.clone(), self.chain.clone(), self.fatal.clone());
+                Actor::spawn_linked(Some(name), ChainActor, args, sup).await?.0.get_cell()
             }
             Child::Node(id) => {
                 let name = actor_name(&region, "node", Some(id));
@@ -103,12 +104,12 @@ impl SupervisorState {
 impl Actor for RegionSupervisor {
     type Msg = SupervisorMsg;
     type State = SupervisorState;
-    type Arguments = (Arc<Shard>, Devnet);
+    type Arguments = (Arc<Shard>, SharedChainSource, Fatal);
 
     async fn pre_start(
         &self,
         myself: ActorRef<SupervisorMsg>,
-        (shard, devnet): Self::Arguments,
+        (shard, chain, fatal): Self::Arguments,
     ) -> Result<SupervisorState, ActorProcessingErr> {
         let mut changes = shard.subscribe();
         let me = myself.clone();
@@ -121,7 +122,7 @@ impl Actor for RegionSupervisor {
         });
         let ticker = myself.send_interval(RESYNC_EVERY, || SupervisorMsg::Sync);
         myself.cast(SupervisorMsg::Sync)?;
-        Ok(SupervisorState { shard, devnet, children: HashMap::new(), tasks: vec![watcher, ticker] })
+        Ok(SupervisorState { shard, chain, fatal, children: HashMap::new(), tasks: vec![watcher, ticker] })
     }
 
     async fn post_stop(
@@ -176,8 +177,41 @@ impl Actor for RegionSupervisor {
 /// Starts the supervision tree of one region.
 pub async fn start_region(
     shard: Arc<Shard>,
-    devnet: Devnet,
+    chain: SharedChainSource,
+    fatal: Fatal,
 ) -> anyhow::Result<(ActorRef<SupervisorMsg>, tokio::task::JoinHandle<()>)> {
     let name = actor_name(&shard.region, "supervisor", None);
-    Ok(Actor::spawn(Some(name), RegionSupervisor, (shard, devnet)).await?)
+    Ok(Actor::spawn(Some(name), RegionSupervisor, (shard, chain, fatal)).await?)
+}
+
+/// Runs the region's supervision tree while this replica leads, and stops it when leadership
+/// moves away, so only the leader's actors act; followers learn everything through the log.
+/// Returns when `shutdown` turns true, after stopping the tree.
+pub async fn lead(shard: Arc<Shard>, chain: SharedChainSource, fatal: Fatal, mut shutdown: watch::Receiver<bool>) {
+    let mut leading = shard.leading();
+    let mut running: Option<(ActorRef<SupervisorMsg>, tokio::task::JoinHandle<()>)> = None;
+    loop {
+        let leads = leading.borrow_and_update().is_some() && !*shutdown.borrow();
+        if leads && running.is_none() {
+            match start_region(shard.clone(), chain.clone(), fatal.clone()).await {
+                Ok(r) => running = Some(r),
+                Err(e) => {
+                    tracing::error!(region = %shard.region, "starting the actors: {e:#}; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        } else if !leads && let Some((sup, handle)) = running.take() {
+            tracing::info!(region = %shard.region, "no longer leading: stopping the actors");
+            sup.stop(Some("leadership moved".into()));
+            let _ = tokio::time::timeout(Duration::from_secs(2), handle).await;
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        tokio::select! {
+            r = leading.changed() => if r.is_err() { return },
+            _ = shutdown.changed() => {}
+        }
+    }
 }

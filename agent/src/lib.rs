@@ -1,32 +1,41 @@
-//! The node agent: heartbeats to its region's shard (signed with the node key), receives the
-//! instances assigned to the node, starts them on the WASM runtime, checks their health, and
-//! reports back in the next beat. Depends on `model` and `runtime-wasm`.
+//! The node agent: heartbeats to its region's shard leader (signed with the node key), receives
+//! the instances assigned to the node, starts them on the WASM runtime, checks their health, and
+//! reports back in the next beat. While the control plane is unreachable it keeps every instance
+//! running: losing the control plane never stops a workload.
+//!
+//! Depends on `model`, `client` and `runtime-wasm`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
-use model::api::{Assignment, Assignments, Heartbeat, InstanceReport, SignedHeartbeat};
+use model::api::{Assignment, Heartbeat, InstanceReport, SignedHeartbeat};
 use model::keys::Keypair;
 use runtime_wasm::{ComponentCache, InstanceLimits, InstanceServer};
 use tokio::sync::{mpsc, watch};
 
 /// How an agent is set up.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AgentConfig {
     /// The node's id on chain.
     pub node_id: String,
     /// The node key registered on chain.
     pub key: Keypair,
-    /// Base URL of the control-plane API.
-    pub api: String,
+    /// The replicas of the node's region; beats go to (and follow) the leader.
+    pub control: client::Client,
     /// Heartbeat period; the shard declares the node down after a few missed beats.
     pub beat_every: Duration,
+    /// Longest a health check of one instance may take; shorter than the beat period.
+    pub health_timeout: Duration,
     /// Address instances listen on (port chosen by the OS).
     pub bind_ip: IpAddr,
     /// Longest time a request may run in a guest.
     pub request_deadline: Duration,
+    /// After shutdown, how long instances keep serving (with no more beats or new work) before
+    /// they stop: long enough for the control plane to drop the node's routes, so requests in
+    /// flight and those already routed here still get answers.
+    pub linger: Duration,
 }
 
 struct Running {
@@ -55,9 +64,11 @@ impl Running {
 
 type Started = (Assignment, Result<Vec<(String, InstanceServer)>, String>);
 
-/// Runs the agent until `shutdown` turns true.
+/// Runs the agent until `shutdown` turns true; then stops beating and taking work, lets its
+/// instances serve for `linger`, and stops them.
 pub async fn run(config: AgentConfig, cache: ComponentCache, mut shutdown: watch::Receiver<bool>) {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
+    let health = HealthCheck { http: http.clone(), timeout: config.health_timeout };
     let mut running: HashMap<String, Running> = HashMap::new();
     let mut failed: HashMap<String, (u64, String)> = HashMap::new();
     let mut starting: HashMap<String, u64> = HashMap::new();
@@ -72,7 +83,7 @@ pub async fn run(config: AgentConfig, cache: ComponentCache, mut shutdown: watch
                 match result {
                     Ok(servers) => {
                         let mut r = Running { assignment, servers, healthy: false, message: None };
-                        check_health(&http, &mut r).await;
+                        health.check(&mut r).await;
                         if let Some(old) = running.insert(r.assignment.id.clone(), r) { old.stop(); }
                     }
                     Err(message) => {
@@ -86,7 +97,7 @@ pub async fn run(config: AgentConfig, cache: ComponentCache, mut shutdown: watch
             _ = shutdown.changed() => break,
         }
         for r in running.values_mut() {
-            check_health(&http, r).await;
+            health.check(r).await;
         }
         let mut instances: Vec<InstanceReport> = running.values().map(Running::report).collect();
         instances.extend(failed.iter().map(|(id, (spec_height, message))| InstanceReport {
@@ -98,10 +109,11 @@ pub async fn run(config: AgentConfig, cache: ComponentCache, mut shutdown: watch
         }));
         let beat =
             SignedHeartbeat::sign(Heartbeat { node: config.node_id.clone(), at_ms: now_ms(), instances }, &config.key);
-        let assignments = match send_beat(&http, &config.api, &beat).await {
+        let assignments = match config.control.heartbeat(&beat, config.beat_every * 3).await {
             Ok(a) => a,
             Err(e) => {
-                tracing::debug!(node = %config.node_id, "heartbeat failed: {e:#}");
+                // Static stability: keep running what runs, and try again next beat.
+                tracing::debug!(node = %config.node_id, "heartbeat failed: {e}");
                 continue;
             }
         };
@@ -123,39 +135,29 @@ pub async fn run(config: AgentConfig, cache: ComponentCache, mut shutdown: watch
                 continue;
             }
             starting.insert(a.id.clone(), a.spec_height);
-            let (cache, http, config, tx) = (cache.clone(), http.clone(), config.clone(), started_tx.clone());
+            let (cache, config, tx) = (cache.clone(), config.clone(), started_tx.clone());
             tokio::spawn(async move {
-                let result = start(&cache, &http, &config, &a).await.map_err(|e| format!("{e:#}"));
+                let result = start(&cache, &config, &a).await.map_err(|e| format!("{e:#}"));
                 let _ = tx.send((a, result)).await;
             });
         }
     }
+    tracing::info!(node = %config.node_id, "draining: no more beats or new instances");
+    tokio::time::sleep(config.linger).await;
     for r in running.values() {
         r.stop();
     }
 }
 
-async fn send_beat(http: &reqwest::Client, api: &str, beat: &SignedHeartbeat) -> anyhow::Result<Assignments> {
-    let resp = http.post(format!("{api}/v1/agent/heartbeat")).json(beat).send().await?;
-    let status = resp.status();
-    if !status.is_success() {
-        anyhow::bail!("{status}: {}", resp.text().await.unwrap_or_default());
-    }
-    Ok(resp.json().await?)
-}
-
 async fn start(
     cache: &ComponentCache,
-    http: &reqwest::Client,
     config: &AgentConfig,
     a: &Assignment,
 ) -> anyhow::Result<Vec<(String, InstanceServer)>> {
     let mut servers = Vec::new();
     for c in &a.components {
         let hash = c.wasm_hash().with_context(|| format!("component {} has no module hash", c.name))?;
-        let resp = http.get(format!("{}/v1/blobs/{hash}", config.api)).send().await?;
-        anyhow::ensure!(resp.status().is_success(), "fetching module {hash}: {}", resp.status());
-        let bytes = resp.bytes().await?;
+        let bytes = config.control.get_blob(hash).await.with_context(|| format!("fetching module {hash}"))?;
         anyhow::ensure!(blake3::hash(&bytes).to_hex().as_str() == hash, "module {hash} arrived corrupted");
         let pre = cache.get(&bytes).await.with_context(|| format!("compiling component {}", c.name))?;
         let mut env = c.env.clone();
@@ -169,10 +171,21 @@ async fn start(
     Ok(servers)
 }
 
-/// An instance is healthy when each component answers `GET /` below 500.
-async fn check_health(http: &reqwest::Client, r: &mut Running) {
+struct HealthCheck {
+    http: reqwest::Client,
+    timeout: Duration,
+}
+
+impl HealthCheck {
+    /// An instance is healthy when each component answers `GET /` below 500 within the timeout.
+    async fn check(&self, r: &mut Running) {
+        check_health(&self.http, self.timeout, r).await
+    }
+}
+
+async fn check_health(http: &reqwest::Client, timeout: Duration, r: &mut Running) {
     for (name, server) in &r.servers {
-        let result = http.get(format!("http://{}/", server.addr())).timeout(Duration::from_secs(2)).send().await;
+        let result = http.get(format!("http://{}/", server.addr())).timeout(timeout).send().await;
         match result {
             Ok(resp) if resp.status().as_u16() < 500 => {}
             Ok(resp) => {

@@ -2,10 +2,10 @@
 //! healthy instance. It follows every region's routing feed (long-poll) into a local table and
 //! serves from that table, so it keeps serving its last routes when the control plane is gone.
 //!
-//! Depends on `model` only.
+//! Depends on `model`, `client` and `serve`.
 
 mod proxy;
 mod routes;
 
-pub use proxy::{Gateway, GatewayConfig};
+pub use proxy::{Gateway, GatewayConfig, GatewayHandle};
 pub use routes::RouteTable;

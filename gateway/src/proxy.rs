@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioExecutor;
 use model::geo::GeoPoint;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -23,16 +23,18 @@ use crate::routes::{RouteTable, follow};
 pub const CLIENT_GEO: &str = "x-fluxplane-client-geo";
 /// Largest request body buffered (bodies are buffered so a failed connect can be retried).
 const MAX_BODY: usize = 16 << 20;
+/// Longest a client may take to send its body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How a gateway is set up.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct GatewayConfig {
     /// Where to listen.
     pub listen: SocketAddr,
     /// Apps answer at `<app>.app.<domain>`.
     pub domain: String,
-    /// Control-plane API to learn regions and feeds from.
-    pub api: String,
+    /// Control-plane URLs to learn regions and feeds from (any one finds them all).
+    pub control: client::Client,
     /// Location used when the client's is unknown.
     pub geo: GeoPoint,
     /// Peers whose `x-fluxplane-client-geo` header is believed.
@@ -41,48 +43,55 @@ pub struct GatewayConfig {
 
 type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
-/// A running gateway.
+/// The gateway's request handler: the route table and the pool of connections to instances.
 pub struct Gateway {
     config: GatewayConfig,
     table: Arc<ArcSwap<RouteTable>>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
+/// A running gateway: its listener and its feed followers.
+pub struct GatewayHandle {
+    server: serve::Server,
+    stop_follow: watch::Sender<bool>,
+}
+
+impl GatewayHandle {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Stops accepting, finishes the requests in flight (within `deadline`), stops following.
+    pub async fn drain(self, deadline: Duration) -> bool {
+        let clean = self.server.drain(deadline).await;
+        let _ = self.stop_follow.send(true);
+        clean
+    }
+}
+
 impl Gateway {
-    /// Binds the listener and starts following the feeds; returns the bound address.
-    pub async fn spawn(config: GatewayConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<SocketAddr> {
-        let listener = TcpListener::bind(config.listen).await?;
-        let addr = listener.local_addr()?;
+    /// Binds the listener and starts following the feeds.
+    pub async fn spawn(config: GatewayConfig, limits: serve::Limits) -> anyhow::Result<GatewayHandle> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding the gateway on {}: {e}", config.listen))?;
         let table: Arc<ArcSwap<RouteTable>> = Arc::default();
-        tokio::spawn(follow(config.api.clone(), table.clone(), shutdown.clone()));
+        let (stop_follow, follow_stopped) = watch::channel(false);
+        tokio::spawn(follow(config.control.clone(), table.clone(), follow_stopped));
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
         let gw = Arc::new(Gateway { config, table, client });
-        let mut stop = shutdown;
-        tokio::spawn(async move {
-            loop {
-                let (stream, peer) = tokio::select! {
-                    r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
-                    _ = stop.changed() => return,
-                };
+        let server = serve::spawn(listener, limits, move |peer: SocketAddr| {
+            let gw = gw.clone();
+            hyper::service::service_fn(move |req| {
                 let gw = gw.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let gw = gw.clone();
-                        async move { Ok::<_, std::convert::Infallible>(gw.handle(req, peer.ip()).await) }
-                    });
-                    // Slow or oversized headers are cut off by hyper (timeout, max buffer).
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(10))
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Ok(addr)
+                async move { Ok::<_, std::convert::Infallible>(gw.handle(req, peer.ip()).await) }
+            })
+        })?;
+        Ok(GatewayHandle { server, stop_follow })
     }
 
     fn app_key<'a>(&self, host: &'a str) -> Option<&'a str> {
@@ -121,10 +130,16 @@ impl Gateway {
             return text(StatusCode::SERVICE_UNAVAILABLE, format!("`{host}` has no healthy instance right now"));
         }
         let (mut parts, body) = req.into_parts();
-        let body = match Limited::new(body, MAX_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => {
+        let body = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(_)) => {
                 return text(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is over {} MB", MAX_BODY >> 20));
+            }
+            Err(_) => {
+                return text(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("request body not received within {}s", BODY_TIMEOUT.as_secs()),
+                );
             }
         };
         parts.headers.remove(CLIENT_GEO);

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use model::api::{RegionView, Route, RouteFeed};
+use model::api::Route;
 use model::geo::GeoPoint;
 use tokio::sync::watch;
 
@@ -38,58 +38,76 @@ impl RouteTable {
     }
 }
 
-/// Follows all regions' feeds into `table` until `shutdown` fires.
-pub(crate) async fn follow(api: String, table: Arc<ArcSwap<RouteTable>>, mut shutdown: watch::Receiver<bool>) {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(40)).build().unwrap_or_default();
-    let regions: Vec<RegionView> = loop {
-        match http.get(format!("{api}/v1/regions")).send().await {
-            Ok(resp) if resp.status().is_success() => match resp.json().await {
-                Ok(r) => break r,
-                Err(e) => tracing::warn!("gateway: bad region directory: {e}"),
-            },
-            Ok(resp) => tracing::warn!("gateway: region directory answered {}", resp.status()),
-            Err(e) => tracing::debug!("gateway: control plane unreachable: {e}"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = shutdown.changed() => return,
-        }
-    };
+/// How often the region directory is read again, to learn new regions and replicas; sooner
+/// while some region has no replica listed yet (a cloud that is starting).
+const DIRECTORY_EVERY: Duration = Duration::from_secs(5);
+const DIRECTORY_EVERY_INCOMPLETE: Duration = Duration::from_millis(500);
+/// How long one long poll of a feed waits.
+const FEED_WAIT: Duration = Duration::from_secs(20);
+
+/// Follows every region's feed into `table` until `shutdown` fires. The directory comes from any
+/// of `control`'s URLs; each region's feed from that region's replicas (its leader, by
+/// redirect). When a region cannot be reached its last routes stay in the table.
+pub(crate) async fn follow(
+    control: client::Client,
+    table: Arc<ArcSwap<RouteTable>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let feeds: Arc<Mutex<HashMap<String, Vec<Route>>>> = Arc::default();
-    let mut tasks = Vec::new();
-    for region in regions {
-        let (http, feeds, table) = (http.clone(), feeds.clone(), table.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut version: Option<u64> = None;
-            loop {
-                let url = match version {
-                    Some(v) => format!("{}/v1/routes/{}?after={v}&wait_ms=20000", region.api, region.name),
-                    None => format!("{}/v1/routes/{}", region.api, region.name),
-                };
-                let feed: Result<RouteFeed, _> = match http.get(url).send().await {
-                    Ok(resp) if resp.status().is_success() => resp.json().await.map_err(|e| e.to_string()),
-                    Ok(resp) => Err(format!("feed answered {}", resp.status())),
-                    Err(e) => Err(e.to_string()),
-                };
-                match feed {
-                    Ok(feed) => {
-                        version = Some(feed.version);
-                        let mut all = feeds.lock().unwrap_or_else(|e| e.into_inner());
-                        all.insert(region.name.clone(), feed.routes);
-                        table.store(Arc::new(RouteTable::build(all.values().flatten())));
+    let mut followers: HashMap<String, (Vec<String>, tokio::task::JoinHandle<()>)> = HashMap::new();
+    loop {
+        let mut complete = false;
+        match control.regions().await {
+            Ok(regions) => {
+                complete = !regions.is_empty() && regions.iter().all(|r| !r.replicas.is_empty());
+                for region in regions {
+                    let urls = region.urls();
+                    if urls.is_empty() || followers.get(&region.name).is_some_and(|(u, _)| *u == urls) {
+                        continue;
                     }
-                    Err(e) => {
-                        // Static stability: keep serving the last routes and retry.
-                        tracing::debug!(region = %region.name, "feed unavailable, keeping last routes: {e}");
-                        version = None;
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    let Ok(region_client) = control.sibling(urls.clone()) else { continue };
+                    let task =
+                        tokio::spawn(follow_region(region.name.clone(), region_client, feeds.clone(), table.clone()));
+                    if let Some((_, old)) = followers.insert(region.name.clone(), (urls, task)) {
+                        old.abort();
                     }
                 }
             }
-        }));
+            // Static stability: keep following the regions known, with their last routes.
+            Err(e) => tracing::debug!("gateway: region directory unavailable: {e}"),
+        }
+        let every = if complete { DIRECTORY_EVERY } else { DIRECTORY_EVERY_INCOMPLETE };
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => break,
+        }
     }
-    let _ = shutdown.changed().await;
-    for t in tasks {
-        t.abort();
+    for (_, (_, task)) in followers {
+        task.abort();
+    }
+}
+
+async fn follow_region(
+    region: String,
+    control: client::Client,
+    feeds: Arc<Mutex<HashMap<String, Vec<Route>>>>,
+    table: Arc<ArcSwap<RouteTable>>,
+) {
+    let mut version: Option<u64> = None;
+    loop {
+        match control.routes(&region, version, FEED_WAIT).await {
+            Ok(feed) => {
+                version = Some(feed.version);
+                let mut all = feeds.lock().unwrap_or_else(|e| e.into_inner());
+                all.insert(region.clone(), feed.routes);
+                table.store(Arc::new(RouteTable::build(all.values().flatten())));
+            }
+            Err(e) => {
+                // Static stability: keep serving the last routes and retry.
+                tracing::debug!(region = %region, "feed unavailable, keeping last routes: {e}");
+                version = None;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
     }
 }

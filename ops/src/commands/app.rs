@@ -1,0 +1,263 @@
+//! `fluxctl app`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Subcommand;
+use client::Client;
+use comfy_table::Table;
+use model::api::{SubmitTxResponse, TxStatus};
+use model::chain::{SignedTx, Tx};
+use model::keys::Keypair;
+use model::spec::{AppSpec, BLAKE3_PREFIX};
+use model::tier::format_flux;
+
+use super::{Cli, Output, nonce, print_json, short};
+use crate::keys;
+
+/// App verbs.
+#[derive(Debug, Subcommand)]
+pub enum AppCommand {
+    /// Register (or update, if you own it) the app in a manifest.
+    Deploy {
+        /// The manifest, e.g. examples/hello/fluxapp.toml.
+        file: PathBuf,
+        /// Follow the deploy until every instance runs, then print the URL.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Change how many instances an app runs (owner only).
+    Scale {
+        /// App name.
+        name: String,
+        /// Instances wanted.
+        instances: u32,
+    },
+    /// List apps.
+    List,
+    /// One app's placements and instance states.
+    Status {
+        /// App name.
+        name: String,
+    },
+    /// Remove an app (owner only).
+    Rm {
+        /// App name.
+        name: String,
+    },
+}
+
+pub(super) async fn run(cli: &Cli, api: &Client, cmd: &AppCommand) -> anyhow::Result<()> {
+    match cmd {
+        AppCommand::Deploy { file, wait, timeout } => {
+            deploy(cli, api, file, *wait, Duration::from_secs(*timeout)).await
+        }
+        AppCommand::Scale { name, instances } => scale(cli, api, name, *instances).await,
+        AppCommand::List => list(cli, api).await,
+        AppCommand::Status { name } => status(cli, api, name).await,
+        AppCommand::Rm { name } => rm(cli, api, name).await,
+    }
+}
+
+/// Reads a manifest, uploads its modules, and returns the spec in chain form.
+pub async fn prepare(api: &Client, file: &Path) -> anyhow::Result<AppSpec> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut spec = AppSpec::from_toml(&text).map_err(|e| anyhow::anyhow!("{} is invalid:\n{e}", file.display()))?;
+    let dir = file.parent().unwrap_or(Path::new("."));
+    for (i, c) in spec.components.iter_mut().enumerate() {
+        let path = dir.join(&c.wasm);
+        let bytes = std::fs::read(&path).with_context(|| format!("component[{i}].wasm: reading {}", path.display()))?;
+        let hash = blake3::hash(&bytes).to_hex().to_string();
+        api.put_blob(&hash, bytes).await.with_context(|| format!("uploading module {hash}"))?;
+        c.wasm = format!("{BLAKE3_PREFIX}{hash}");
+    }
+    Ok(spec)
+}
+
+/// Signs and submits a register (or, for an app that exists, an update) of `spec`. Returns
+/// whether it was an update.
+pub async fn submit_spec(api: &Client, key: &Keypair, spec: AppSpec) -> anyhow::Result<(SubmitTxResponse, bool)> {
+    // Only a clear "not registered" means new: a control plane that cannot be asked must not
+    // turn an update into a register.
+    let update = match api.app(&spec.name).await {
+        Ok(_) => true,
+        Err(e) if e.is_not_found() => false,
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("checking whether `{}` exists", spec.name))),
+    };
+    let payment = model::price::app_price(&spec);
+    let tx = if update { Tx::AppUpdate { spec, payment } } else { Tx::AppRegister { spec, payment } };
+    let stx = SignedTx::sign(tx, nonce(), key);
+    Ok((api.submit_tx(&stx).await?, update))
+}
+
+async fn wait_included(api: &Client, tx_id: &str, deadline: Instant) -> anyhow::Result<u64> {
+    loop {
+        match api.tx_status(tx_id).await {
+            Ok(TxStatus::Included { height }) => return Ok(height),
+            Ok(TxStatus::Rejected { reason }) => anyhow::bail!("the chain rejected the transaction: {reason}"),
+            Ok(TxStatus::Pending | TxStatus::Unknown) => {}
+            // The chain or a replica may be restarting; keep asking until the deadline.
+            Err(e) if e.is_unreachable() && Instant::now() < deadline => {}
+            Err(e) => return Err(e.into()),
+        }
+        anyhow::ensure!(Instant::now() < deadline, "timed out waiting for a block");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn deploy(cli: &Cli, api: &Client, file: &Path, wait: bool, timeout: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let (key, _) = keys::load(cli.key.as_ref())?;
+    let spec = prepare(api, file).await?;
+    let name = spec.name.clone();
+    let price = model::price::app_price(&spec);
+    let (resp, update) = submit_spec(api, &key, spec).await?;
+    let url = format!("http://{name}.app.{}/", cli.gateway);
+    eprintln!(
+        "{} `{name}`: tx {} paying {} FLUX",
+        if update { "updating" } else { "registering" },
+        short(&resp.tx_id, 12),
+        format_flux(price)
+    );
+    if !wait {
+        println!("{url}");
+        return Ok(());
+    }
+    let height = wait_included(api, &resp.tx_id, deadline).await?;
+    eprintln!("registered in block {height} ({:.1}s)", started.elapsed().as_secs_f64());
+    let (mut last_placed, mut last_running) = (usize::MAX, usize::MAX);
+    loop {
+        let app = match api.app(&name).await {
+            Ok(app) => Some(app),
+            // The block is on chain but not yet applied by the shard that answered.
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(app) = app {
+            let want: u32 = app.quotas.values().sum();
+            let placed = app.placements.len();
+            let running = app.running();
+            if (placed, running) != (last_placed, last_running) {
+                eprintln!("placed {placed}/{want}, running {running}/{want} ({:.1}s)", started.elapsed().as_secs_f64());
+                (last_placed, last_running) = (placed, running);
+            }
+            if want > 0 && running >= want as usize && app.updated_height >= height {
+                if let Some(why) = app.shortfall.get("all") {
+                    eprintln!("warning: {why}");
+                }
+                break;
+            }
+            if Instant::now() >= deadline {
+                let mut why: Vec<String> = app.shortfall.iter().map(|(r, s)| format!("{r}: {s}")).collect();
+                why.extend(app.unreachable.iter().map(|(r, e)| format!("{r}: not reachable ({e})")));
+                anyhow::bail!(
+                    "timed out with {running}/{want} running{}",
+                    if why.is_empty() { String::new() } else { format!(" ({})", why.join("; ")) }
+                );
+            }
+        } else {
+            anyhow::ensure!(Instant::now() < deadline, "timed out: the app is on chain but no shard shows it yet");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("ready in {:.1}s", started.elapsed().as_secs_f64());
+    println!("{url}");
+    Ok(())
+}
+
+async fn scale(cli: &Cli, api: &Client, name: &str, instances: u32) -> anyhow::Result<()> {
+    let (key, _) = keys::load(cli.key.as_ref())?;
+    let app = api.app(name).await?;
+    let spec = AppSpec {
+        name: app.name.clone(),
+        description: app.description.clone(),
+        instances,
+        geolocation: app
+            .geolocation
+            .iter()
+            .map(|g| model::spec::GeoRule::parse(g).map_err(|e| anyhow::anyhow!("{e}")))
+            .collect::<Result<_, _>>()?,
+        expire: u32::try_from(app.expires_height.saturating_sub(app.updated_height))
+            .unwrap_or(model::spec::DEFAULT_EXPIRE_BLOCKS)
+            .max(1),
+        components: app.components.clone(),
+    };
+    spec.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let payment = model::price::app_price(&spec);
+    let stx = SignedTx::sign(Tx::AppUpdate { spec, payment }, nonce(), &key);
+    let resp = api.submit_tx(&stx).await?;
+    let height = wait_included(api, &resp.tx_id, Instant::now() + Duration::from_secs(60)).await?;
+    eprintln!("`{name}` scaled to {instances} in block {height}, paying {} FLUX", format_flux(payment));
+    Ok(())
+}
+
+async fn list(cli: &Cli, api: &Client) -> anyhow::Result<()> {
+    let apps = api.apps().await?;
+    if cli.output == Output::Json {
+        return print_json(&apps);
+    }
+    let mut t = Table::new();
+    t.set_header(["name", "instances", "running", "regions", "expires", "url"]);
+    for a in &apps {
+        let regions: Vec<String> = a.quotas.iter().map(|(r, n)| format!("{r}:{n}")).collect();
+        t.add_row([
+            a.name.clone(),
+            a.instances.to_string(),
+            a.running().to_string(),
+            regions.join(" "),
+            a.expires_height.to_string(),
+            format!("http://{}.app.{}/", a.name, cli.gateway),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+async fn status(cli: &Cli, api: &Client, name: &str) -> anyhow::Result<()> {
+    let app = api.app(name).await?;
+    if cli.output == Output::Json {
+        return print_json(&app);
+    }
+    println!(
+        "{} (owner {}…), {} instance(s) wanted, registered in block {}, expires at {}",
+        app.name,
+        short(&app.owner.0, 12),
+        app.instances,
+        app.registered_height,
+        app.expires_height
+    );
+    let mut t = Table::new();
+    t.set_header(["instance", "region", "state", "endpoints", "message"]);
+    for p in &app.placements {
+        let eps: Vec<String> = p.endpoints.iter().map(|(c, a)| format!("{c}={a}")).collect();
+        t.add_row([
+            p.id.clone(),
+            p.region.clone(),
+            format!("{:?}", p.state).to_lowercase(),
+            eps.join(" "),
+            p.message.clone().unwrap_or_default(),
+        ]);
+    }
+    println!("{t}");
+    for (region, why) in &app.shortfall {
+        println!("shortfall in {region}: {why}");
+    }
+    for (region, why) in &app.unreachable {
+        println!("region {region} could not be asked: {why}");
+    }
+    Ok(())
+}
+
+async fn rm(cli: &Cli, api: &Client, name: &str) -> anyhow::Result<()> {
+    let (key, _) = keys::load(cli.key.as_ref())?;
+    let stx = SignedTx::sign(Tx::AppRemove { name: name.to_string() }, nonce(), &key);
+    let resp = api.submit_tx(&stx).await?;
+    let height = wait_included(api, &resp.tx_id, Instant::now() + Duration::from_secs(60)).await?;
+    eprintln!("removed `{name}` in block {height}");
+    Ok(())
+}
