@@ -1,5 +1,8 @@
-//! The `fluxplane` daemon. `fluxplane dev` runs a whole local cloud in one process: the devnet
-//! chain, one shard (with its actor tree) per region, the API, a node agent per dev node and the
-//! gateway. The roles themselves live in their crates; this crate only wires them together.
+//! The `fluxplane` daemon: [`roles`] compose the crates below into the four roles (chain,
+//! control, node, gateway), each `Config -> build() -> spawn() -> Running{fatal, drain}`;
+//! [`dev`] runs all four in one process from the same role code; [`config`] is the one config
+//! file and its checks. Nothing here but wiring.
 
+pub mod config;
 pub mod dev;
+pub mod roles;

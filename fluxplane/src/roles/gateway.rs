@@ -1,0 +1,102 @@
+//! `fluxplane gateway`: the front door. It learns every region from any one control URL and
+//! serves from the routes it last saw, also while the control plane is down.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use actors::Fatal;
+use model::geo::GeoPoint;
+use serde::Deserialize;
+
+use super::Running;
+use crate::config::{self, DaemonConfig};
+
+/// Flags of `fluxplane gateway` (and the `[gateway]` section of the config file).
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayArgs {
+    /// The gateway's own location: where a client with no better location is assumed to be.
+    #[arg(long, value_parser = |s: &str| GeoPoint::parse(s).ok_or_else(|| format!("`{s}` is not LAT,LON")))]
+    #[serde(default, deserialize_with = "geo")]
+    pub geo: Option<GeoPoint>,
+    /// Control-plane URLs, comma-separated (any one finds every region).
+    #[arg(long)]
+    pub control: Option<String>,
+    /// Where to listen.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Apps answer at `<app>.app.<domain>`.
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// Peers whose `x-fluxplane-client-geo` header is believed, comma-separated (default:
+    /// loopback).
+    #[arg(long)]
+    pub trusted: Option<String>,
+}
+
+fn geo<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<GeoPoint>, D::Error> {
+    let text = String::deserialize(d)?;
+    GeoPoint::parse(&text).map(Some).ok_or_else(|| serde::de::Error::custom(format!("`{text}` is not LAT,LON")))
+}
+
+impl GatewayArgs {
+    /// Flags over file.
+    pub fn or(self, file: GatewayArgs) -> GatewayArgs {
+        GatewayArgs {
+            geo: self.geo.or(file.geo),
+            control: self.control.or(file.control),
+            listen: self.listen.or(file.listen),
+            domain: self.domain.or(file.domain),
+            trusted: self.trusted.or(file.trusted),
+        }
+    }
+}
+
+/// A resolved gateway role.
+pub struct Config {
+    inner: gateway::GatewayConfig,
+}
+
+impl Config {
+    /// Resolves flags over the file.
+    pub fn resolve(args: GatewayArgs, daemon: Arc<DaemonConfig>) -> anyhow::Result<Config> {
+        let args = args.or(daemon.gateway.clone());
+        let control = config::required(args.control, "--control", "gateway.control")?;
+        let trusted = match args.trusted {
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse::<IpAddr>().map_err(|_| anyhow::anyhow!("--trusted: `{s}` is not an IP address")))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+            None => vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)],
+        };
+        Ok(Config {
+            inner: gateway::GatewayConfig {
+                listen: config::required(args.listen, "--listen", "gateway.listen")?,
+                domain: args.domain.unwrap_or_else(|| "localhost".into()),
+                control: client::Client::from_list(&control)?,
+                geo: config::required(args.geo, "--geo", "gateway.geo")?,
+                trusted,
+            },
+        })
+    }
+
+    /// A config composed in-process (`fluxplane dev`).
+    pub fn new(inner: gateway::GatewayConfig) -> Config {
+        Config { inner }
+    }
+
+    /// Binds and starts the gateway.
+    pub async fn spawn(self) -> anyhow::Result<(Running, SocketAddr)> {
+        let handle = gateway::Gateway::spawn(self.inner, serve::Limits::default()).await?;
+        let addr = handle.local_addr();
+        eprintln!("gateway serving on http://{addr}");
+        Ok((
+            Running::new("gateway", Fatal::default(), move |deadline| async move {
+                handle.drain(deadline).await;
+            }),
+            addr,
+        ))
+    }
+}
