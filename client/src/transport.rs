@@ -295,11 +295,13 @@ impl Client {
                 }
             };
             if status.is_success() {
+                tracing::debug!("{} {base}{}: {status}", call.method, call.path);
                 self.set_preferred(&base);
                 return Ok((base, bytes));
             }
             let body = serde_json::from_slice::<ErrorBody>(&bytes).ok();
             let code = body.as_ref().map(|b| b.error.code.as_str()).unwrap_or("");
+            tracing::debug!("{} {base}{}: {status} {code}", call.method, call.path);
             // A follower names the leader: go there, and remember it.
             if code == "not_leader" || status == StatusCode::TEMPORARY_REDIRECT {
                 let leader = body.as_ref().and_then(|b| b.error.leader.clone()).or_else(|| location.and_then(base_of));
@@ -314,12 +316,19 @@ impl Client {
                     continue;
                 }
             }
-            // An election is under way, or a new leader is still learning the soft state: wait.
-            let transient = matches!(code, "no_leader" | "not_leader" | "warming_up");
+            // This replica cannot help now (it knows no leader, is not a member yet, or a new
+            // leader is still learning the soft state): another may; when none can, wait a
+            // little (an election) and ask again.
+            let transient = matches!(code, "no_leader" | "not_leader" | "warming_up" | "not_member");
             if transient && started.elapsed() < NO_LEADER_PATIENCE {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                order = self.order();
-                i = 0;
+                last_error = format!("{base}: {code}");
+                if i + 1 < order.len() {
+                    i += 1;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    order = self.order();
+                    i = 0;
+                }
                 continue;
             }
             return Err(match body {
@@ -362,16 +371,17 @@ fn is_refused(e: &reqwest::Error) -> bool {
     false
 }
 
-/// reqwest's top-level message hides the cause ("error sending request"); name it.
+/// reqwest's top-level message hides the cause ("error sending request"): name the cause.
 fn error_chain(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(err) = source {
-        text.push_str(": ");
-        text.push_str(&err.to_string());
-        source = err.source();
+    if e.is_timeout() {
+        return "timed out".into();
     }
-    text
+    let mut root: &dyn std::error::Error = e;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    let what = if e.is_connect() { "connect" } else { "request" };
+    format!("{what}: {root}")
 }
 
 #[cfg(test)]

@@ -277,9 +277,12 @@ impl Shard {
         self.raft.metrics().borrow().clone()
     }
 
-    /// Whether this replica leads its group and is not handing leadership off.
+    /// Whether this replica leads its group, is not handing leadership off, and is still a
+    /// member (openraft 0.9 lets a leader that removed itself go on believing it leads).
     pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader == Some(self.id) && !self.handing_off.load(Ordering::Relaxed)
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+            && !self.handing_off.load(Ordering::Relaxed)
+            && self.is_self_member()
     }
 
     /// Follows leadership: `Some((term, since))` while this replica leads.
@@ -302,17 +305,27 @@ impl Shard {
         m.membership_config.membership().get_node(&leader).map(|n| n.api.clone())
     }
 
-    /// Whether `id` with `key` is a member (voter or learner) of the latest membership.
+    /// Whether `id` with `key` is a member (voter or learner) of the latest membership or of the
+    /// last committed one. Both count: a leader that removes itself must still replicate the
+    /// change that removes it until it commits, though the followers already hold it.
     pub fn is_member(&self, id: u64, key: &model::keys::PublicKeyHex) -> bool {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        m.membership_config.membership().get_node(&id).is_some_and(|n| &n.key == key)
+        let latest = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            m.membership_config.membership().get_node(&id).is_some_and(|n| &n.key == key)
+        };
+        latest || {
+            let applied = self.applied.read().unwrap_or_else(|e| e.into_inner());
+            applied.membership.membership().get_node(&id).is_some_and(|n| &n.key == key)
+        }
     }
 
     /// Whether this replica is in its own latest membership; a replica that is not yet (or no
     /// longer) a member accepts calls vouched for with the admin token.
     pub fn is_self_member(&self) -> bool {
-        self.is_member(self.id, &self.key.public())
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config.membership().get_node(&self.id).is_some()
     }
 
     /// Records that the leader's append reached this replica.
@@ -462,9 +475,28 @@ impl Shard {
 
     async fn change(&self, changes: ChangeMembers<u64, Replica>) -> Result<(), ProposeError> {
         let within = self.write_timeout * 6;
-        match tokio::time::timeout(within, self.raft.change_membership(changes, false)).await {
-            Err(_) => Err(ProposeError::Timeout { region: self.region.clone(), after: within }),
-            Ok(r) => r.map(|_| ()).map_err(|e| self.map_write_error(e)),
+        let started = std::time::Instant::now();
+        loop {
+            // A leader that removed itself still believes it leads; it must not change anything.
+            if !self.is_leader() {
+                return Err(ProposeError::NotLeader {
+                    region: self.region.clone(),
+                    leader: None,
+                    leader_api: self.leader_api().filter(|_| self.is_self_member()),
+                });
+            }
+            let left = within.saturating_sub(started.elapsed());
+            let result = match tokio::time::timeout(left, self.raft.change_membership(changes.clone(), false)).await {
+                Err(_) => return Err(ProposeError::Timeout { region: self.region.clone(), after: within }),
+                Ok(r) => r,
+            };
+            match result {
+                // The previous change is finishing its second step: wait for it, then go on.
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(_),
+                ))) if started.elapsed() < within => tokio::time::sleep(Duration::from_millis(100)).await,
+                r => return r.map(|_| ()).map_err(|e| self.map_write_error(e)),
+            }
         }
     }
 
@@ -560,8 +592,8 @@ impl Shard {
     /// Brings `leading` in step with Raft, and clears soft state when leadership changes hands: a
     /// new leader starts with no heartbeats (and the NodeActors give every node a grace period).
     fn sync_leading(&self) {
-        let (leader, term) = self.leader_and_term();
-        let leads = leader == Some(self.id) && !self.handing_off.load(Ordering::Relaxed);
+        let term = self.leader_and_term().1;
+        let leads = self.is_leader();
         let was = self.leading.borrow().map(|(t, _)| t);
         let now = leads.then_some(term);
         if now != was {
@@ -580,7 +612,9 @@ impl Shard {
     pub fn replica_status(&self) -> ReplicaStatus {
         let m = self.metrics();
         let voter = m.membership_config.membership().voter_ids().any(|v| v == self.id);
+        let member = m.membership_config.membership().get_node(&self.id).is_some();
         let role = match m.state {
+            _ if !member => "not_member",
             ServerState::Leader => "leader",
             ServerState::Candidate => "candidate",
             ServerState::Follower if voter => "follower",

@@ -59,7 +59,7 @@ pub fn status_of(code: &str) -> u16 {
         "payload_too_large" => 413,
         "wrong_region" => 421,
         "not_leader" => 307,
-        "no_leader" | "busy" | "warming_up" | "unavailable" | "not_committed" | "not_initialized" => 503,
+        "no_leader" | "busy" | "warming_up" | "unavailable" | "not_committed" | "not_member" => 503,
         "chain_unavailable" => 502,
         _ => 500,
     }
@@ -305,7 +305,8 @@ pub struct ReplicaStatus {
     pub id: u64,
     /// API base URL.
     pub api: String,
-    /// `leader`, `follower`, `learner`, `candidate`, `shutdown`, or `unreachable`.
+    /// `leader`, `follower`, `learner`, `candidate`, `shutdown`, `not_member` (not initialized,
+    /// not added yet, or removed), or `unreachable`.
     pub role: String,
     /// Current term.
     pub term: u64,

@@ -1,6 +1,9 @@
-//! Whole-system tests: a real `fluxplane dev` child process on ephemeral ports, driven through
-//! the real `fluxctl` binary and the gateway over HTTP.
+//! Whole-system tests: the real `fluxplane` binary as child processes (a `dev` cloud, or separate
+//! chain, control, node and gateway roles) on ephemeral ports, driven through the real `fluxctl`
+//! binary and over HTTP. Every process is held by a guard that kills it on drop.
 
+mod cluster;
 mod util;
 
+mod shard;
 mod spine;

@@ -91,6 +91,9 @@ pub(super) async fn shard_view(
 ) -> Json<ShardView> {
     check_admin(&api, &headers)?;
     check_region(&api, &region)?;
+    // Only the leader's membership is sure to be current: a replica that was removed may never
+    // hear of it. (Each replica's own state stays readable at /replica.)
+    leader_only(&api).await?;
     Ok(axum::Json(shard_view_of(&api).await))
 }
 
@@ -169,6 +172,7 @@ pub(super) async fn init(
 }
 
 async fn leader_only(api: &Api) -> Result<(), ApiError> {
+    api.member()?;
     if api.shard.is_leader() { Ok(()) } else { Err(ApiError::not_leader(&api.shard.region, api.shard.leader_api())) }
 }
 

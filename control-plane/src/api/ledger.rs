@@ -41,6 +41,13 @@ pub(super) async fn submit_tx(
     };
     let stx: SignedTx = parse_json(&body)?;
     stx.verify().map_err(TxError::BadSignature)?;
+    if wait_applied {
+        // Checked before the chain sees the transaction, so a client may send it elsewhere: this
+        // replica must be a member that a leader still answers (one that was removed without
+        // hearing of it would wait for blocks it will never apply).
+        api.member()?;
+        api.shard.linearize().await.map_err(|e| ApiError::new("no_leader", e.to_string()))?;
+    }
     if let Tx::AppRegister { spec, .. } | Tx::AppUpdate { spec, .. } = &stx.tx {
         if let Err(errors) = spec.validate_for_chain() {
             return Err(ApiError::invalid_spec(format!("the app spec is invalid:\n{errors}"), errors.0));

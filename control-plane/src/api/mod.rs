@@ -97,11 +97,28 @@ pub fn router(api: Arc<Api>) -> Router {
 }
 
 impl Api {
+    /// Refuses what needs this replica's shard while it is not a member of it (not initialized
+    /// or added yet, or removed): its state is not the region's.
+    pub(crate) fn member(&self) -> Result<(), ApiError> {
+        if self.shard.is_self_member() {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            "not_member",
+            format!(
+                "replica {} is not a member of shard {}: `fluxctl shard init` or `shard add-learner` makes it one",
+                self.shard.id(),
+                self.shard.region
+            ),
+        ))
+    }
+
     /// Makes a read linearizable unless the caller asked for a stale one.
     async fn consistent(&self, opts: &ReadOpts) -> Result<(), ApiError> {
         if opts.stale {
             return Ok(());
         }
+        self.member()?;
         self.shard.linearize().await.map_err(ApiError::from)
     }
 
@@ -111,6 +128,7 @@ impl Api {
         if opts.stale {
             return Ok(());
         }
+        self.member()?;
         if !self.shard.is_leader() {
             return Err(ApiError::not_leader(&self.shard.region, self.shard.leader_api()));
         }
@@ -135,6 +153,9 @@ impl Api {
 
     /// A client of another region's replicas that asks for that region's part only.
     fn region_client(&self, urls: Vec<String>, opts: &ReadOpts) -> Result<client::Client, client::ClientError> {
+        if urls.is_empty() {
+            return Err(client::ClientError::Usage("no control replica of this region is published yet".into()));
+        }
         let c = self.client.sibling(urls)?.with_timeout(FAN_OUT_TIMEOUT).region_scoped();
         Ok(if opts.stale { c.stale() } else { c })
     }

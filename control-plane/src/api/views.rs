@@ -99,6 +99,11 @@ fn unreachable_region(name: &str, why: String) -> RegionStatus {
 /// even without a leader, so that gateways and agents can find the regions while a shard is
 /// electing (it changes only when a block announces a replica).
 pub(super) async fn regions(State(api): State<Arc<Api>>) -> Json<Vec<RegionView>> {
+    if api.shard.read(|s| s.chain.height.is_none()) {
+        // A replica that never followed the chain knows no region; let the client ask another.
+        api.member()?;
+        return Err(ApiError::new("no_leader", "this replica has not followed the chain yet"));
+    }
     let views = api.shard.read(|s| {
         s.chain
             .regions

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use actors::Fatal;
 use client::Client;
-use model::chain::{Capability, NodeStart, SignedTx, Tx};
+use model::chain::{Capability, NodeStart, Tx};
 use model::geo::GeoPoint;
 use model::keys::Keypair;
 use model::tier::Tier;
@@ -278,8 +278,7 @@ async fn join(
         capabilities: vec![Capability::Wasm],
         node_key: key.public(),
     };
-    let stx = SignedTx::sign(Tx::NodeStart(start), ops::commands::nonce(), wallet);
-    let resp = region.submit_tx_applied(&stx).await.map_err(|e| {
+    let resp = ops::commands::sign_and_submit(&region, wallet, Tx::NodeStart(start), true).await.map_err(|e| {
         anyhow::anyhow!("registering node `{id}` ({} collateral from wallet {}): {e}", config.tier, wallet.public())
     })?;
     eprintln!("node {id} registered on chain in block {}", resp.height);

@@ -8,12 +8,12 @@ use clap::Subcommand;
 use client::Client;
 use comfy_table::Table;
 use model::api::{SubmitTxResponse, TxStatus};
-use model::chain::{SignedTx, Tx};
+use model::chain::Tx;
 use model::keys::Keypair;
 use model::spec::{AppSpec, BLAKE3_PREFIX};
 use model::tier::format_flux;
 
-use super::{Cli, Output, nonce, print_json, short};
+use super::{Cli, Output, print_json, short, sign_and_submit};
 use crate::keys;
 
 /// App verbs.
@@ -90,8 +90,7 @@ pub async fn submit_spec(api: &Client, key: &Keypair, spec: AppSpec) -> anyhow::
     };
     let payment = model::price::app_price(&spec);
     let tx = if update { Tx::AppUpdate { spec, payment } } else { Tx::AppRegister { spec, payment } };
-    let stx = SignedTx::sign(tx, nonce(), key);
-    Ok((api.submit_tx(&stx).await?, update))
+    Ok((sign_and_submit(api, key, tx, false).await?, update))
 }
 
 async fn wait_included(api: &Client, tx_id: &str, deadline: Instant) -> anyhow::Result<u64> {
@@ -189,8 +188,7 @@ async fn scale(cli: &Cli, api: &Client, name: &str, instances: u32) -> anyhow::R
     };
     spec.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let payment = model::price::app_price(&spec);
-    let stx = SignedTx::sign(Tx::AppUpdate { spec, payment }, nonce(), &key);
-    let resp = api.submit_tx(&stx).await?;
+    let resp = sign_and_submit(api, &key, Tx::AppUpdate { spec, payment }, false).await?;
     let height = wait_included(api, &resp.tx_id, Instant::now() + Duration::from_secs(60)).await?;
     eprintln!("`{name}` scaled to {instances} in block {height}, paying {} FLUX", format_flux(payment));
     Ok(())
@@ -255,8 +253,7 @@ async fn status(cli: &Cli, api: &Client, name: &str) -> anyhow::Result<()> {
 
 async fn rm(cli: &Cli, api: &Client, name: &str) -> anyhow::Result<()> {
     let (key, _) = keys::load(cli.key.as_ref())?;
-    let stx = SignedTx::sign(Tx::AppRemove { name: name.to_string() }, nonce(), &key);
-    let resp = api.submit_tx(&stx).await?;
+    let resp = sign_and_submit(api, &key, Tx::AppRemove { name: name.to_string() }, false).await?;
     let height = wait_included(api, &resp.tx_id, Instant::now() + Duration::from_secs(60)).await?;
     eprintln!("removed `{name}` in block {height}");
     Ok(())

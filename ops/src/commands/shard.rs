@@ -35,7 +35,7 @@ pub enum ShardCommand {
         id: u64,
         /// The new replica's API URL.
         #[arg(long)]
-        api: String,
+        url: String,
     },
     /// Make a learner a voter (joint consensus).
     Promote {
@@ -95,7 +95,7 @@ pub(super) async fn run(cli: &Cli, api: &Client, cmd: &ShardCommand) -> anyhow::
     let view = match cmd {
         ShardCommand::Init { .. } => shard.shard_init(region).await?,
         ShardCommand::Members { .. } | ShardCommand::Status { .. } => shard.shard(region).await?,
-        ShardCommand::AddLearner { id, api: url, .. } => shard.shard_add_learner(region, *id, url).await?,
+        ShardCommand::AddLearner { id, url, .. } => shard.shard_add_learner(region, *id, url).await?,
         ShardCommand::Promote { id, .. } => shard.shard_promote(region, *id).await?,
         ShardCommand::Remove { id, .. } => shard.shard_remove(region, *id).await?,
         ShardCommand::TransferLeader { to, .. } => shard.shard_transfer_leader(region, *to).await?,
