@@ -2,8 +2,10 @@
 //! chain, control, node and gateway roles) on ephemeral ports, driven through the real `fluxctl`
 //! binary and over HTTP. Every process is held by a guard that kills it on drop.
 
+mod cloud;
 mod cluster;
 mod util;
 
+mod partition;
 mod shard;
 mod spine;
