@@ -14,6 +14,8 @@ mod api;
 mod error;
 pub mod paths;
 mod transport;
+mod tx;
 
 pub use error::ClientError;
 pub use transport::{Client, DEFAULT_TIMEOUT, parse_urls};
+pub use tx::{nonce, sign_and_submit};

@@ -17,6 +17,11 @@
 //! snapshot_logs = 500          # snapshot and compact the log after this many entries
 //! keep_logs = 100
 //!
+//! [http]                       # every listener
+//! header_read_timeout = "10s"
+//! body_timeout = "10s"
+//! max_connections = 4096
+//!
 //! [control]
 //! region = "eu"
 //! id = 1
@@ -40,6 +45,9 @@ pub struct DaemonConfig {
     /// Raft log compaction.
     #[serde(default)]
     pub raft: RaftConfig,
+    /// What every HTTP listener allows a client.
+    #[serde(default)]
+    pub http: HttpConfig,
     /// `fluxplane chain`.
     #[serde(default)]
     pub chain: ChainArgs,
@@ -74,7 +82,47 @@ impl DaemonConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.timing.validate()?;
         anyhow::ensure!(self.raft.snapshot_logs >= 1, "raft.snapshot_logs must be at least 1");
+        anyhow::ensure!(self.http.max_connections >= 1, "http.max_connections must be at least 1");
+        anyhow::ensure!(!self.http.header_read_timeout.is_zero(), "http.header_read_timeout must be above zero");
+        anyhow::ensure!(!self.http.body_timeout.is_zero(), "http.body_timeout must be above zero");
         Ok(())
+    }
+}
+
+/// What every HTTP listener (control API, chain, gateway) allows a client, so that none can
+/// hold a server open.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// A connection that has not sent a whole request head by then is closed (also an idle
+    /// keep-alive connection).
+    #[serde(deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    /// A request body not received by then is answered 408.
+    #[serde(deserialize_with = "duration")]
+    pub body_timeout: Duration,
+    /// Most connections open at once, per listener.
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The listener limits.
+    pub fn limits(&self) -> serve::Limits {
+        serve::Limits {
+            header_read_timeout: self.header_read_timeout,
+            max_connections: self.max_connections,
+            ..serve::Limits::default()
+        }
     }
 }
 

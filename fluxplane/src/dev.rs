@@ -50,8 +50,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let data = &args.data_dir;
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
     let wallet = roles::load_or_create_key(&data.join("dev-wallet.key"))?;
-    let fluxctl_key = ops::keys::config_dir().join(ops::keys::DEV_WALLET);
-    ops::keys::write(&fluxctl_key, &wallet)?;
     let admin = load_or_create_token(&data.join("admin.token"))?;
 
     // Shards beside the chain mean a chain already existed here: it must still be there.
@@ -62,6 +60,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     } else {
         Devnet::open(&chain_path, || dev_genesis(&wallet, &dev_nodes(), chain::now_ms()))?
     };
+    let fluxctl_key = ops::keys::config_dir().join(ops::keys::DEV_WALLET);
+    ops::keys::write(&fluxctl_key, &wallet)?;
     let source: SharedChainSource = Arc::new(devnet.clone());
     let (stop_blocks, blocks_stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(devnet.clone().run(args.block_time, blocks_stopped));
@@ -114,13 +114,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         nodes.push(built.spawn()?);
     }
 
-    let (gateway, gateway_addr) = gateway::Config::new(::gateway::GatewayConfig {
-        listen: args.gateway_listen,
-        domain: "localhost".into(),
-        control: client::Client::new(all_urls.clone())?,
-        geo: GeoPoint { lat: 50.11, lon: 8.68 },
-        trusted: vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)],
-    })
+    let (gateway, gateway_addr) = gateway::Config::new(
+        ::gateway::GatewayConfig {
+            listen: args.gateway_listen,
+            domain: "localhost".into(),
+            control: client::Client::new(all_urls.clone())?,
+            geo: GeoPoint { lat: 50.11, lon: 8.68 },
+            trusted: vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)],
+            body_timeout: daemon.http.body_timeout,
+        },
+        daemon.http.limits(),
+    )
     .spawn()
     .await?;
 

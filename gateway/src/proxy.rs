@@ -23,8 +23,6 @@ use crate::routes::{RouteTable, follow};
 pub const CLIENT_GEO: &str = "x-fluxplane-client-geo";
 /// Largest request body buffered (bodies are buffered so a failed connect can be retried).
 const MAX_BODY: usize = 16 << 20;
-/// Longest a client may take to send its body.
-const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How a gateway is set up.
 #[derive(Clone)]
@@ -39,6 +37,8 @@ pub struct GatewayConfig {
     pub geo: GeoPoint,
     /// Peers whose `x-fluxplane-client-geo` header is believed.
     pub trusted: Vec<IpAddr>,
+    /// Longest a client may take to send a request body.
+    pub body_timeout: Duration,
 }
 
 type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
@@ -130,7 +130,7 @@ impl Gateway {
             return text(StatusCode::SERVICE_UNAVAILABLE, format!("`{host}` has no healthy instance right now"));
         }
         let (mut parts, body) = req.into_parts();
-        let body = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
+        let body = match tokio::time::timeout(self.config.body_timeout, Limited::new(body, MAX_BODY).collect()).await {
             Ok(Ok(b)) => b.to_bytes(),
             Ok(Err(_)) => {
                 return text(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is over {} MB", MAX_BODY >> 20));
@@ -138,7 +138,7 @@ impl Gateway {
             Err(_) => {
                 return text(
                     StatusCode::REQUEST_TIMEOUT,
-                    format!("request body not received within {}s", BODY_TIMEOUT.as_secs()),
+                    format!("request body not received within {:?}", self.config.body_timeout),
                 );
             }
         };

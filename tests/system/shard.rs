@@ -337,3 +337,51 @@ fn a_leader_on_sigterm_hands_off_and_exits_cleanly() {
     let fresh = Keypair::generate();
     c.submit_applied(&c.running(), &c.wallet(), Tx::Transfer { to: fresh.public(), amount: FLUX }).expect("write");
 }
+
+#[test]
+fn the_api_cannot_be_held_open_by_slow_clients() {
+    use std::io::{Read, Write};
+    let config = format!("{TEST_CONFIG}[http]\nheader_read_timeout = \"1s\"\nbody_timeout = \"1s\"\n");
+    let c = Cluster::start(&Loopback, &[1], &[1], &config);
+    let addr = c.replicas[&1].addr.clone();
+    // Many connections that never finish their request head are all closed.
+    let mut partial: Vec<std::net::TcpStream> = (0..500)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+            s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Slow: ").expect("write");
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(2500));
+    for s in &mut partial {
+        s.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+        let mut buf = [0u8; 256];
+        // EOF or a reset is closed; a read that times out means the server still holds it.
+        let closed = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(_) => continue,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    break false;
+                }
+                Err(_) => break true,
+            }
+        };
+        assert!(closed, "a connection with a partial request head is still open");
+    }
+    // A body that never arrives gets a 408 with the error code, not a hang.
+    let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+    s.write_all(
+        b"POST /v1/transactions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+    )
+    .expect("write");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let started = Instant::now();
+    let mut answer = vec![0u8; 1024];
+    let n = s.read(&mut answer).expect("an answer");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("\"timeout\""), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // And the replica still serves.
+    c.status(1).expect("still serving");
+}

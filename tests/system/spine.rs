@@ -105,4 +105,23 @@ fn deploy_route_restart_validate_and_remove() {
     });
     let body = dev.get("hello.app.localhost", None).expect("answers").text().expect("body");
     assert!(body.contains("hello.app.localhost"), "{body}");
+
+    // 7. With the chain store deleted under shards that followed it, dev refuses to start a new
+    //    chain, and names the file.
+    drop(dev);
+    std::fs::remove_file(data.join("chain.redb")).expect("delete chain.redb");
+    let mut again = crate::cluster::Proc::spawn(
+        "dev",
+        env!("CARGO_BIN_EXE_fluxplane"),
+        &["dev", "--no-demo", "--api-listen", "127.0.0.1:0", "--gateway-listen", "127.0.0.1:0", "--data-dir"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([data.display().to_string()])
+            .collect::<Vec<_>>(),
+        dir.path().join("dev-again.log"),
+    );
+    let status = again.wait_exit(Duration::from_secs(30)).expect("dev exits");
+    assert!(!status.success());
+    let out = again.output();
+    assert!(out.contains("chain.redb") && out.contains("refusing to start a new chain"), "{out}");
 }

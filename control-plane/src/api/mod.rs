@@ -164,25 +164,27 @@ impl Api {
 /// How long a cloud-wide view waits for another region.
 const FAN_OUT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Longest a client may take to send a request body.
-pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Largest request body on any route (a module upload).
 const MAX_BODY: usize = MAX_BLOB_BYTES + (1 << 20);
 
 /// Everything a control replica serves on its one listener: the API and the Raft transport,
-/// with request bodies read under a deadline, so that a slow client cannot hold a request open.
-pub fn service(api: Arc<Api>) -> Router {
-    router(api.clone())
-        .merge(crate::network::router(api.shard.clone()))
-        .layer(axum::middleware::from_fn(read_body_within))
+/// with request bodies read within `body_timeout`, so that a slow client cannot hold a
+/// request open.
+pub fn service(api: Arc<Api>, body_timeout: std::time::Duration) -> Router {
+    router(api.clone()).merge(crate::network::router(api.shard.clone())).layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| read_body_within(req, next, body_timeout),
+    ))
 }
 
-async fn read_body_within(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+async fn read_body_within(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+    within: std::time::Duration,
+) -> axum::response::Response {
     use axum::response::IntoResponse;
     let (parts, body) = req.into_parts();
-    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
-        Err(_) => ApiError::new("timeout", format!("request body not received within {}s", BODY_TIMEOUT.as_secs()))
-            .into_response(),
+    match tokio::time::timeout(within, axum::body::to_bytes(body, MAX_BODY)).await {
+        Err(_) => ApiError::new("timeout", format!("request body not received within {within:?}")).into_response(),
         Ok(Err(e)) => {
             let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
             if too_large {

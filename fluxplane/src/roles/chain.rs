@@ -56,7 +56,7 @@ impl Config {
             listen: config::required(args.listen, "--listen", "chain.listen")?,
             block_time: args.block_time.unwrap_or(Duration::from_secs(1)),
             data_dir: config::required(args.data_dir, "--data-dir", "chain.data_dir")?,
-            limits: serve::Limits::default(),
+            limits: daemon.http.limits(),
         })
     }
 

@@ -226,7 +226,8 @@ impl Built {
             peers: config.peers.clone(),
             client: client::Client::new(vec![advertise.clone()])?,
         });
-        let server = serve_router(listener, api::service(api), serve::Limits::default())?;
+        let http = &config.daemon.http;
+        let server = serve_router(listener, api::service(api, http.body_timeout), http.limits())?;
         let fatal = Fatal::default();
         let (stop, stopped) = watch::channel(false);
         let actors = tokio::spawn(actors::lead(shard.clone(), chain.clone(), fatal.clone(), stopped.clone()));
@@ -287,7 +288,7 @@ async fn publish(
             return;
         }
         let tx = Tx::ControlAnnounce { region: region.clone(), replica_id: id, api_url: url.clone() };
-        let stx = SignedTx::sign(tx, ops::commands::nonce(), &wallet);
+        let stx = SignedTx::sign(tx, client::nonce(), &wallet);
         match chain.submit(stx).await {
             Ok(tx_id) => {
                 tracing::info!(%region, id, "published {url} in the region directory (tx {tx_id})");

@@ -55,6 +55,7 @@ impl GatewayArgs {
 /// A resolved gateway role.
 pub struct Config {
     inner: gateway::GatewayConfig,
+    limits: serve::Limits,
 }
 
 impl Config {
@@ -78,18 +79,20 @@ impl Config {
                 control: client::Client::from_list(&control)?,
                 geo: config::required(args.geo, "--geo", "gateway.geo")?,
                 trusted,
+                body_timeout: daemon.http.body_timeout,
             },
+            limits: daemon.http.limits(),
         })
     }
 
     /// A config composed in-process (`fluxplane dev`).
-    pub fn new(inner: gateway::GatewayConfig) -> Config {
-        Config { inner }
+    pub fn new(inner: gateway::GatewayConfig, limits: serve::Limits) -> Config {
+        Config { inner, limits }
     }
 
     /// Binds and starts the gateway.
     pub async fn spawn(self) -> anyhow::Result<(Running, SocketAddr)> {
-        let handle = gateway::Gateway::spawn(self.inner, serve::Limits::default()).await?;
+        let handle = gateway::Gateway::spawn(self.inner, self.limits).await?;
         let addr = handle.local_addr();
         eprintln!("gateway serving on http://{addr}");
         Ok((

@@ -186,7 +186,7 @@ impl Built {
         let Built { config, key, id, listener, engine, cache } = self;
         let bind_ip = listener.local_addr()?.ip();
         let status = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" }));
-        let server = super::serve_router(listener, status, serve::Limits::default())?;
+        let server = super::serve_router(listener, status, config.daemon.http.limits())?;
         let fatal = Fatal::default();
         let (stop, stopped) = watch::channel(false);
         let t = config.daemon.timing.clone();
@@ -278,7 +278,7 @@ async fn join(
         capabilities: vec![Capability::Wasm],
         node_key: key.public(),
     };
-    let resp = ops::commands::sign_and_submit(&region, wallet, Tx::NodeStart(start), true).await.map_err(|e| {
+    let resp = client::sign_and_submit(&region, wallet, Tx::NodeStart(start), true).await.map_err(|e| {
         anyhow::anyhow!("registering node `{id}` ({} collateral from wallet {}): {e}", config.tier, wallet.public())
     })?;
     eprintln!("node {id} registered on chain in block {}", resp.height);
