@@ -60,8 +60,18 @@ impl LogStore {
     }
 
     fn write_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StorageError> {
+        self.write_meta_with(key, value, redb::Durability::Immediate)
+    }
+
+    fn write_meta_with<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        durability: redb::Durability,
+    ) -> Result<(), StorageError> {
         let w = || -> Result<(), Box<dyn std::error::Error>> {
-            let tx = self.db.begin_write()?;
+            let mut tx = self.db.begin_write()?;
+            tx.set_durability(durability)?;
             tx.open_table(META)?.insert(key, serde_json::to_vec(value)?.as_slice())?;
             tx.commit()?;
             Ok(())
@@ -150,7 +160,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.write_meta("committed", &committed)?;
+        // Not fsynced: the commit index is only a hint for how much to re-apply after a restart
+        // (openraft re-learns it from the leader), and the next durable append persists it.
+        self.write_meta_with("committed", &committed, redb::Durability::None)?;
         self.committed.store(committed.map_or(0, |c| c.index + 1), Ordering::Relaxed);
         Ok(())
     }
