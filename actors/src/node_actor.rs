@@ -7,8 +7,9 @@ use control_plane::Shard;
 use model::command::Command;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-/// How often a NodeActor checks its node.
-const CHECK_EVERY: Duration = Duration::from_millis(200);
+/// A NodeActor checks its node this many times per node timeout, so a silent node is declared
+/// down at most a fifth of a timeout late.
+const CHECKS_PER_TIMEOUT: u32 = 5;
 
 /// Messages to a NodeActor.
 #[derive(Debug)]
@@ -36,7 +37,8 @@ impl Actor for NodeActor {
         myself: ActorRef<NodeMsg>,
         (shard, node): Self::Arguments,
     ) -> Result<NodeState, ActorProcessingErr> {
-        let timer = myself.send_interval(CHECK_EVERY, || NodeMsg::Check);
+        let every = (shard.node_timeout() / CHECKS_PER_TIMEOUT).max(Duration::from_millis(20));
+        let timer = myself.send_interval(every, || NodeMsg::Check);
         Ok(NodeState { shard, node, started: Instant::now(), timer })
     }
 

@@ -408,3 +408,85 @@ mod tests {
         assert_eq!(base_of("nonsense".into()), None);
     }
 }
+
+#[cfg(test)]
+mod failover_tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::Router;
+    use axum::http::StatusCode;
+    use axum::routing::get;
+
+    use super::*;
+
+    async fn serve(router: Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(axum::serve(listener, router).into_future());
+        format!("http://{addr}")
+    }
+
+    fn error(status: StatusCode, code: &str, leader: Option<String>) -> (StatusCode, axum::Json<serde_json::Value>) {
+        (status, axum::Json(serde_json::json!({ "error": { "code": code, "message": code, "leader": leader } })))
+    }
+
+    #[tokio::test]
+    async fn skips_dead_urls_follows_the_leader_and_remembers_it() {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        let leader = serve(Router::new().route(
+            "/v1/chain/tip",
+            get(move || {
+                h.fetch_add(1, Ordering::Relaxed);
+                async { axum::Json(serde_json::json!({ "height": 7, "hash": "h", "genesis_hash": "g" })) }
+            }),
+        ))
+        .await;
+        let l = leader.clone();
+        let follower = serve(Router::new().route(
+            "/v1/chain/tip",
+            get(move || {
+                let l = l.clone();
+                async move { error(StatusCode::TEMPORARY_REDIRECT, "not_leader", Some(l)) }
+            }),
+        ))
+        .await;
+        let client = Client::new(vec!["http://127.0.0.1:1".into(), follower.clone()]).expect("client");
+        assert_eq!(client.chain_tip().await.expect("tip").height, 7);
+        assert_eq!(client.preferred().as_deref(), Some(leader.as_str()));
+        client.chain_tip().await.expect("tip");
+        assert_eq!(hits.load(Ordering::Relaxed), 2, "the second call went straight to the leader");
+    }
+
+    #[tokio::test]
+    async fn errors_are_typed() {
+        let server = serve(
+            Router::new()
+                .route("/v1/apps/{name}", get(|| async { error(StatusCode::NOT_FOUND, "not_found", None) }))
+                .route("/v1/chain/tip", get(|| async { error(StatusCode::PAYMENT_REQUIRED, "underpaid", None) })),
+        )
+        .await;
+        let client = Client::new(vec![server]).expect("client");
+        assert!(client.app("nope").await.expect_err("missing").is_not_found());
+        assert_eq!(client.chain_tip().await.expect_err("refused").code(), Some("underpaid"));
+        let dead = Client::new(vec!["http://127.0.0.1:1".into()]).expect("client");
+        assert!(dead.chain_tip().await.expect_err("down").is_unreachable());
+    }
+
+    #[tokio::test]
+    async fn a_replica_without_a_leader_sends_the_call_to_the_next() {
+        let lost = serve(Router::new().route(
+            "/v1/chain/tip",
+            get(|| async { error(StatusCode::SERVICE_UNAVAILABLE, "not_member", None) }),
+        ))
+        .await;
+        let good = serve(Router::new().route(
+            "/v1/chain/tip",
+            get(|| async { axum::Json(serde_json::json!({ "height": 1, "hash": "h", "genesis_hash": "g" })) }),
+        ))
+        .await;
+        let client = Client::new(vec![lost, good]).expect("client");
+        assert_eq!(client.chain_tip().await.expect("failed over").height, 1);
+    }
+}
