@@ -53,6 +53,7 @@ pub fn router(devnet: Devnet) -> Router {
         .route(paths::WALLET_ROUTE, get(wallet))
         .fallback(|| async { Refusal::new("not_found", "no such endpoint on the devnet chain") })
         .with_state(devnet)
+        .layer(axum::middleware::from_fn(serve::json_errors))
 }
 
 #[derive(Deserialize)]

@@ -281,8 +281,6 @@ impl Client {
                 }
             };
             let status = resp.status();
-            let location =
-                resp.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).map(String::from);
             let bytes = match resp.bytes().await {
                 Ok(b) => b,
                 Err(e) => {
@@ -302,9 +300,10 @@ impl Client {
             let body = serde_json::from_slice::<ErrorBody>(&bytes).ok();
             let code = body.as_ref().map(|b| b.error.code.as_str()).unwrap_or("");
             tracing::debug!("{} {base}{}: {status} {code}", call.method, call.path);
-            // A follower names the leader: go there, and remember it.
-            if code == "not_leader" || status == StatusCode::TEMPORARY_REDIRECT {
-                let leader = body.as_ref().and_then(|b| b.error.leader.clone()).or_else(|| location.and_then(base_of));
+            // A replica names the leader: go there, and remember it. Only this answer is followed
+            // (never a bare redirect), so a server cannot send our headers anywhere it likes.
+            if code == "not_leader" {
+                let leader = body.as_ref().and_then(|b| b.error.leader.clone()).and_then(|l| parse_urls(&l).pop());
                 if let Some(leader) = leader
                     && redirects < MAX_REDIRECTS
                     && leader != base
@@ -351,13 +350,6 @@ impl Client {
     }
 }
 
-/// `http://host:port` of a full URL.
-fn base_of(url: String) -> Option<String> {
-    let scheme_end = url.find("://")? + 3;
-    let end = url[scheme_end..].find('/').map_or(url.len(), |i| scheme_end + i);
-    Some(url[..end].to_string())
-}
-
 fn is_refused(e: &reqwest::Error) -> bool {
     let mut source: Option<&dyn std::error::Error> = Some(e);
     while let Some(err) = source {
@@ -396,16 +388,6 @@ mod tests {
         );
         assert!(parse_urls(" , ").is_empty());
         assert!(Client::from_list("").is_err());
-    }
-
-    #[test]
-    fn base_of_a_location() {
-        assert_eq!(
-            base_of("http://10.0.0.1:7070/v1/apps/x?stale=true".into()).as_deref(),
-            Some("http://10.0.0.1:7070")
-        );
-        assert_eq!(base_of("http://h:1".into()).as_deref(), Some("http://h:1"));
-        assert_eq!(base_of("nonsense".into()), None);
     }
 }
 
@@ -476,10 +458,10 @@ mod failover_tests {
 
     #[tokio::test]
     async fn a_replica_without_a_leader_sends_the_call_to_the_next() {
-        let lost = serve(Router::new().route(
-            "/v1/chain/tip",
-            get(|| async { error(StatusCode::SERVICE_UNAVAILABLE, "not_member", None) }),
-        ))
+        let lost = serve(
+            Router::new()
+                .route("/v1/chain/tip", get(|| async { error(StatusCode::SERVICE_UNAVAILABLE, "not_member", None) })),
+        )
         .await;
         let good = serve(Router::new().route(
             "/v1/chain/tip",

@@ -55,10 +55,16 @@ impl BlobStore {
         if path.exists() {
             return Ok(());
         }
-        // Write then rename, so a reader never sees half a module.
-        let tmp = path.with_extension("partial");
+        // Write then rename, so a reader never sees half a module; each writer has its own temp
+        // file, so concurrent uploads of the same module do not trip over each other.
+        let tmp = path.with_extension(format!("partial-{:016x}", rand::random::<u64>()));
         std::fs::write(&tmp, bytes)?;
-        std::fs::rename(&tmp, &path)?;
+        if let Err(e) = std::fs::rename(&tmp, &path) {
+            let _ = std::fs::remove_file(&tmp);
+            if !path.exists() {
+                return Err(e.into());
+            }
+        }
         Ok(())
     }
 
@@ -74,5 +80,28 @@ impl BlobStore {
     /// Whether `hash` is stored.
     pub fn contains(&self, hash: &str) -> bool {
         self.path(hash).is_ok_and(|p| p.exists())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_uploads_of_one_module_all_succeed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = BlobStore::open(dir.path()).expect("store");
+        let bytes = vec![7u8; 1 << 20];
+        let hash = blake3::hash(&bytes).to_hex().to_string();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8).map(|_| s.spawn(|| store.put(&hash, &bytes))).collect();
+            for h in handles {
+                h.join().expect("thread").expect("every upload succeeds");
+            }
+        });
+        assert_eq!(store.get(&hash).expect("read"), Some(bytes));
+        let leftovers = std::fs::read_dir(dir.path()).expect("dir").count();
+        assert_eq!(leftovers, 1, "temp files left behind");
+        assert!(matches!(store.put(&hash, b"other"), Err(BlobError::Mismatch { .. })));
     }
 }

@@ -188,6 +188,8 @@ pub struct Shard {
     handing_off: AtomicBool,
     /// When the leader's last append reached this replica.
     leader_contact: Mutex<Option<Instant>>,
+    /// One membership operation at a time through this replica.
+    membership_lock: tokio::sync::Mutex<()>,
     node_timeout: Duration,
     write_timeout: Duration,
     election_max: Duration,
@@ -241,6 +243,7 @@ impl Shard {
             leading: watch::channel(None).0,
             handing_off: AtomicBool::new(false),
             leader_contact: Mutex::new(None),
+            membership_lock: tokio::sync::Mutex::new(()),
             node_timeout: config.node_timeout,
             write_timeout: config.write_timeout,
             election_max: config.raft.election_max,
@@ -436,6 +439,12 @@ impl Shard {
 
     // === membership ===
 
+    /// Held while a membership operation (init, add, promote, remove) runs, so that two never
+    /// race through this replica.
+    pub async fn membership_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.membership_lock.lock().await
+    }
+
     /// Initializes a new shard with `members` as its voters.
     pub async fn initialize(&self, members: BTreeMap<u64, Replica>) -> Result<(), ProposeError> {
         self.raft.initialize(members).await.map_err(|e| ProposeError::Membership {
@@ -570,14 +579,21 @@ impl Shard {
                 }
             }
             let mut rx = self.raft.metrics();
+            let wanted = |l: u64| to.map_or(l != self.id, |to| l == to);
             let took_over = tokio::time::timeout(
                 within,
-                rx.wait_for(|m| m.current_leader.is_some_and(|l| l != self.id) && m.state != ServerState::Leader),
+                rx.wait_for(|m| m.current_leader.is_some_and(wanted) && m.state != ServerState::Leader),
             )
             .await;
             match took_over {
                 Ok(Ok(m)) => Ok(m.current_leader.unwrap_or_default()),
-                _ => Err(ProposeError::Timeout { region: self.region.clone(), after: within }),
+                _ => match (to, self.leader_and_term().0) {
+                    (Some(to), Some(other)) if other != self.id && other != to => Err(ProposeError::Membership {
+                        region: self.region.clone(),
+                        message: format!("replica {other} took over, not replica {to} (is {to} reachable?)"),
+                    }),
+                    _ => Err(ProposeError::Timeout { region: self.region.clone(), after: within }),
+                },
             }
         }
         .await;

@@ -49,13 +49,14 @@ pub struct ChainTip {
 /// so a code means the same status wherever it comes from.
 pub fn status_of(code: &str) -> u16 {
     match code {
-        "bad_request" | "invalid_spec" | "invalid_node" | "invalid_announce" | "missing_module" | "bad_block" => 400,
+        "bad_request" | "invalid_spec" | "invalid_node" | "invalid_announce" | "invalid_transfer"
+        | "missing_module" | "bad_block" => 400,
         "bad_signature" | "unauthorized" => 401,
         "underpaid" | "insufficient_funds" => 402,
         "forbidden" => 403,
         "not_found" => 404,
         "timeout" => 408,
-        "conflict" | "stale_nonce" | "other_chain" | "rejected" => 409,
+        "conflict" | "stale_nonce" | "other_chain" | "rejected" | "not_caught_up" => 409,
         "payload_too_large" => 413,
         "wrong_region" => 421,
         "not_leader" => 307,

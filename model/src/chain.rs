@@ -295,6 +295,9 @@ pub enum TxError {
     /// A control announcement is malformed.
     #[error("invalid control announcement: {0}")]
     InvalidAnnounce(String),
+    /// A transfer names no valid receiver.
+    #[error("invalid transfer: {0}")]
+    InvalidTransfer(String),
 }
 
 impl TxError {
@@ -312,6 +315,7 @@ impl TxError {
             TxError::InvalidNode(_) => "invalid_node",
             TxError::NotAuthorized(_) => "forbidden",
             TxError::InvalidAnnounce(_) => "invalid_announce",
+            TxError::InvalidTransfer(_) => "invalid_transfer",
         }
     }
 }
@@ -479,6 +483,20 @@ impl ChainState {
                     ))
                 })?;
                 check_name(&start.node_id).map_err(|m| TxError::InvalidNode(format!("node id {m}")))?;
+                if GeoPoint::new(start.geo.lat, start.geo.lon).is_none() {
+                    return Err(TxError::InvalidNode(format!("geo {} is not a point on the earth", start.geo)));
+                }
+                start.node_key.check().map_err(|m| TxError::InvalidNode(format!("node key: {m}")))?;
+                if start.capabilities.is_empty() {
+                    return Err(TxError::InvalidNode("a node must offer at least one capability".into()));
+                }
+                let code_ok = |c: &str, len: usize| c.len() == len && c.bytes().all(|b| b.is_ascii_uppercase());
+                if !code_ok(&start.continent, 2) || !code_ok(&start.country, 2) {
+                    return Err(TxError::InvalidNode(format!(
+                        "continent `{}` and country `{}` must be two capital letters",
+                        start.continent, start.country
+                    )));
+                }
                 if self.nodes.contains_key(&start.node_id) {
                     return Err(TxError::InvalidNode(format!("node `{}` already started", start.node_id)));
                 }
@@ -522,6 +540,7 @@ impl ChainState {
                 self.apps.remove(name);
             }
             Tx::Transfer { to, amount } => {
+                to.check().map_err(TxError::InvalidTransfer)?;
                 self.debit(signer, *amount)?;
                 *self.balances.entry(to.clone()).or_default() += amount;
             }

@@ -8,6 +8,22 @@ use serde::{Deserialize, Serialize};
 #[serde(transparent)]
 pub struct PublicKeyHex(pub String);
 
+impl PublicKeyHex {
+    /// Checks that this is 64 hex digits of a valid ed25519 point, so funds and roles are never
+    /// given to an address nobody can sign for.
+    pub fn check(&self) -> Result<(), String> {
+        let bytes: [u8; 32] = hex::decode(&self.0)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| format!("`{self}` is not a 32-byte hex public key"))?;
+        if self.0.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(format!("`{self}` must be lowercase hex"));
+        }
+        VerifyingKey::from_bytes(&bytes).map_err(|_| format!("`{self}` is not a valid ed25519 public key"))?;
+        Ok(())
+    }
+}
+
 impl std::fmt::Display for PublicKeyHex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)

@@ -6,7 +6,9 @@
 //! Request bodies are the service's business: it bounds how long it waits for one (the control
 //! API buffers bodies under a deadline; the gateway likewise).
 //!
-//! Depends on tokio and hyper only.
+//! [`json_errors`] keeps axum's own rejections in the API's JSON error shape.
+//!
+//! Depends on tokio, hyper and axum only.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,6 +24,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+
+mod json_errors;
+pub use json_errors::json_errors;
 
 /// What a server allows each client.
 #[derive(Debug, Clone)]

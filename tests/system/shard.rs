@@ -156,6 +156,19 @@ fn three_to_five_and_back_to_three_while_writes_continue() {
             let (c, hash, acked, tried) = (&c, &hash, &acked, &tried);
             s.spawn(move || write_loop(c, w, t, 40, hash, acked, tried));
         }
+        // A second init, through a replica that is not a member yet, must not split off a
+        // second shard from replicas that already belong to one.
+        let out = c.fluxctl_at(&c.replicas[&4].url, &["shard", "init", REGION]);
+        assert!(
+            !out.status.success() && text(&out.stderr).contains("already belongs"),
+            "second init: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        // A learner URL with a path is refused before anything is added.
+        let bad = format!("{}/v1/shards/eu/identity?x=", c.replicas[&4].url);
+        let out = c.fluxctl(&["shard", "add-learner", REGION, "--id", "4", "--url", &bad]);
+        assert!(!out.status.success(), "a learner URL with a path was accepted");
         for id in [4u64, 5] {
             let url = c.replicas[&id].url.clone();
             ok(c.fluxctl(&["shard", "add-learner", REGION, "--id", &id.to_string(), "--url", &url]), "add-learner");

@@ -96,7 +96,10 @@ impl Target {
         let resp = match self {
             Target::Fluxplane { leader, node } => {
                 let verb = if n % 2 == 0 { "cordon" } else { "uncordon" };
-                http.post(format!("{leader}/v1/nodes/{node}/{verb}")).header("x-fluxplane-admin-token", TOKEN).send().await
+                http.post(format!("{leader}/v1/nodes/{node}/{verb}"))
+                    .header("x-fluxplane-admin-token", TOKEN)
+                    .send()
+                    .await
             }
             Target::Etcd { leader } => {
                 let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
@@ -183,7 +186,15 @@ async fn start_fluxplane(bin: &Path, dir: &Path) -> (Vec<Proc>, Target) {
     let s = |v: &str| v.to_string();
     procs.push(spawn(
         bin,
-        &[s("chain"), s("--listen"), chain_addr.clone(), s("--block-time"), s("1s"), s("--data-dir"), dir.join("chain").display().to_string()],
+        &[
+            s("chain"),
+            s("--listen"),
+            chain_addr.clone(),
+            s("--block-time"),
+            s("1s"),
+            s("--data-dir"),
+            dir.join("chain").display().to_string(),
+        ],
         &dir.join("chain.log"),
     ));
     let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", port())).collect();
@@ -194,11 +205,23 @@ async fn start_fluxplane(bin: &Path, dir: &Path) -> (Vec<Proc>, Target) {
     for (i, addr) in addrs.iter().enumerate() {
         let id = (i + 1).to_string();
         let args = [
-            s("control"), s("--region"), s("eu"), s("--id"), id.clone(), s("--listen"), addr.clone(),
-            s("--peers"), peers.clone(), s("--chain"), format!("http://{chain_addr}"),
-            s("--data-dir"), dir.join(format!("c{id}")).display().to_string(),
-            s("--admin-token-file"), dir.join("token").display().to_string(),
-            s("--wallet"), genesis_key.display().to_string(),
+            s("control"),
+            s("--region"),
+            s("eu"),
+            s("--id"),
+            id.clone(),
+            s("--listen"),
+            addr.clone(),
+            s("--peers"),
+            peers.clone(),
+            s("--chain"),
+            format!("http://{chain_addr}"),
+            s("--data-dir"),
+            dir.join(format!("c{id}")).display().to_string(),
+            s("--admin-token-file"),
+            dir.join("token").display().to_string(),
+            s("--wallet"),
+            genesis_key.display().to_string(),
         ];
         procs.push(spawn(bin, &args, &dir.join(format!("c{id}.log"))));
     }
@@ -271,16 +294,26 @@ async fn start_etcd(bin: &Path, dir: &Path) -> (Vec<Proc>, Target) {
     let mut procs = Vec::new();
     for i in 0..3 {
         let args: Vec<String> = [
-            "--name", &format!("e{i}"),
-            "--data-dir", &dir.join(format!("etcd{i}")).display().to_string(),
-            "--listen-client-urls", &format!("http://127.0.0.1:{}", clients[i]),
-            "--advertise-client-urls", &format!("http://127.0.0.1:{}", clients[i]),
-            "--listen-peer-urls", &format!("http://127.0.0.1:{}", peers[i]),
-            "--initial-advertise-peer-urls", &format!("http://127.0.0.1:{}", peers[i]),
-            "--initial-cluster", &cluster,
-            "--initial-cluster-state", "new",
-            "--initial-cluster-token", "bench",
-            "--log-level", "error",
+            "--name",
+            &format!("e{i}"),
+            "--data-dir",
+            &dir.join(format!("etcd{i}")).display().to_string(),
+            "--listen-client-urls",
+            &format!("http://127.0.0.1:{}", clients[i]),
+            "--advertise-client-urls",
+            &format!("http://127.0.0.1:{}", clients[i]),
+            "--listen-peer-urls",
+            &format!("http://127.0.0.1:{}", peers[i]),
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{}", peers[i]),
+            "--initial-cluster",
+            &cluster,
+            "--initial-cluster-state",
+            "new",
+            "--initial-cluster-token",
+            "bench",
+            "--log-level",
+            "error",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -291,7 +324,11 @@ async fn start_etcd(bin: &Path, dir: &Path) -> (Vec<Proc>, Target) {
     let mut leader = None;
     wait_for("an etcd leader", Duration::from_secs(60), async || {
         for c in &clients {
-            let r = http.post(format!("http://127.0.0.1:{c}/v3/maintenance/status")).json(&serde_json::json!({})).send().await;
+            let r = http
+                .post(format!("http://127.0.0.1:{c}/v3/maintenance/status"))
+                .json(&serde_json::json!({}))
+                .send()
+                .await;
             if let Ok(r) = r
                 && let Ok(v) = r.json::<serde_json::Value>().await
                 && v["leader"].is_string()

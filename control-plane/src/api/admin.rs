@@ -124,7 +124,12 @@ async fn verified_identity(api: &Api, id: u64, url: &str) -> Result<Replica, Api
     if id == shard.id() && url == shard.api_url() {
         return Ok(shard.replica());
     }
-    let who = admin_client(api, url)?
+    // The identity is public and vouched for by its MAC: the admin token is never sent to a URL
+    // that is not yet known to be one of ours.
+    let who = api
+        .client
+        .sibling(vec![url.to_string()])?
+        .with_timeout(MEMBER_TIMEOUT)
         .replica_identity(&shard.region)
         .await
         .map_err(|e| ApiError::new("unavailable", format!("asking {url} who it is: {e}")))?;
@@ -151,6 +156,7 @@ pub(super) async fn init(
 ) -> Json<ShardView> {
     check_admin(&api, &headers)?;
     check_region(&api, &region)?;
+    let _one_at_a_time = api.shard.membership_lock().await;
     if api.shard.is_initialized().await {
         return Err(ApiError::new(
             "conflict",
@@ -160,15 +166,58 @@ pub(super) async fn init(
     let mut members = BTreeMap::new();
     members.insert(api.shard.id(), api.shard.replica());
     for (id, url) in &api.peers {
-        if *id != api.shard.id() {
-            members.insert(*id, verified_identity(&api, *id, url).await?);
+        if *id == api.shard.id() {
+            continue;
         }
+        let replica = verified_identity(&api, *id, url).await?;
+        // A peer that is in a shard already must not be pulled into a second one.
+        let status = admin_client(&api, url)?.replica_status(&region).await?;
+        if status.role != "not_member" {
+            return Err(ApiError::new(
+                "conflict",
+                format!(
+                    "replica {id} at {url} already belongs to shard {region} (as {}, term {}); add this replica to \
+                     it with `fluxctl shard add-learner` instead",
+                    status.role, status.term
+                ),
+            ));
+        }
+        members.insert(*id, replica);
     }
     api.shard.initialize(members).await?;
     // Answer once a leader is elected, so the view shows it.
     let mut metrics = api.shard.raft.metrics();
     let _ = tokio::time::timeout(Duration::from_secs(10), metrics.wait_for(|m| m.current_leader.is_some())).await;
     Ok(axum::Json(shard_view_of(&api).await))
+}
+
+/// Entries a learner may trail the leader by and still count as caught up.
+const CAUGHT_UP_LAG: u64 = 100;
+
+/// Waits (up to 10 s) until replica `id` has matched the leader's log to within
+/// [`CAUGHT_UP_LAG`] entries.
+async fn wait_caught_up(api: &Api, id: u64) -> Result<(), ApiError> {
+    if !api.shard.members().iter().any(|m| m.id == id) {
+        return Err(ApiError::not_found(format!("replica {id} is not a member of shard {}", api.shard.region)));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (lag, _) = api.shard.peer_progress(id);
+        if lag.is_some_and(|l| l <= CAUGHT_UP_LAG) {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(ApiError::new(
+                "not_caught_up",
+                format!(
+                    "replica {id} is a learner but has not caught up with the leader ({} entries behind); check \
+                     that it runs, is reachable at its URL and holds the same admin token",
+                    lag.map_or("all".to_string(), |l| l.to_string())
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn leader_only(api: &Api) -> Result<(), ApiError> {
@@ -187,11 +236,14 @@ pub(super) async fn add_learner(
     let req: AddLearnerRequest = parse_json(&body)?;
     leader_only(&api).await?;
     let api_url = client::parse_urls(&req.api).into_iter().next().ok_or_else(|| ApiError::bad_request("no api URL"))?;
+    model::chain::check_api_url(&api_url).map_err(ApiError::bad_request)?;
+    let _one_at_a_time = api.shard.membership_lock().await;
     if api.shard.members().iter().any(|m| m.id == req.id) {
         return Err(ApiError::new("conflict", format!("replica {} is a member already", req.id)));
     }
     let replica = verified_identity(&api, req.id, &api_url).await?;
     api.shard.add_learner(req.id, replica).await?;
+    wait_caught_up(&api, req.id).await?;
     Ok(axum::Json(shard_view_of(&api).await))
 }
 
@@ -205,6 +257,10 @@ pub(super) async fn promote(
     check_region(&api, &region)?;
     let req: MemberRequest = parse_json(&body)?;
     leader_only(&api).await?;
+    let _one_at_a_time = api.shard.membership_lock().await;
+    // A voter that cannot take appends weakens the quorum it joins: only a learner that has
+    // caught up is promoted.
+    wait_caught_up(&api, req.id).await?;
     api.shard.promote(req.id).await?;
     Ok(axum::Json(shard_view_of(&api).await))
 }
@@ -219,6 +275,7 @@ pub(super) async fn remove(
     check_region(&api, &region)?;
     let req: MemberRequest = parse_json(&body)?;
     leader_only(&api).await?;
+    let _one_at_a_time = api.shard.membership_lock().await;
     if !api.shard.members().iter().any(|m| m.id == req.id) {
         return Err(ApiError::not_found(format!("replica {} is not a member of shard {region}", req.id)));
     }

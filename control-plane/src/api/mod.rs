@@ -164,16 +164,22 @@ impl Api {
 /// How long a cloud-wide view waits for another region.
 const FAN_OUT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Largest request body on any route (a module upload).
+/// Largest request body of a module upload or a Raft call.
 const MAX_BODY: usize = MAX_BLOB_BYTES + (1 << 20);
+/// Largest request body anywhere else (transactions, heartbeats, admin calls).
+const MAX_SMALL_BODY: usize = 2 << 20;
 
 /// Everything a control replica serves on its one listener: the API and the Raft transport,
 /// with request bodies read within `body_timeout`, so that a slow client cannot hold a
 /// request open.
 pub fn service(api: Arc<Api>, body_timeout: std::time::Duration) -> Router {
-    router(api.clone()).merge(crate::network::router(api.shard.clone())).layer(axum::middleware::from_fn(
-        move |req: axum::extract::Request, next: axum::middleware::Next| read_body_within(req, next, body_timeout),
-    ))
+    router(api.clone())
+        .merge(crate::network::router(api.shard.clone()))
+        .layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
+            read_body_within(req, next, body_timeout)
+        }))
+        // Outermost, so that every error, ours or axum's, leaves as JSON.
+        .layer(axum::middleware::from_fn(serve::json_errors))
 }
 
 async fn read_body_within(
@@ -182,14 +188,16 @@ async fn read_body_within(
     within: std::time::Duration,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    // Only modules and Raft calls may be large; a stranger's body elsewhere is held to 2 MB.
+    let path = req.uri().path();
+    let limit = if path.starts_with("/v1/blobs/") || path.starts_with("/raft/") { MAX_BODY } else { MAX_SMALL_BODY };
     let (parts, body) = req.into_parts();
-    match tokio::time::timeout(within, axum::body::to_bytes(body, MAX_BODY)).await {
+    match tokio::time::timeout(within, axum::body::to_bytes(body, limit)).await {
         Err(_) => ApiError::new("timeout", format!("request body not received within {within:?}")).into_response(),
         Ok(Err(e)) => {
             let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
             if too_large {
-                ApiError::new("payload_too_large", format!("request body is over {} MB", MAX_BODY >> 20))
-                    .into_response()
+                ApiError::new("payload_too_large", format!("request body is over {} MB", limit >> 20)).into_response()
             } else {
                 ApiError::bad_request(format!("reading the request body: {e}")).into_response()
             }

@@ -1,6 +1,7 @@
 use super::*;
+use crate::geo::GeoPoint;
 use crate::geo::default_regions;
-use crate::keys::Keypair;
+use crate::keys::{Keypair, PublicKeyHex};
 use crate::spec::ComponentSpec;
 use crate::tier::FLUX;
 
@@ -156,4 +157,28 @@ fn a_block_must_hash_to_its_contents_and_follow_the_tip() {
     state.check_genesis(&g.hash).expect("same chain");
     let err = state.check_genesis("abc").expect_err("other chain");
     assert!(err.to_string().contains(&g.hash) && err.to_string().contains("abc"), "{err}");
+}
+
+#[test]
+fn node_starts_and_transfers_name_real_places_and_keys() {
+    let operator = Keypair::generate();
+    let (mut state, _) = genesis(&operator);
+    let start = |lat: f64, key: PublicKeyHex| NodeStart {
+        node_id: "eu-9".into(),
+        collateral: crate::tier::Tier::Cumulus.collateral(),
+        region: "eu".into(),
+        continent: "EU".into(),
+        country: "DE".into(),
+        geo: GeoPoint { lat, lon: 8.0 },
+        capabilities: vec![Capability::Wasm],
+        node_key: key,
+    };
+    let bad_geo = SignedTx::sign(Tx::NodeStart(start(-1000.5, Keypair::generate().public())), 1, &operator);
+    assert!(matches!(state.apply_tx(&bad_geo, 1), Err(TxError::InvalidNode(_))));
+    let bad_key = SignedTx::sign(Tx::NodeStart(start(50.0, PublicKeyHex("nope".into()))), 2, &operator);
+    assert!(matches!(state.apply_tx(&bad_key, 1), Err(TxError::InvalidNode(_))));
+    let good = SignedTx::sign(Tx::NodeStart(start(50.0, Keypair::generate().public())), 3, &operator);
+    state.apply_tx(&good, 1).expect("a real node starts");
+    let burn = SignedTx::sign(Tx::Transfer { to: PublicKeyHex("not-a-key".into()), amount: FLUX }, 4, &operator);
+    assert!(matches!(state.apply_tx(&burn, 1), Err(TxError::InvalidTransfer(_))));
 }
