@@ -260,6 +260,16 @@ pub fn option_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duratio
     duration(d).map(Some)
 }
 
+/// A location written as `LAT,LON` in degrees.
+pub fn parse_geo(text: &str) -> Result<model::GeoPoint, String> {
+    model::GeoPoint::parse(text).ok_or_else(|| format!("`{text}` is not LAT,LON (degrees)"))
+}
+
+/// An optional location written as `LAT,LON`.
+pub fn option_geo<'de, D: Deserializer<'de>>(d: D) -> Result<Option<model::GeoPoint>, D::Error> {
+    parse_geo(&String::deserialize(d)?).map(Some).map_err(serde::de::Error::custom)
+}
+
 /// A required setting, from the flag or the file; the error names both.
 pub fn required<T>(value: Option<T>, flag: &str, key: &str) -> anyhow::Result<T> {
     value.ok_or_else(|| anyhow::anyhow!("{flag} is required (or `{key}` in the --config file)"))

@@ -63,21 +63,12 @@ impl Proc {
         self.signal("-CONT");
     }
 
-    /// SIGTERM, then waits up to `within` for the exit; the status, if it exited.
+    /// SIGTERM, then waits up to `within` for the exit (then kills it); the status, if it exited.
     pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         self.signal("-TERM");
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Some(c) = self.child.as_mut()
-                && let Ok(Some(status)) = c.try_wait()
-            {
-                self.child = None;
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let status = self.wait_exit(within);
         self.kill();
-        None
+        status
     }
 
     /// Waits up to `within` for the process to exit on its own.

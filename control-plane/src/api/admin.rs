@@ -231,10 +231,7 @@ pub(super) async fn add_learner(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Json<ShardView> {
-    check_admin(&api, &headers)?;
-    check_region(&api, &region)?;
-    let req: AddLearnerRequest = parse_json(&body)?;
-    leader_only(&api).await?;
+    let req: AddLearnerRequest = leader_admin_call(&api, &headers, &region, &body).await?;
     let api_url = client::parse_urls(&req.api).into_iter().next().ok_or_else(|| ApiError::bad_request("no api URL"))?;
     model::chain::check_api_url(&api_url).map_err(ApiError::bad_request)?;
     let _one_at_a_time = api.shard.membership_lock().await;
@@ -247,16 +244,28 @@ pub(super) async fn add_learner(
     Ok(axum::Json(shard_view_of(&api).await))
 }
 
+/// The checks every leader-only membership call makes, in order: the token, the region, the
+/// body (an empty one reads as `{}`), and that this replica leads.
+async fn leader_admin_call<T: serde::de::DeserializeOwned>(
+    api: &Api,
+    headers: &HeaderMap,
+    region: &str,
+    body: &[u8],
+) -> Result<T, ApiError> {
+    check_admin(api, headers)?;
+    check_region(api, region)?;
+    let req = parse_json(if body.is_empty() { b"{}" } else { body })?;
+    leader_only(api).await?;
+    Ok(req)
+}
+
 pub(super) async fn promote(
     State(api): State<Arc<Api>>,
     Path(region): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Json<ShardView> {
-    check_admin(&api, &headers)?;
-    check_region(&api, &region)?;
-    let req: MemberRequest = parse_json(&body)?;
-    leader_only(&api).await?;
+    let req: MemberRequest = leader_admin_call(&api, &headers, &region, &body).await?;
     let _one_at_a_time = api.shard.membership_lock().await;
     // A voter that cannot take appends weakens the quorum it joins: only a learner that has
     // caught up is promoted.
@@ -271,10 +280,7 @@ pub(super) async fn remove(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Json<ShardView> {
-    check_admin(&api, &headers)?;
-    check_region(&api, &region)?;
-    let req: MemberRequest = parse_json(&body)?;
-    leader_only(&api).await?;
+    let req: MemberRequest = leader_admin_call(&api, &headers, &region, &body).await?;
     let _one_at_a_time = api.shard.membership_lock().await;
     if !api.shard.members().iter().any(|m| m.id == req.id) {
         return Err(ApiError::not_found(format!("replica {} is not a member of shard {region}", req.id)));
@@ -289,11 +295,7 @@ pub(super) async fn transfer_leader(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Json<ShardView> {
-    check_admin(&api, &headers)?;
-    check_region(&api, &region)?;
-    let req: TransferLeaderRequest =
-        if body.is_empty() { TransferLeaderRequest::default() } else { parse_json(&body)? };
-    leader_only(&api).await?;
+    let req: TransferLeaderRequest = leader_admin_call(&api, &headers, &region, &body).await?;
     api.shard.transfer_leadership(req.to, TRANSFER_WITHIN).await?;
     Ok(axum::Json(shard_view_of(&api).await))
 }

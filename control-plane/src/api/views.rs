@@ -47,20 +47,7 @@ pub(super) async fn status(State(api): State<Arc<Api>>, Query(opts): Query<ReadO
     if opts.region_only() {
         return Ok(axum::Json(StatusView { chain_height: 0, chain_tip: String::new(), regions }));
     }
-    let others = api.other_regions();
-    let answers = join_all(others.into_iter().map(|(name, urls)| {
-        let api = api.clone();
-        let opts = &opts;
-        async move {
-            let result = match api.region_client(urls, opts) {
-                Ok(c) => c.status().await,
-                Err(e) => Err(e),
-            };
-            (name, result)
-        }
-    }))
-    .await;
-    for (name, result) in answers {
+    for (name, result) in ask_other_regions(&api, &opts, |c| async move { c.status().await }).await {
         match result {
             Ok(view) => regions.extend(view.regions.into_iter().filter(|r| r.name == name)),
             Err(e) => regions.push(unreachable_region(&name, e.to_string())),
@@ -76,6 +63,29 @@ pub(super) async fn status(State(api): State<Arc<Api>>, Query(opts): Query<ReadO
         }
     };
     Ok(axum::Json(StatusView { chain_height, chain_tip, regions }))
+}
+
+/// Asks every other region's shard at once (its part only), and gives each region's answer.
+async fn ask_other_regions<T, F, Fut>(
+    api: &Api,
+    opts: &ReadOpts,
+    ask: F,
+) -> Vec<(String, Result<T, client::ClientError>)>
+where
+    F: Fn(client::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, client::ClientError>>,
+{
+    join_all(api.other_regions().into_iter().map(|(name, urls)| {
+        let asked = api.region_client(urls, opts).map(&ask);
+        async move {
+            let result = match asked {
+                Ok(fut) => fut.await,
+                Err(e) => Err(e),
+            };
+            (name, result)
+        }
+    }))
+    .await
 }
 
 fn unreachable_region(name: &str, why: String) -> RegionStatus {
@@ -200,18 +210,7 @@ fn local_app_view(api: &Api, name: &str) -> Result<AppView, ApiError> {
 
 /// Adds other regions' placements and shortfalls of the apps in `views`.
 async fn merge_regions(api: &Arc<Api>, opts: &ReadOpts, views: &mut [AppView]) {
-    let answers = join_all(api.other_regions().into_iter().map(|(name, urls)| {
-        let api = api.clone();
-        async move {
-            let result = match api.region_client(urls, opts) {
-                Ok(c) => c.apps().await,
-                Err(e) => Err(e),
-            };
-            (name, result)
-        }
-    }))
-    .await;
-    for (region, result) in answers {
+    for (region, result) in ask_other_regions(api, opts, |c| async move { c.apps().await }).await {
         match result {
             Ok(theirs) => {
                 let theirs: BTreeMap<String, AppView> = theirs.into_iter().map(|a| (a.name.clone(), a)).collect();
@@ -290,19 +289,7 @@ pub(super) async fn list_nodes(State(api): State<Arc<Api>>, Query(opts): Query<R
     if opts.region_only() {
         return Ok(axum::Json(nodes));
     }
-    let answers = join_all(api.other_regions().into_iter().map(|(name, urls)| {
-        let api = api.clone();
-        let opts = &opts;
-        async move {
-            let result = match api.region_client(urls, opts) {
-                Ok(c) => c.nodes().await,
-                Err(e) => Err(e),
-            };
-            (name, result)
-        }
-    }))
-    .await;
-    for (region, result) in answers {
+    for (region, result) in ask_other_regions(&api, &opts, |c| async move { c.nodes().await }).await {
         match result {
             Ok(theirs) => nodes.extend(theirs.into_iter().filter(|n| n.region == region)),
             Err(e) => tracing::debug!(region, "node list without region {region}: {e}"),

@@ -16,8 +16,8 @@ use crate::config::{self, DaemonConfig};
 #[serde(deny_unknown_fields)]
 pub struct GatewayArgs {
     /// The gateway's own location: where a client with no better location is assumed to be.
-    #[arg(long, value_parser = |s: &str| GeoPoint::parse(s).ok_or_else(|| format!("`{s}` is not LAT,LON")))]
-    #[serde(default, deserialize_with = "geo")]
+    #[arg(long, value_parser = config::parse_geo)]
+    #[serde(default, deserialize_with = "config::option_geo")]
     pub geo: Option<GeoPoint>,
     /// Control-plane URLs, comma-separated (any one finds every region).
     #[arg(long)]
@@ -32,11 +32,6 @@ pub struct GatewayArgs {
     /// loopback).
     #[arg(long)]
     pub trusted: Option<String>,
-}
-
-fn geo<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<GeoPoint>, D::Error> {
-    let text = String::deserialize(d)?;
-    GeoPoint::parse(&text).map(Some).ok_or_else(|| serde::de::Error::custom(format!("`{text}` is not LAT,LON")))
 }
 
 impl GatewayArgs {

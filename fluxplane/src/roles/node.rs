@@ -27,8 +27,8 @@ pub struct NodeArgs {
     #[arg(long)]
     pub region: Option<String>,
     /// The node's location, `LAT,LON`.
-    #[arg(long, value_parser = parse_geo)]
-    #[serde(default, deserialize_with = "geo")]
+    #[arg(long, value_parser = config::parse_geo)]
+    #[serde(default, deserialize_with = "config::option_geo")]
     pub geo: Option<GeoPoint>,
     /// Control-plane URLs, comma-separated (any one finds the region's replicas).
     #[arg(long)]
@@ -72,10 +72,6 @@ impl NodeArgs {
     }
 }
 
-fn parse_geo(text: &str) -> Result<GeoPoint, String> {
-    GeoPoint::parse(text).ok_or_else(|| format!("`{text}` is not LAT,LON (degrees)"))
-}
-
 fn parse_tier(text: &str) -> Result<Tier, String> {
     match text {
         "cumulus" => Ok(Tier::Cumulus),
@@ -83,11 +79,6 @@ fn parse_tier(text: &str) -> Result<Tier, String> {
         "stratus" => Ok(Tier::Stratus),
         other => Err(format!("`{other}` is not a tier: cumulus, nimbus or stratus")),
     }
-}
-
-fn geo<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<GeoPoint>, D::Error> {
-    let text = String::deserialize(d)?;
-    parse_geo(&text).map(Some).map_err(serde::de::Error::custom)
 }
 
 fn tier<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Tier>, D::Error> {
