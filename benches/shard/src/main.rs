@@ -53,6 +53,7 @@ fn port() -> u16 {
 }
 
 struct Args {
+    replicas: usize,
     clients: Vec<usize>,
     seconds: u64,
     fluxplane: PathBuf,
@@ -61,6 +62,7 @@ struct Args {
 
 fn args() -> Args {
     let mut a = Args {
+        replicas: 3,
         clients: vec![1, 16, 64],
         seconds: 10,
         fluxplane: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/release/fluxplane"),
@@ -73,9 +75,12 @@ fn args() -> Args {
         match argv[i].as_str() {
             "--clients" => a.clients = value.split(',').filter_map(|c| c.trim().parse().ok()).collect(),
             "--seconds" => a.seconds = value.parse().unwrap_or(10),
+            "--replicas" => a.replicas = value.parse().unwrap_or(3),
             "--fluxplane" => a.fluxplane = PathBuf::from(value),
             "--etcd" => a.etcd = PathBuf::from(value),
-            other => panic!("unknown flag {other}; flags: --clients 1,16,64 --seconds 10 --fluxplane PATH --etcd PATH"),
+            other => panic!(
+                "unknown flag {other}; flags: --clients 1,16,64 --seconds 10 --replicas 3 --fluxplane PATH --etcd PATH"
+            ),
         }
         i += 2;
     }
@@ -178,7 +183,7 @@ async fn wait_for(what: &str, within: Duration, mut ok: impl AsyncFnMut() -> boo
 }
 
 /// Starts a chain and three control replicas; returns the processes and the write target.
-async fn start_fluxplane(bin: &Path, dir: &Path) -> (Vec<Proc>, Target) {
+async fn start_fluxplane(bin: &Path, dir: &Path, replicas: usize) -> (Vec<Proc>, Target) {
     assert!(bin.exists(), "{} not found: build it with `cargo build --release --bin fluxplane`", bin.display());
     std::fs::write(dir.join("token"), TOKEN).expect("token");
     let mut procs = Vec::new();
@@ -197,7 +202,7 @@ async fn start_fluxplane(bin: &Path, dir: &Path) -> (Vec<Proc>, Target) {
         ],
         &dir.join("chain.log"),
     ));
-    let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", port())).collect();
+    let addrs: Vec<String> = (0..replicas).map(|_| format!("127.0.0.1:{}", port())).collect();
     let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
     let http = reqwest::Client::new();
     let genesis_key = dir.join("chain/genesis.key");
@@ -229,14 +234,16 @@ async fn start_fluxplane(bin: &Path, dir: &Path) -> (Vec<Proc>, Target) {
         let url = format!("http://{addr}/v1/shards/eu/identity");
         wait_for("a replica", Duration::from_secs(30), async || http.get(&url).send().await.is_ok()).await;
     }
-    let resp = http
-        .post(format!("http://{}/v1/shards/eu/init", addrs[0]))
-        .header("x-fluxplane-admin-token", TOKEN)
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .expect("init");
-    assert!(resp.status().is_success(), "shard init: {}", resp.text().await.unwrap_or_default());
+    if replicas > 1 {
+        let resp = http
+            .post(format!("http://{}/v1/shards/eu/init", addrs[0]))
+            .header("x-fluxplane-admin-token", TOKEN)
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .expect("init");
+        assert!(resp.status().is_success(), "shard init: {}", resp.text().await.unwrap_or_default());
+    }
     // The node whose cordon the writes flip.
     let wallet = Keypair::from_secret_hex(&std::fs::read_to_string(&genesis_key).expect("key")).expect("key");
     let start = NodeStart {
@@ -348,10 +355,10 @@ async fn start_etcd(bin: &Path, dir: &Path) -> (Vec<Proc>, Target) {
 async fn main() {
     let a = args();
     let dir = tempfile::tempdir().expect("tempdir");
-    eprintln!("starting a 3-replica fluxplane shard and a 3-member etcd cluster in {}", dir.path().display());
-    let (_flux, flux) = start_fluxplane(&a.fluxplane, dir.path()).await;
+    eprintln!("starting a {}-replica fluxplane shard and a 3-member etcd cluster in {}", a.replicas, dir.path().display());
+    let (_flux, flux) = start_fluxplane(&a.fluxplane, dir.path(), a.replicas).await;
     let (_etcd, etcd) = start_etcd(&a.etcd, dir.path()).await;
-    println!("shard writes, 3 replicas on loopback, fsync on, {} s per run", a.seconds);
+    println!("shard writes, {} fluxplane replicas / 3 etcd members on loopback, fsync on, {} s per run", a.replicas, a.seconds);
     println!("{:<10} {:>8} {:>11} {:>9} {:>9} {:>7}", "system", "clients", "writes/s", "p50 ms", "p99 ms", "errors");
     for &clients in &a.clients {
         let f = load(&flux, clients, a.seconds).await;
