@@ -95,14 +95,28 @@ async fn wait_applied_at(api: &Api, tx_id: &str) -> Result<u64, ApiError> {
     };
     let mut changes = api.shard.subscribe();
     let applied = |api: &Api| api.shard.read(|s| s.chain.height.is_some_and(|h| h >= height));
+    let removed = |api: &Api| !api.shard.is_self_member();
     let reached = tokio::time::timeout(left(), async {
-        while !applied(api) {
+        while !applied(api) && !removed(api) {
             if changes.changed().await.is_err() {
                 return;
             }
         }
     })
     .await;
+    if !applied(api) && removed(api) {
+        // Removed from the shard meanwhile: this replica will apply nothing more, so waiting on
+        // would only hold the client. The transaction is on chain; another member confirms it.
+        return Err(ApiError::new(
+            "not_committed",
+            format!(
+                "included in block {height}, but replica {} left shard {} before applying it; \
+                 ask another replica for transaction {tx_id}",
+                api.shard.id(),
+                api.shard.region
+            ),
+        ));
+    }
     if reached.is_err() || !applied(api) {
         return Err(ApiError::new(
             "not_committed",
