@@ -63,11 +63,20 @@ impl Drop for Writer {
 
 /// A change to the log, applied by the writer thread in the order it was made.
 enum Op {
-    Append { entries: Vec<Entry>, flushed: LogFlushed<TypeConfig> },
+    Append {
+        entries: Vec<Entry>,
+        flushed: LogFlushed<TypeConfig>,
+    },
     /// Delete every entry from this index on.
-    Truncate { from: u64, done: mpsc::SyncSender<Result<(), String>> },
+    Truncate {
+        from: u64,
+        done: mpsc::SyncSender<Result<(), String>>,
+    },
     /// Delete every entry up to this log id, and record it as purged.
-    Purge { upto: LogId, done: mpsc::SyncSender<Result<(), String>> },
+    Purge {
+        upto: LogId,
+        done: mpsc::SyncSender<Result<(), String>>,
+    },
     /// Record the commit index; nobody waits for it (see `save_committed`).
     Committed(Option<LogId>),
 }

@@ -25,6 +25,7 @@ use crate::network::{Contacts, Network};
 use crate::state::ShardState;
 use crate::state_machine::{Applied, StateMachine};
 use crate::typ::{Raft, RaftMetrics};
+use proposer::Proposer;
 
 /// Raft timings and log compaction, checked against each other by the daemon's config.
 #[derive(Debug, Clone)]
@@ -74,7 +75,7 @@ pub struct ShardConfig {
 }
 
 /// Why a write failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProposeError {
     /// This replica is not the leader.
     #[error("replica is not the leader of region {region} (leader is {leader:?})")]
@@ -190,6 +191,8 @@ pub struct Shard {
     leader_contact: Mutex<Option<Instant>>,
     /// One membership operation at a time through this replica.
     membership_lock: tokio::sync::Mutex<()>,
+    /// Batches writes into Raft entries.
+    proposer: Proposer,
     node_timeout: Duration,
     write_timeout: Duration,
     election_max: Duration,
@@ -226,6 +229,7 @@ impl Shard {
         let contacts = Contacts::default();
         let network = Network::new(&config.region, config.raft_id, key.clone(), admin.clone(), contacts.clone());
         let raft = Raft::new(config.raft_id, Arc::new(raft_config), network.clone(), log_store, sm).await?;
+        let proposer = Proposer::start(raft.clone(), config.region.clone(), config.write_timeout);
         let shard = Arc::new(Shard {
             region: config.region,
             raft,
@@ -244,6 +248,7 @@ impl Shard {
             handing_off: AtomicBool::new(false),
             leader_contact: Mutex::new(None),
             membership_lock: tokio::sync::Mutex::new(()),
+            proposer,
             node_timeout: config.node_timeout,
             write_timeout: config.write_timeout,
             election_max: config.raft.election_max,
@@ -338,34 +343,24 @@ impl Shard {
 
     // === writes ===
 
-    fn not_leader(&self, f: openraft::error::ForwardToLeader<u64, Replica>) -> ProposeError {
-        ProposeError::NotLeader {
-            region: self.region.clone(),
-            leader: f.leader_id,
-            leader_api: f.leader_node.map(|n| n.api),
-        }
-    }
-
     fn map_write_error(&self, e: RaftError<u64, ClientWriteError<u64, Replica>>) -> ProposeError {
-        match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => self.not_leader(f),
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-                ProposeError::Membership { region: self.region.clone(), message: describe_membership_error(&e) }
-            }
-            e => ProposeError::Raft { region: self.region.clone(), message: e.to_string() },
-        }
+        write_error(&self.region, e)
     }
 
     /// Commits `cmd` through Raft and returns what it did. Gives up after the write timeout: an
-    /// isolated leader never acknowledges a write.
+    /// isolated leader never acknowledges a write. Writes that arrive together are committed
+    /// together (see [`proposer`]).
     pub async fn propose(&self, cmd: Command) -> Result<CommandResult, ProposeError> {
         if self.handing_off.load(Ordering::Relaxed) {
             return Err(ProposeError::NotLeader { region: self.region.clone(), leader: None, leader_api: None });
         }
-        match tokio::time::timeout(self.write_timeout, self.raft.client_write(cmd)).await {
-            Err(_) => Err(ProposeError::Timeout { region: self.region.clone(), after: self.write_timeout }),
-            Ok(Ok(resp)) => Ok(resp.data),
-            Ok(Err(e)) => Err(self.map_write_error(e)),
+        let timed_out = || ProposeError::Timeout { region: self.region.clone(), after: self.write_timeout };
+        match tokio::time::timeout(self.write_timeout, self.proposer.submit(cmd)).await {
+            Err(_) => Err(timed_out()),
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => {
+                Err(ProposeError::Raft { region: self.region.clone(), message: "the shard is shutting down".into() })
+            }
         }
     }
 
@@ -795,6 +790,21 @@ async fn watch_leadership(shard: std::sync::Weak<Shard>, mut metrics: watch::Rec
     }
 }
 
+/// What a failed `client_write` means to the caller.
+fn write_error(region: &str, e: RaftError<u64, ClientWriteError<u64, Replica>>) -> ProposeError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ProposeError::NotLeader {
+            region: region.to_string(),
+            leader: f.leader_id,
+            leader_api: f.leader_node.map(|n| n.api),
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            ProposeError::Membership { region: region.to_string(), message: describe_membership_error(&e) }
+        }
+        e => ProposeError::Raft { region: region.to_string(), message: e.to_string() },
+    }
+}
+
 fn describe_membership_error(e: &ChangeMembershipError<u64>) -> String {
     match e {
         ChangeMembershipError::LearnerNotFound(l) => {
@@ -805,5 +815,6 @@ fn describe_membership_error(e: &ChangeMembershipError<u64>) -> String {
     }
 }
 
+mod proposer;
 #[cfg(test)]
 mod tests;

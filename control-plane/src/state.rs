@@ -104,6 +104,15 @@ impl ShardState {
                     }
                 }
             }
+            Command::Batch { commands } => CommandResult::Batch {
+                results: commands
+                    .iter()
+                    .map(|c| match c {
+                        Command::Batch { .. } => CommandResult::Rejected { reason: "batches do not nest".into() },
+                        c => self.apply(c),
+                    })
+                    .collect(),
+            },
         }
     }
 
@@ -124,5 +133,22 @@ impl ShardState {
     /// Instances placed on `node`.
     pub fn placements_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Placement> + 'a {
         self.placements.values().filter_map(move |nodes| nodes.get(node))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_applies_in_order_and_does_not_nest() {
+        let mut state = ShardState::new("eu");
+        let down = Command::SetLiveness { node: "eu-1".into(), up: false, at_ms: 1 };
+        let batch = Command::Batch { commands: vec![down.clone(), down, Command::Batch { commands: vec![] }] };
+        let CommandResult::Batch { results } = state.apply(&batch) else { panic!("a batch answers a batch") };
+        assert_eq!(results[0], CommandResult::Applied);
+        assert!(matches!(results[1], CommandResult::Skipped { .. }), "{results:?}");
+        assert!(matches!(results[2], CommandResult::Rejected { ref reason } if reason.contains("nest")), "{results:?}");
+        assert!(state.down.contains("eu-1"));
     }
 }

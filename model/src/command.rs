@@ -60,6 +60,13 @@ pub enum Command {
         /// When the leader decided, ms since the epoch.
         at_ms: u64,
     },
+    /// Several commands proposed together, applied in order as if one by one. The leader
+    /// batches writes that arrive while earlier ones are still being written, so that a burst
+    /// costs one log append instead of one each. Batches do not nest.
+    Batch {
+        /// The commands.
+        commands: Vec<Command>,
+    },
 }
 
 /// What a committed command did.
@@ -77,5 +84,10 @@ pub enum CommandResult {
     Rejected {
         /// Why.
         reason: String,
+    },
+    /// What each command of a [`Command::Batch`] did, in order.
+    Batch {
+        /// One result per command.
+        results: Vec<CommandResult>,
     },
 }

@@ -355,10 +355,17 @@ async fn start_etcd(bin: &Path, dir: &Path) -> (Vec<Proc>, Target) {
 async fn main() {
     let a = args();
     let dir = tempfile::tempdir().expect("tempdir");
-    eprintln!("starting a {}-replica fluxplane shard and a 3-member etcd cluster in {}", a.replicas, dir.path().display());
+    eprintln!(
+        "starting a {}-replica fluxplane shard and a 3-member etcd cluster in {}",
+        a.replicas,
+        dir.path().display()
+    );
     let (_flux, flux) = start_fluxplane(&a.fluxplane, dir.path(), a.replicas).await;
     let (_etcd, etcd) = start_etcd(&a.etcd, dir.path()).await;
-    println!("shard writes, {} fluxplane replicas / 3 etcd members on loopback, fsync on, {} s per run", a.replicas, a.seconds);
+    println!(
+        "shard writes, {} fluxplane replicas / 3 etcd members on loopback, fsync on, {} s per run",
+        a.replicas, a.seconds
+    );
     println!("{:<10} {:>8} {:>11} {:>9} {:>9} {:>7}", "system", "clients", "writes/s", "p50 ms", "p99 ms", "errors");
     for &clients in &a.clients {
         let f = load(&flux, clients, a.seconds).await;

@@ -77,3 +77,29 @@ async fn soft_state_lives_on_the_leader_and_a_new_leader_warms_up() {
     assert!(shard.is_fresh("eu-1"));
     shard.shutdown().await;
 }
+
+#[tokio::test]
+async fn concurrent_writes_share_entries_and_each_gets_its_own_result() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shard = open_single(dir.path(), &Keypair::generate(), &AdminToken::generate()).await;
+    let before = shard.raft.metrics().borrow().last_log_index.unwrap_or(0);
+    // 200 writes at once, each refused with a reason that names its own app, so that a result
+    // delivered to the wrong caller shows.
+    let writes = (0..200).map(|i| {
+        let shard = shard.clone();
+        async move {
+            let app = format!("app-{i}");
+            let cmd = Command::Reconcile { app: app.clone(), place: vec![], remove: vec![], shortfall: None };
+            (app, shard.propose(cmd).await.expect("commit"))
+        }
+    });
+    for (app, result) in futures::future::join_all(writes).await {
+        assert!(
+            matches!(&result, CommandResult::Rejected { reason } if reason.contains(&format!("`{app}`"))),
+            "{app}: {result:?}"
+        );
+    }
+    let entries = shard.raft.metrics().borrow().last_log_index.unwrap_or(0) - before;
+    assert!(entries < 200, "200 concurrent writes took {entries} entries: nothing was batched");
+    shard.shutdown().await;
+}
