@@ -3,17 +3,22 @@
 //! reports back in the next beat. While the control plane is unreachable it keeps every instance
 //! running: losing the control plane never stops a workload.
 //!
+//! Heartbeats, reconciling and health checks are separate tasks that share the instance table,
+//! so that neither a slow start nor a slow guest can delay a beat: a node is declared down only
+//! when it is really silent. Guests themselves run on the engine's own threads.
+//!
 //! Depends on `model`, `client` and `runtime-wasm`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use model::api::{Assignment, Heartbeat, InstanceReport, SignedHeartbeat};
+use model::api::{Assignment, Assignments, Heartbeat, InstanceReport, SignedHeartbeat};
 use model::keys::Keypair;
 use runtime_wasm::{ComponentCache, InstanceLimits, InstanceServer};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, watch};
 
 /// How an agent is set up.
 #[derive(Clone)]
@@ -38,115 +43,217 @@ pub struct AgentConfig {
     pub linger: Duration,
 }
 
-struct Running {
-    assignment: Assignment,
-    servers: Vec<(String, InstanceServer)>,
-    healthy: bool,
-    message: Option<String>,
+/// Where one assigned instance is.
+enum Phase {
+    /// Fetching, compiling or binding.
+    Starting,
+    /// Serving; `healthy` is the last health check's verdict.
+    Running { servers: Vec<(String, InstanceServer)>, healthy: bool, message: Option<String> },
+    /// Could not start; reported until the control plane places it elsewhere.
+    Failed { message: String },
 }
 
-impl Running {
+struct Instance {
+    assignment: Assignment,
+    phase: Phase,
+}
+
+impl Instance {
     fn report(&self) -> InstanceReport {
+        let (endpoints, healthy, message) = match &self.phase {
+            Phase::Starting => (BTreeMap::new(), false, Some("starting".to_string())),
+            Phase::Running { servers, healthy, message } => {
+                (servers.iter().map(|(c, s)| (c.clone(), s.addr().to_string())).collect(), *healthy, message.clone())
+            }
+            Phase::Failed { message } => (BTreeMap::new(), false, Some(format!("start failed: {message}"))),
+        };
         InstanceReport {
             id: self.assignment.id.clone(),
             spec_height: self.assignment.spec_height,
-            endpoints: self.servers.iter().map(|(c, s)| (c.clone(), s.addr().to_string())).collect(),
-            healthy: self.healthy,
-            message: self.message.clone(),
+            endpoints,
+            healthy,
+            message,
         }
     }
+
     fn stop(&self) {
-        for (_, s) in &self.servers {
-            s.stop();
+        if let Phase::Running { servers, .. } = &self.phase {
+            for (_, s) in servers {
+                s.stop();
+            }
         }
     }
 }
 
-type Started = (Assignment, Result<Vec<(String, InstanceServer)>, String>);
+/// The node's instances, by id, shared by the agent's tasks. Never held across an await.
+#[derive(Clone, Default)]
+struct Instances(Arc<Mutex<HashMap<String, Instance>>>);
+
+impl Instances {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instance>> {
+        // Every change is a whole insert or field write, so a poisoned table is still whole.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 /// Runs the agent until `shutdown` turns true; then stops beating and taking work, lets its
 /// instances serve for `linger`, and stops them.
 pub async fn run(config: AgentConfig, cache: ComponentCache, mut shutdown: watch::Receiver<bool>) {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
-    let health = HealthCheck { http: http.clone(), timeout: config.health_timeout };
-    let mut running: HashMap<String, Running> = HashMap::new();
-    let mut failed: HashMap<String, (u64, String)> = HashMap::new();
-    let mut starting: HashMap<String, u64> = HashMap::new();
-    let (started_tx, mut started_rx) = mpsc::channel::<Started>(64);
+    let instances = Instances::default();
+    let (assigned_tx, assigned_rx) = watch::channel::<Option<Assignments>>(None);
+    let beat_now = Arc::new(Notify::new());
+    let tasks = [
+        tokio::spawn(beat_loop(config.clone(), instances.clone(), assigned_tx, beat_now.clone())),
+        tokio::spawn(reconcile_loop(config.clone(), cache, instances.clone(), assigned_rx, beat_now)),
+        tokio::spawn(health_loop(config.clone(), instances.clone())),
+    ];
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            break;
+        }
+    }
+    tracing::info!(node = %config.node_id, "draining: no more beats or new instances");
+    for t in &tasks {
+        t.abort();
+    }
+    tokio::time::sleep(config.linger).await;
+    for i in instances.lock().values() {
+        i.stop();
+    }
+}
+
+/// Beats every period (and at once when an instance starts), and publishes the answer.
+async fn beat_loop(
+    config: AgentConfig,
+    instances: Instances,
+    assigned: watch::Sender<Option<Assignments>>,
+    beat_now: Arc<Notify>,
+) {
     let mut ticker = tokio::time::interval(config.beat_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            Some((assignment, result)) = started_rx.recv() => {
-                starting.remove(&assignment.id);
-                match result {
-                    Ok(servers) => {
-                        let mut r = Running { assignment, servers, healthy: false, message: None };
-                        health.check(&mut r).await;
-                        if let Some(old) = running.insert(r.assignment.id.clone(), r) { old.stop(); }
-                    }
-                    Err(message) => {
-                        tracing::warn!(node = %config.node_id, instance = %assignment.id, "start failed: {message}");
-                        failed.insert(assignment.id.clone(), (assignment.spec_height, message));
-                    }
+            _ = beat_now.notified() => ticker.reset(),
+        }
+        let reports: Vec<InstanceReport> = instances.lock().values().map(Instance::report).collect();
+        let beat = SignedHeartbeat::sign(
+            Heartbeat { node: config.node_id.clone(), at_ms: now_ms(), instances: reports },
+            &config.key,
+        );
+        // A beat older than two periods is worth less than the next one.
+        match config.control.heartbeat(&beat, config.beat_every * 2).await {
+            Ok(answer) => {
+                assigned.send_replace(Some(answer));
+            }
+            // Static stability: keep running what runs, and try again next beat.
+            Err(e) => tracing::debug!(node = %config.node_id, "heartbeat failed: {e}"),
+        }
+    }
+}
+
+/// Makes the instance table match each answer: stops what is not assigned (or assigned with a
+/// newer spec), starts what is new.
+async fn reconcile_loop(
+    config: AgentConfig,
+    cache: ComponentCache,
+    instances: Instances,
+    mut assigned: watch::Receiver<Option<Assignments>>,
+    beat_now: Arc<Notify>,
+) {
+    while assigned.changed().await.is_ok() {
+        let Some(answer) = assigned.borrow_and_update().clone() else { continue };
+        for order in &answer.stop {
+            tracing::info!(node = %config.node_id, instance = %order.id, "stopping: {}", order.reason);
+        }
+        let wanted: HashMap<&str, &Assignment> = answer.instances.iter().map(|a| (a.id.as_str(), a)).collect();
+        let mut to_start = Vec::new();
+        {
+            let mut table = instances.lock();
+            table.retain(|id, i| {
+                let keep = wanted.get(id.as_str()).is_some_and(|a| a.spec_height == i.assignment.spec_height);
+                if !keep {
+                    tracing::info!(node = %config.node_id, instance = %id, "stopping instance");
+                    i.stop();
                 }
-                ticker.reset_immediately();
-                continue;
+                keep
+            });
+            for a in &answer.instances {
+                if !table.contains_key(&a.id) {
+                    table.insert(a.id.clone(), Instance { assignment: a.clone(), phase: Phase::Starting });
+                    to_start.push(a.clone());
+                }
             }
-            _ = shutdown.changed() => break,
         }
-        for r in running.values_mut() {
-            health.check(r).await;
-        }
-        let mut instances: Vec<InstanceReport> = running.values().map(Running::report).collect();
-        instances.extend(failed.iter().map(|(id, (spec_height, message))| InstanceReport {
-            id: id.clone(),
-            spec_height: *spec_height,
-            endpoints: BTreeMap::new(),
-            healthy: false,
-            message: Some(message.clone()),
-        }));
-        let beat =
-            SignedHeartbeat::sign(Heartbeat { node: config.node_id.clone(), at_ms: now_ms(), instances }, &config.key);
-        let assignments = match config.control.heartbeat(&beat, config.beat_every * 3).await {
-            Ok(a) => a,
-            Err(e) => {
-                // Static stability: keep running what runs, and try again next beat.
-                tracing::debug!(node = %config.node_id, "heartbeat failed: {e}");
-                continue;
-            }
-        };
-        let wanted: HashMap<&str, &Assignment> = assignments.instances.iter().map(|a| (a.id.as_str(), a)).collect();
-        running.retain(|id, r| {
-            let keep = wanted.get(id.as_str()).is_some_and(|a| a.spec_height == r.assignment.spec_height);
-            if !keep {
-                tracing::info!(node = %config.node_id, instance = %id, "stopping instance");
-                r.stop();
-            }
-            keep
-        });
-        failed.retain(|id, (h, _)| wanted.get(id.as_str()).is_some_and(|a| a.spec_height == *h));
-        for a in assignments.instances {
-            let busy = running.contains_key(&a.id)
-                || failed.contains_key(&a.id)
-                || starting.get(&a.id) == Some(&a.spec_height);
-            if busy {
-                continue;
-            }
-            starting.insert(a.id.clone(), a.spec_height);
-            let (cache, config, tx) = (cache.clone(), config.clone(), started_tx.clone());
+        for a in to_start {
+            let (cache, config, instances, beat_now) =
+                (cache.clone(), config.clone(), instances.clone(), beat_now.clone());
             tokio::spawn(async move {
                 let result = start(&cache, &config, &a).await.map_err(|e| format!("{e:#}"));
-                let _ = tx.send((a, result)).await;
+                let phase = match result {
+                    Ok(servers) => {
+                        // Checked once before it is reported, so it is routed on the next beat.
+                        let (healthy, message) = check_health(&config, &addrs(&servers)).await;
+                        Phase::Running { servers, healthy, message }
+                    }
+                    Err(message) => {
+                        tracing::warn!(node = %config.node_id, instance = %a.id, "start failed: {message}");
+                        Phase::Failed { message }
+                    }
+                };
+                let mut table = instances.lock();
+                match table.get_mut(&a.id) {
+                    // Still wanted as it was when the start began.
+                    Some(i) if i.assignment.spec_height == a.spec_height && matches!(i.phase, Phase::Starting) => {
+                        i.phase = phase;
+                    }
+                    // Unassigned meanwhile: what started must not run on.
+                    _ => Instance { assignment: a, phase }.stop(),
+                }
+                drop(table);
+                beat_now.notify_one();
             });
         }
     }
-    tracing::info!(node = %config.node_id, "draining: no more beats or new instances");
-    tokio::time::sleep(config.linger).await;
-    for r in running.values() {
-        r.stop();
+}
+
+/// Checks every running instance each beat period, all at once, each within the health timeout.
+async fn health_loop(config: AgentConfig, instances: Instances) {
+    let mut ticker = tokio::time::interval(config.beat_every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let targets: Vec<(String, u64, Endpoints)> = instances
+            .lock()
+            .values()
+            .filter_map(|i| match &i.phase {
+                Phase::Running { servers, .. } => {
+                    Some((i.assignment.id.clone(), i.assignment.spec_height, addrs(servers)))
+                }
+                _ => None,
+            })
+            .collect();
+        let checks = targets.into_iter().map(|(id, height, addrs)| {
+            let config = &config;
+            async move { (id, height, check_health(config, &addrs).await) }
+        });
+        for (id, height, (ok, why)) in futures::future::join_all(checks).await {
+            if let Some(i) = instances.lock().get_mut(&id)
+                && i.assignment.spec_height == height
+                && let Phase::Running { healthy, message, .. } = &mut i.phase
+            {
+                *healthy = ok;
+                *message = why;
+            }
+        }
     }
+}
+
+/// Each component's name and address.
+type Endpoints = Vec<(String, SocketAddr)>;
+
+fn addrs(servers: &[(String, InstanceServer)]) -> Endpoints {
+    servers.iter().map(|(c, s)| (c.clone(), s.addr())).collect()
 }
 
 async fn start(
@@ -154,7 +261,7 @@ async fn start(
     config: &AgentConfig,
     a: &Assignment,
 ) -> anyhow::Result<Vec<(String, InstanceServer)>> {
-    let mut servers = Vec::new();
+    let mut servers: Vec<(String, InstanceServer)> = Vec::new();
     for c in &a.components {
         let hash = c.wasm_hash().with_context(|| format!("component {} has no module hash", c.name))?;
         let bytes = config.control.get_blob(hash).await.with_context(|| format!("fetching module {hash}"))?;
@@ -163,46 +270,45 @@ async fn start(
         let mut env = c.env.clone();
         env.insert("FLUXPLANE_NODE".into(), config.node_id.clone());
         env.insert("FLUXPLANE_APP".into(), a.app.clone());
-        let limits = InstanceLimits { memory_bytes: (c.ram_mb as usize) << 20, deadline: config.request_deadline };
-        let server = InstanceServer::start(pre, env, limits, SocketAddr::new(config.bind_ip, 0)).await?;
+        let limits = InstanceLimits {
+            memory_bytes: (c.ram_mb as usize) << 20,
+            deadline: config.request_deadline,
+            cpu_share: f64::from(c.cpu_tenths) / 10.0,
+        };
+        let bind = SocketAddr::new(config.bind_ip, 0);
+        let server = match InstanceServer::start(cache.engine(), pre, env, limits, bind).await {
+            Ok(s) => s,
+            Err(e) => {
+                for (_, s) in &servers {
+                    s.stop();
+                }
+                return Err(e.into());
+            }
+        };
         tracing::info!(node = %config.node_id, instance = %a.id, component = %c.name, addr = %server.addr(), "instance started");
         servers.push((c.name.clone(), server));
     }
     Ok(servers)
 }
 
-struct HealthCheck {
-    http: reqwest::Client,
-    timeout: Duration,
-}
-
-impl HealthCheck {
-    /// An instance is healthy when each component answers `GET /` below 500 within the timeout.
-    async fn check(&self, r: &mut Running) {
-        check_health(&self.http, self.timeout, r).await
-    }
-}
-
-async fn check_health(http: &reqwest::Client, timeout: Duration, r: &mut Running) {
-    for (name, server) in &r.servers {
-        let result = http.get(format!("http://{}/", server.addr())).timeout(timeout).send().await;
-        match result {
-            Ok(resp) if resp.status().as_u16() < 500 => {}
-            Ok(resp) => {
-                r.healthy = false;
-                r.message = Some(format!("{name}: health check answered {}", resp.status()));
-                return;
-            }
-            Err(e) => {
-                r.healthy = false;
-                r.message = Some(format!("{name}: health check failed: {e}"));
-                return;
+/// An instance is healthy when each component answers `GET /` below 500 within the timeout.
+async fn check_health(config: &AgentConfig, addrs: &[(String, SocketAddr)]) -> (bool, Option<String>) {
+    for (name, addr) in addrs {
+        let probe = async { HEALTH_HTTP.get(format!("http://{addr}/")).send().await.map(|r| r.status().as_u16()) };
+        match tokio::time::timeout(config.health_timeout, probe).await {
+            Ok(Ok(status)) if status < 500 => {}
+            Ok(Ok(status)) => return (false, Some(format!("{name}: health check answered {status}"))),
+            Ok(Err(e)) => return (false, Some(format!("{name}: health check failed: {e}"))),
+            Err(_) => {
+                return (false, Some(format!("{name}: health check got no answer within {:?}", config.health_timeout)));
             }
         }
     }
-    r.healthy = true;
-    r.message = None;
+    (true, None)
 }
+
+/// One pool of connections to the node's own instances, for every health check.
+static HEALTH_HTTP: std::sync::LazyLock<reqwest::Client> = std::sync::LazyLock::new(reqwest::Client::new);
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)

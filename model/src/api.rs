@@ -440,6 +440,19 @@ pub struct InstanceReport {
 pub struct Assignments {
     /// Instances to run; anything else the agent runs should stop.
     pub instances: Vec<Assignment>,
+    /// Instances the node reported that it must stop, and why (for example: replaced on other
+    /// nodes while this one was down).
+    #[serde(default)]
+    pub stop: Vec<StopOrder>,
+}
+
+/// An instance a node runs but should not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopOrder {
+    /// `app@node`.
+    pub id: String,
+    /// Why.
+    pub reason: String,
 }
 
 /// One instance to run.

@@ -1,4 +1,4 @@
-//! The engine and its one set of flags.
+//! The engine and its one set of flags, and the thread pool guests run on.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,19 +16,40 @@ pub struct EngineConfig {
     pub max_instances: u32,
     /// Largest linear memory any guest may have; per-app limits are lower (from `ram`).
     pub max_memory_bytes: usize,
+    /// Threads that run guests. Fewer than the machine's cores, so that guests never take the
+    /// cores the node's own work (heartbeats, control) runs on.
+    pub guest_threads: usize,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { max_instances: 256, max_memory_bytes: 512 << 20 }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self { max_instances: 256, max_memory_bytes: 512 << 20, guest_threads: cores.saturating_sub(1).max(1) }
     }
 }
 
-/// A shared engine with its epoch ticker.
+/// A shared engine with its epoch ticker and its guest threads.
 #[derive(Clone)]
 pub struct WasmEngine {
     engine: Engine,
     stop: Arc<AtomicBool>,
+    guests: Arc<GuestPool>,
+}
+
+/// The runtime guests run on, apart from the one the node's own tasks run on.
+struct GuestPool {
+    handle: tokio::runtime::Handle,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for GuestPool {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which is not allowed inside another runtime: let it go in
+        // the background instead (its guests are being stopped anyway).
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl WasmEngine {
@@ -50,6 +71,11 @@ impl WasmEngine {
         // Reserve only what the largest guest may use, so the pool fits in the address space.
         c.memory_reservation(config.max_memory_bytes as u64);
         let engine = Engine::new(&c)?;
+        let guests = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.guest_threads.max(1))
+            .thread_name("wasm-guest")
+            .enable_all()
+            .build()?;
         let stop = Arc::new(AtomicBool::new(false));
         let (ticker_engine, ticker_stop) = (engine.clone(), stop.clone());
         std::thread::Builder::new().name("wasm-epoch".into()).spawn(move || {
@@ -58,7 +84,13 @@ impl WasmEngine {
                 ticker_engine.increment_epoch();
             }
         })?;
-        Ok(Self { engine, stop })
+        let guests = Arc::new(GuestPool { handle: guests.handle().clone(), runtime: Some(guests) });
+        Ok(Self { engine, stop, guests })
+    }
+
+    /// Where guests run.
+    pub fn guests(&self) -> &tokio::runtime::Handle {
+        &self.guests.handle
     }
 
     /// The wasmtime engine.

@@ -1,7 +1,8 @@
 //! The WASM runtime of a node: one wasmtime [`Engine`](wasmtime::Engine) whose flags are set
 //! here and nowhere else, a cache of compiled components keyed by content hash, and an HTTP
-//! server per instance that runs a wasi:http component once per request with a memory limit
-//! and a deadline.
+//! server per instance that runs a wasi:http component once per request with a memory limit,
+//! a deadline and a share of CPU time. Guests run on the engine's own threads, fewer than the
+//! machine's cores, so that no guest can starve the node's heartbeats.
 //!
 //! A guest that loops past its deadline gets a 504 for that request; one that traps (for
 //! example by running out of its memory limit) gets a 502. The node keeps serving either way.

@@ -1,8 +1,9 @@
-//! One instance's HTTP server: a fresh store per request, with the app's memory limit and a
-//! request deadline.
+//! One instance's HTTP server: a fresh store per request, with the app's memory limit, a
+//! request deadline and a share of guest CPU time. It runs on the engine's guest threads.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -48,6 +49,39 @@ pub struct InstanceLimits {
     pub memory_bytes: usize,
     /// Wall-clock time a request may run in the guest.
     pub deadline: Duration,
+    /// Cores' worth of guest time the instance may use, all its requests together (the
+    /// component's `cpu`). A guest past its share is paused until the share allows it more.
+    pub cpu_share: f64,
+}
+
+/// Longest an instance may run at full speed before its share applies.
+const CPU_BURST: Duration = Duration::from_millis(100);
+
+/// One instance's guest time, as a token bucket: it fills at `share` seconds per second, up
+/// to a burst, and every epoch tick a guest runs takes one tick out.
+struct CpuBudget {
+    share: f64,
+    /// (last refill, seconds of guest time available; negative when overdrawn).
+    state: Mutex<(Instant, f64)>,
+}
+
+impl CpuBudget {
+    fn new(share: f64) -> Self {
+        // A share too small to measure still lets the guest crawl forward.
+        let share = share.max(0.01);
+        Self { share, state: Mutex::new((Instant::now(), CPU_BURST.as_secs_f64() * share)) }
+    }
+
+    /// Charges `ran` of guest time; returns how long the guest must pause, if it overdrew.
+    fn charge(&self, ran: Duration) -> Option<Duration> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, tokens) = &mut *state;
+        let now = Instant::now();
+        let burst = CPU_BURST.as_secs_f64() * self.share;
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.share).min(burst) - ran.as_secs_f64();
+        *last = now;
+        (*tokens < 0.0).then(|| Duration::from_secs_f64(-*tokens / self.share))
+    }
 }
 
 /// A running instance server; dropping it does not stop it, call [`InstanceServer::stop`].
@@ -59,24 +93,36 @@ pub struct InstanceServer {
 type GatewayBody = http_body_util::combinators::UnsyncBoxBody<Bytes, anyhow::Error>;
 
 impl InstanceServer {
-    /// Binds `bind` and serves `pre` with `env` and `limits`.
+    /// Binds `bind` and serves `pre` with `env` and `limits`, on `engine`'s guest threads.
     pub async fn start(
+        engine: &crate::WasmEngine,
         pre: ProxyPre<GuestState>,
         env: BTreeMap<String, String>,
         limits: InstanceLimits,
         bind: SocketAddr,
     ) -> std::io::Result<InstanceServer> {
-        let listener = TcpListener::bind(bind).await?;
+        let listener = std::net::TcpListener::bind(bind)?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let env: Vec<(String, String)> = env.into_iter().collect();
-        let task = tokio::spawn(async move {
+        let env: Arc<[(String, String)]> = env.into_iter().collect();
+        let budget = Arc::new(CpuBudget::new(limits.cpu_share));
+        let task = engine.guests().spawn(async move {
+            // Registered with the guest runtime's reactor, so the instance's I/O runs there too.
+            let listener = match TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(%addr, "instance listener: {e}");
+                    return;
+                }
+            };
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
-                let (pre, env, limits) = (pre.clone(), env.clone(), limits.clone());
+                let _ = stream.set_nodelay(true);
+                let (pre, env, limits, budget) = (pre.clone(), env.clone(), limits.clone(), budget.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
-                        let (pre, env, limits) = (pre.clone(), env.clone(), limits.clone());
-                        async move { Ok::<_, std::convert::Infallible>(handle(pre, &env, &limits, req).await) }
+                        let (pre, env, limits, budget) = (pre.clone(), env.clone(), limits.clone(), budget.clone());
+                        async move { Ok::<_, std::convert::Infallible>(handle(pre, &env, &limits, budget, req).await) }
                     });
                     let _ = http1::Builder::new()
                         .timer(hyper_util::rt::TokioTimer::new())
@@ -110,9 +156,10 @@ async fn handle(
     pre: ProxyPre<GuestState>,
     env: &[(String, String)],
     limits: &InstanceLimits,
+    budget: Arc<CpuBudget>,
     req: Request<Incoming>,
 ) -> Response<GatewayBody> {
-    match run_guest(pre, env, limits, req).await {
+    match run_guest(pre, env, limits, budget, req).await {
         Ok(resp) => resp.map(|b| b.map_err(anyhow::Error::from).boxed_unsync()),
         Err(failure) => plain(failure.0, failure.1),
     }
@@ -124,6 +171,7 @@ async fn run_guest(
     pre: ProxyPre<GuestState>,
     env: &[(String, String)],
     limits: &InstanceLimits,
+    budget: Arc<CpuBudget>,
     req: Request<Incoming>,
 ) -> Result<Response<HyperOutgoingBody>, Failure> {
     let mut wasi = WasiCtx::builder();
@@ -137,11 +185,21 @@ async fn run_guest(
     let mut store = Store::new(pre.engine(), state);
     store.limiter(|s| &mut s.limits);
     let deadline = Instant::now() + limits.deadline;
-    // Yield to the executor every tick so a looping guest does not hold a runtime thread, and
-    // interrupt it once its deadline passes.
+    // Every tick: interrupt a guest past its deadline; pause one past its CPU share; otherwise
+    // yield to the executor, so a looping guest never holds a guest thread.
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
-        if Instant::now() >= deadline { Ok(UpdateDeadline::Interrupt) } else { Ok(UpdateDeadline::Yield(1)) }
+        if Instant::now() >= deadline {
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        Ok(match budget.charge(crate::engine::EPOCH_TICK) {
+            None => UpdateDeadline::Yield(1),
+            Some(pause) => {
+                // Never paused past the deadline: the next tick then interrupts it on time.
+                let pause = pause.min(deadline.saturating_duration_since(Instant::now()));
+                UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(pause)))
+            }
+        })
     });
     let internal = |e: wasmtime::Error| Failure(StatusCode::BAD_GATEWAY, format!("guest setup failed: {e}"));
     let (sender, receiver) = tokio::sync::oneshot::channel();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use model::api::{Assignment, Assignments, RouteFeed, SignedHeartbeat};
+use model::api::{Assignment, Assignments, RouteFeed, SignedHeartbeat, StopOrder};
 use serde::Deserialize;
 
 use super::ledger::parse_json;
@@ -39,9 +39,11 @@ pub(super) async fn heartbeat(State(api): State<Arc<Api>>, body: Bytes) -> Json<
             ),
         ));
     }
+    let reported: Vec<String> = signed.beat.instances.iter().map(|r| r.id.clone()).collect();
     shard.record_heartbeat(&node_id, signed.beat.instances)?;
-    let instances = shard.read(|s| {
-        s.placements_on(&node_id)
+    let answer = shard.read(|s| {
+        let instances: Vec<Assignment> = s
+            .placements_on(&node_id)
             .filter_map(|p| {
                 let app = s.chain.apps.get(&p.app)?;
                 Some(Assignment {
@@ -51,9 +53,37 @@ pub(super) async fn heartbeat(State(api): State<Arc<Api>>, body: Bytes) -> Json<
                     components: app.spec.components.clone(),
                 })
             })
-            .collect()
+            .collect();
+        let stop = reported
+            .into_iter()
+            .filter(|id| !instances.iter().any(|a| &a.id == id))
+            .map(|id| {
+                let reason = stop_reason(s, &id, &node_id);
+                StopOrder { id, reason }
+            })
+            .collect();
+        Assignments { instances, stop }
     });
-    Ok(axum::Json(Assignments { instances }))
+    for order in &answer.stop {
+        tracing::info!(region = %shard.region, node = %node_id, instance = %order.id, "told to stop: {}", order.reason);
+    }
+    Ok(axum::Json(answer))
+}
+
+/// Why `node` must stop instance `id`, which it reports but is not placed there.
+fn stop_reason(s: &crate::state::ShardState, id: &str, node: &str) -> String {
+    let app = id.split_once('@').map_or(id, |(app, _)| app);
+    if !s.chain.apps.contains_key(app) {
+        return format!("app `{app}` is no longer on chain");
+    }
+    let elsewhere: Vec<&String> =
+        s.placements.get(app).map(|p| p.keys().filter(|n| n.as_str() != node).collect()).unwrap_or_default();
+    if elsewhere.is_empty() {
+        format!("app `{app}` is no longer placed on {node}")
+    } else {
+        let list: Vec<&str> = elsewhere.iter().map(|n| n.as_str()).collect();
+        format!("replaced: app `{app}` now runs on {}", list.join(", "))
+    }
 }
 
 #[derive(Deserialize)]
