@@ -4,8 +4,8 @@
 //!
 //! ```toml
 //! [timing]
-//! heartbeat_period = "300ms"   # node agents beat this often
-//! node_timeout = "1500ms"      # a node silent this long leaves the feed and is declared down
+//! heartbeat_period = "500ms"   # node agents beat this often
+//! node_timeout = "3s"          # a node silent this long leaves the feed and is declared down
 //! health_timeout = "250ms"     # one instance health check, shorter than a beat
 //! raft_heartbeat = "100ms"
 //! raft_election_min = "300ms"
@@ -178,8 +178,8 @@ pub struct Timing {
 impl Default for Timing {
     fn default() -> Self {
         Self {
-            heartbeat_period: Duration::from_millis(300),
-            node_timeout: Duration::from_millis(1500),
+            heartbeat_period: Duration::from_millis(500),
+            node_timeout: Duration::from_secs(3),
             health_timeout: Duration::from_millis(250),
             raft_heartbeat: Duration::from_millis(100),
             raft_election_min: Duration::from_millis(300),
