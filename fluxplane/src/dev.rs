@@ -122,6 +122,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             geo: GeoPoint { lat: 50.11, lon: 8.68 },
             trusted: vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)],
             body_timeout: daemon.http.body_timeout,
+            response_header_timeout: daemon.timing.request_deadline + Duration::from_secs(1),
         },
         daemon.http.limits(),
     )

@@ -1,4 +1,9 @@
-//! The proxy service: host routing, client location, nearest-first with retry on connect failure.
+//! The proxy service: host routing, client location, nearest-first with retries.
+//!
+//! A request that provably never reached an instance (the connect failed) is retried on the
+//! next instance whatever its method. An idempotent one (GET, HEAD, OPTIONS) is also retried
+//! after a reset or when the response head does not come in time, since running it twice
+//! changes nothing. Anything else that fails after it was sent is answered 502.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -7,7 +12,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{HOST, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -39,6 +44,9 @@ pub struct GatewayConfig {
     pub trusted: Vec<IpAddr>,
     /// Longest a client may take to send a request body.
     pub body_timeout: Duration,
+    /// Longest an instance may take to send its response head; an idempotent request is then
+    /// tried on the next instance.
+    pub response_header_timeout: Duration,
 }
 
 type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
@@ -79,19 +87,21 @@ impl Gateway {
         let table: Arc<ArcSwap<RouteTable>> = Arc::default();
         let (stop_follow, follow_stopped) = watch::channel(false);
         tokio::spawn(follow(config.control.clone(), table.clone(), follow_stopped));
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(1)));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+        let client = instance_client();
         let gw = Arc::new(Gateway { config, table, client });
+        let server = gw.serve(listener, limits)?;
+        Ok(GatewayHandle { server, stop_follow })
+    }
+
+    fn serve(self: Arc<Self>, listener: TcpListener, limits: serve::Limits) -> anyhow::Result<serve::Server> {
         let server = serve::spawn(listener, limits, move |peer: SocketAddr| {
-            let gw = gw.clone();
+            let gw = self.clone();
             hyper::service::service_fn(move |req| {
                 let gw = gw.clone();
                 async move { Ok::<_, std::convert::Infallible>(gw.handle(req, peer.ip()).await) }
             })
         })?;
-        Ok(GatewayHandle { server, stop_follow })
+        Ok(server)
     }
 
     fn app_key<'a>(&self, host: &'a str) -> Option<&'a str> {
@@ -147,33 +157,64 @@ impl Gateway {
             parts.headers.append(HeaderName::from_static("x-forwarded-for"), v);
         }
         let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+        let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
         let mut last_error = String::new();
+        let mut attempts = 0u32;
         for route in routes.iter() {
             let Ok(uri) = format!("http://{}{}", route.addr, path).parse::<Uri>() else { continue };
             let mut out = Request::from_parts(parts.clone(), Full::new(body.clone()));
             *out.uri_mut() = uri;
-            match self.client.request(out).await {
-                Ok(resp) => {
-                    let (mut rparts, rbody) = resp.into_parts();
-                    if let Ok(v) = HeaderValue::from_str(&route.node) {
-                        rparts.headers.insert(HeaderName::from_static("x-fluxplane-node"), v);
+            attempts += 1;
+            let failure =
+                match tokio::time::timeout(self.config.response_header_timeout, self.client.request(out)).await {
+                    Ok(Ok(resp)) => {
+                        let (mut rparts, rbody) = resp.into_parts();
+                        if let Ok(v) = HeaderValue::from_str(&route.node) {
+                            rparts.headers.insert(HeaderName::from_static("x-fluxplane-node"), v);
+                        }
+                        if let Ok(v) = HeaderValue::from_str(&route.region) {
+                            rparts.headers.insert(HeaderName::from_static("x-fluxplane-region"), v);
+                        }
+                        if attempts > 1 {
+                            rparts
+                                .headers
+                                .insert(HeaderName::from_static("x-fluxplane-attempts"), HeaderValue::from(attempts));
+                        }
+                        return Response::from_parts(rparts, rbody.boxed());
                     }
-                    if let Ok(v) = HeaderValue::from_str(&route.region) {
-                        rparts.headers.insert(HeaderName::from_static("x-fluxplane-region"), v);
+                    // Never reached the instance: safe to send elsewhere, whatever the method.
+                    Ok(Err(e)) if e.is_connect() => format!("connect to {} failed: {e}", route.node),
+                    Ok(Err(e)) if idempotent => format!("instance on {} failed: {e}", route.node),
+                    Ok(Err(e)) => {
+                        return text(StatusCode::BAD_GATEWAY, format!("instance on {} failed: {e}", route.node));
                     }
-                    return Response::from_parts(rparts, rbody.boxed());
-                }
-                // Only failures before the request reached the instance are retried, so a
-                // non-idempotent request is never sent twice.
-                Err(e) if e.is_connect() => {
-                    tracing::debug!(node = %route.node, "connect failed, trying the next instance: {e}");
-                    last_error = e.to_string();
-                }
-                Err(e) => return text(StatusCode::BAD_GATEWAY, format!("instance on {} failed: {e}", route.node)),
-            }
+                    Err(_) if idempotent => format!(
+                        "instance on {} sent no response head within {:?}",
+                        route.node, self.config.response_header_timeout
+                    ),
+                    Err(_) => {
+                        return text(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            format!(
+                                "instance on {} sent no response head within {:?}",
+                                route.node, self.config.response_header_timeout
+                            ),
+                        );
+                    }
+                };
+            tracing::debug!(node = %route.node, "trying the next instance: {failure}");
+            last_error = failure;
         }
         text(StatusCode::BAD_GATEWAY, format!("no instance of `{host}` could be reached: {last_error}"))
     }
+}
+
+/// The pool of connections to instances.
+fn instance_client() -> Client<HttpConnector, Full<Bytes>> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_secs(1)));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector)
 }
 
 fn text(status: StatusCode, message: String) -> Response<Body> {
@@ -182,3 +223,6 @@ fn text(status: StatusCode, message: String) -> Response<Body> {
     resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }
+
+#[cfg(test)]
+mod tests;

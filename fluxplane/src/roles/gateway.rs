@@ -75,6 +75,7 @@ impl Config {
                 geo: config::required(args.geo, "--geo", "gateway.geo")?,
                 trusted,
                 body_timeout: daemon.http.body_timeout,
+                response_header_timeout: daemon.timing.request_deadline + std::time::Duration::from_secs(1),
             },
             limits: daemon.http.limits(),
         })
