@@ -1,15 +1,18 @@
-//! Watches one node's heartbeats (soft state on the leader) and commits liveness changes.
+//! Watches one node's heartbeats (soft state on the leader): commits liveness changes, and
+//! records when each of the node's placed instances first reports healthy, or fails to start.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use control_plane::Shard;
+use model::api::START_FAILED;
 use model::command::Command;
+use model::event::EventKind;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-/// A NodeActor checks its node this many times per node timeout, so a silent node is declared
-/// down at most a fifth of a timeout late.
-const CHECKS_PER_TIMEOUT: u32 = 5;
+/// A NodeActor checks its node this many times per node timeout (every 100 ms at the default
+/// 3 s), so a silent node is declared down at most a thirtieth of a timeout late.
+const CHECKS_PER_TIMEOUT: u32 = 30;
 
 /// Messages to a NodeActor.
 #[derive(Debug)]
@@ -77,6 +80,40 @@ impl Actor for NodeActor {
                 tracing::warn!(region = %shard.region, node = %state.node, "liveness change not committed: {e}");
             }
         }
+        if fresh && !down {
+            let observed = observe_instances(shard, &state.node);
+            if !observed.is_empty() {
+                let cmd = Command::Record { at_ms: chain::now_ms(), events: observed };
+                if let Err(e) = shard.propose(cmd).await {
+                    tracing::warn!(region = %shard.region, node = %state.node, "instance states not recorded: {e}");
+                }
+            }
+        }
         Ok(())
     }
+}
+
+/// Placed instances on `node` that have not started yet and that its last report shows started
+/// (healthy, with the current spec) or failed.
+fn observe_instances(shard: &Shard, node: &str) -> Vec<EventKind> {
+    let reports = shard.reports(node);
+    shard.read(|s| {
+        s.placements_on(node)
+            .filter(|p| p.started_at_ms.is_none())
+            .filter_map(|p| {
+                let instance = p.instance_id();
+                let report = reports.iter().find(|r| r.id == instance)?;
+                let spec_height = s.chain.apps.get(&p.app)?.updated_height;
+                if report.healthy && report.spec_height == spec_height {
+                    return Some(EventKind::InstanceStarted { instance, node: node.to_string() });
+                }
+                let failure = report.message.as_deref().and_then(|m| m.strip_prefix(START_FAILED))?;
+                (p.failed.is_none()).then(|| EventKind::InstanceFailed {
+                    instance,
+                    node: node.to_string(),
+                    reason: failure.to_string(),
+                })
+            })
+            .collect()
+    })
 }

@@ -194,7 +194,10 @@ pub async fn lead(shard: Arc<Shard>, chain: SharedChainSource, fatal: Fatal, mut
         let leads = leading.borrow_and_update().is_some() && !*shutdown.borrow();
         if leads && running.is_none() {
             match start_region(shard.clone(), chain.clone(), fatal.clone()).await {
-                Ok(r) => running = Some(r),
+                Ok(r) => {
+                    running = Some(r);
+                    record_leadership(&shard);
+                }
                 Err(e) => {
                     tracing::error!(region = %shard.region, "starting the actors: {e:#}; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -214,4 +217,18 @@ pub async fn lead(shard: Arc<Shard>, chain: SharedChainSource, fatal: Fatal, mut
             _ = shutdown.changed() => {}
         }
     }
+}
+
+/// Records in the event log that this replica now leads (in the background: the first write of
+/// a new leader may wait for the previous term's entries to commit).
+fn record_leadership(shard: &Arc<Shard>) {
+    let (Some(leader), term) = shard.leader_and_term() else { return };
+    let shard = shard.clone();
+    tokio::spawn(async move {
+        let event = model::event::EventKind::LeaderChanged { leader, term };
+        let cmd = model::command::Command::Record { at_ms: chain::now_ms(), events: vec![event] };
+        if let Err(e) = shard.propose(cmd).await {
+            tracing::warn!(region = %shard.region, "leader change not recorded in the event log: {e}");
+        }
+    });
 }

@@ -16,6 +16,7 @@ async fn leader_shard(dir: &std::path::Path, region: &str) -> Arc<Shard> {
             raft_id: 1,
             api_url: "http://127.0.0.1:1".into(),
             node_timeout: Duration::from_secs(1),
+            placement_lease: Duration::from_secs(10),
             raft: RaftTiming::default(),
             write_timeout: Duration::from_secs(5),
         },

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use model::api::{Assignment, Assignments, Heartbeat, InstanceReport, SignedHeartbeat};
+use model::api::{Assignment, Assignments, Heartbeat, InstanceReport, START_FAILED, SignedHeartbeat};
 use model::keys::Keypair;
 use runtime_wasm::{ComponentCache, InstanceLimits, InstanceServer};
 use tokio::sync::{Notify, watch};
@@ -65,7 +65,7 @@ impl Instance {
             Phase::Running { servers, healthy, message } => {
                 (servers.iter().map(|(c, s)| (c.clone(), s.addr().to_string())).collect(), *healthy, message.clone())
             }
-            Phase::Failed { message } => (BTreeMap::new(), false, Some(format!("start failed: {message}"))),
+            Phase::Failed { message } => (BTreeMap::new(), false, Some(format!("{START_FAILED}{message}"))),
         };
         InstanceReport {
             id: self.assignment.id.clone(),

@@ -155,6 +155,21 @@ impl Client {
         self.json(call).await
     }
 
+    /// A region's events after `after` (oldest first, a page at a time); with `wait`, waits
+    /// up to that long for one when there is none yet.
+    pub async fn events(
+        &self,
+        region: &str,
+        after: u64,
+        wait: Duration,
+    ) -> Result<model::event::EventPage, ClientError> {
+        let call = Call::get(paths::events(region))
+            .query("after", after)
+            .query("wait_ms", wait.as_millis())
+            .timeout(wait + Duration::from_secs(5));
+        self.json(call).await
+    }
+
     // === shards (admin) ===
 
     /// Membership and every replica's state.

@@ -29,6 +29,8 @@ pub const BLOB_ROUTE: &str = "/v1/blobs/{hash}";
 pub const HEARTBEAT: &str = "/v1/agent/heartbeat";
 /// A region's routing feed.
 pub const ROUTES_ROUTE: &str = "/v1/routes/{region}";
+/// A region's event log (`?after=SEQ`).
+pub const EVENTS_ROUTE: &str = "/v1/events/{region}";
 /// A shard's membership and replica states.
 pub const SHARD_ROUTE: &str = "/v1/shards/{region}";
 /// The answering replica's own Raft state.
@@ -94,6 +96,11 @@ pub fn block(height: u64) -> String {
 pub fn blob(hash: &str) -> String {
     fill(BLOB_ROUTE, &[("hash", hash)])
 }
+/// `/v1/events/{region}`.
+pub fn events(region: &str) -> String {
+    fill(EVENTS_ROUTE, &[("region", region)])
+}
+
 /// `/v1/routes/{region}`.
 pub fn routes(region: &str) -> String {
     fill(ROUTES_ROUTE, &[("region", region)])

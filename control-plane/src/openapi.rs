@@ -32,7 +32,8 @@ pub fn document() -> Value {
                 "get": op("Download a module", "bytes")
             },
             "/v1/agent/heartbeat": { "post": op("Node agent heartbeat, signed with the node key; returns assignments", "Assignments") },
-            "/v1/routes/{region}": { "get": op("Routing feed; ?after=V&wait_ms=N long-polls for a newer version", "RouteFeed") }
+            "/v1/routes/{region}": { "get": op("Routing feed; ?after=V&wait_ms=N long-polls for a newer version", "RouteFeed") },
+            "/v1/events/{region}": { "get": op("The region's event log after ?after=SEQ, oldest first; ?wait_ms=N long-polls for one", "EventPage") }
         },
         "components": {
             "schemas": {

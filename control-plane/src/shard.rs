@@ -12,6 +12,7 @@ use anyhow::Context;
 use model::NodeId;
 use model::api::{InstanceReport, MemberView, ReplicaStatus, Route, RouteFeed};
 use model::command::{Command, CommandResult};
+use model::event::EventKind;
 use model::keys::Keypair;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
@@ -67,6 +68,8 @@ pub struct ShardConfig {
     pub api_url: String,
     /// A node whose last heartbeat is older than this is not routed to, and is declared down.
     pub node_timeout: Duration,
+    /// An instance placed but not reported healthy within this is placed elsewhere.
+    pub placement_lease: Duration,
     /// Raft timings.
     pub raft: RaftTiming,
     /// Longest a write waits to commit, or a read to be linearized, before it is reported as not
@@ -194,6 +197,7 @@ pub struct Shard {
     /// Batches writes into Raft entries.
     proposer: Proposer,
     node_timeout: Duration,
+    placement_lease: Duration,
     write_timeout: Duration,
     election_max: Duration,
 }
@@ -250,6 +254,7 @@ impl Shard {
             membership_lock: tokio::sync::Mutex::new(()),
             proposer,
             node_timeout: config.node_timeout,
+            placement_lease: config.placement_lease,
             write_timeout: config.write_timeout,
             election_max: config.raft.election_max,
         });
@@ -499,9 +504,28 @@ impl Shard {
                 Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
                     ChangeMembershipError::InProgress(_),
                 ))) if started.elapsed() < within => tokio::time::sleep(Duration::from_millis(100)).await,
-                r => return r.map(|_| ()).map_err(|e| self.map_write_error(e)),
+                Ok(_) => {
+                    self.record_membership().await;
+                    return Ok(());
+                }
+                Err(e) => return Err(self.map_write_error(e)),
             }
         }
+    }
+
+    /// Records the current membership in the event log (best effort: the change itself is done).
+    async fn record_membership(&self) {
+        let members = self.members();
+        let ids = |voter: bool| members.iter().filter(|m| m.voter == voter).map(|m| m.id).collect();
+        let event = EventKind::MembershipChanged { voters: ids(true), learners: ids(false) };
+        if let Err(e) = self.propose(Command::Record { at_ms: chain::now_ms(), events: vec![event] }).await {
+            tracing::warn!(region = %self.region, "membership change not recorded in the event log: {e}");
+        }
+    }
+
+    /// How long this replica has led, if it leads.
+    pub fn leading_for(&self) -> Option<Duration> {
+        self.leading.borrow().map(|(_, since)| since.elapsed())
     }
 
     /// Adds a learner and waits (bounded) for it to catch up.
@@ -710,6 +734,11 @@ impl Shard {
     /// The node timeout.
     pub fn node_timeout(&self) -> Duration {
         self.node_timeout
+    }
+
+    /// How long a placed instance has to report healthy before it is placed elsewhere.
+    pub fn placement_lease(&self) -> Duration {
+        self.placement_lease
     }
 
     /// Signals a soft-state change, so feed followers re-read.

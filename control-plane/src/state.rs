@@ -1,9 +1,10 @@
 //! The replicated state of one regional shard, and the pure function that applies commands.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use model::chain::ChainState;
 use model::command::{Command, CommandResult, Placement};
+use model::event::{Event, EventKind};
 use model::tier::Resources;
 use model::{AppName, NodeId};
 use serde::{Deserialize, Serialize};
@@ -24,7 +25,19 @@ pub struct ShardState {
     /// Nodes an operator cordoned: they keep their instances but get no new ones.
     #[serde(default)]
     pub cordoned: BTreeSet<NodeId>,
+    /// Nodes each app avoids until a time (ms since the epoch), after failing its instance.
+    #[serde(default)]
+    pub avoid: BTreeMap<AppName, BTreeMap<NodeId, u64>>,
+    /// The newest [`MAX_EVENTS`] events, oldest first.
+    #[serde(default)]
+    pub events: VecDeque<Event>,
+    /// The seq the next event gets.
+    #[serde(default)]
+    pub next_event: u64,
 }
+
+/// Events a shard keeps; older ones are dropped.
+pub const MAX_EVENTS: usize = 10_000;
 
 impl ShardState {
     /// An empty state for `region`.
@@ -51,7 +64,7 @@ impl ShardState {
                 self.shortfall.retain(|app, _| chain.apps.contains_key(app));
                 CommandResult::Applied
             }
-            Command::Reconcile { app, place, remove, shortfall } => {
+            Command::Reconcile { app, place, remove, shortfall, at_ms, why } => {
                 if !self.chain.apps.contains_key(app) {
                     return CommandResult::Rejected { reason: format!("app `{app}` is not registered") };
                 }
@@ -63,20 +76,58 @@ impl ShardState {
                         };
                     }
                 }
+                let mut events = Vec::new();
                 let entry = self.placements.entry(app.clone()).or_default();
                 for node in remove {
-                    entry.remove(node);
+                    if entry.remove(node).is_none() {
+                        continue;
+                    }
+                    let instance = format!("{app}@{node}");
+                    let removal = why.get(node);
+                    let reason = removal.map_or_else(|| "no longer wanted".to_string(), |r| r.reason.clone());
+                    if let Some(r) = removal.filter(|r| r.avoid_ms > 0) {
+                        self.avoid.entry(app.clone()).or_default().insert(node.clone(), at_ms + r.avoid_ms);
+                    }
+                    events.push(if place.is_empty() {
+                        EventKind::InstanceStopped { instance, node: node.clone(), reason }
+                    } else {
+                        EventKind::InstanceReplaced { instance, node: node.clone(), reason }
+                    });
                 }
+                let reason = if remove.is_empty() { "placed" } else { "replacement" };
                 for p in place {
-                    entry.insert(p.node.clone(), p.clone());
+                    let placed = Placement { placed_at_ms: *at_ms, started_at_ms: None, failed: None, ..p.clone() };
+                    events.push(EventKind::InstancePlaced {
+                        instance: placed.instance_id(),
+                        node: placed.node.clone(),
+                        reason: reason.into(),
+                    });
+                    entry.insert(p.node.clone(), placed);
                 }
                 if entry.is_empty() {
                     self.placements.remove(app);
+                }
+                if let Some(avoided) = self.avoid.get_mut(app) {
+                    avoided.retain(|_, until| *until > *at_ms);
+                    if avoided.is_empty() {
+                        self.avoid.remove(app);
+                    }
                 }
                 match shortfall {
                     Some(why) => self.shortfall.insert(app.clone(), why.clone()),
                     None => self.shortfall.remove(app),
                 };
+                self.record(*at_ms, events);
+                CommandResult::Applied
+            }
+            Command::Record { at_ms, events } => {
+                // Instance observations also mark their placement; one that is already marked
+                // (a leader that observed it twice) is not recorded again.
+                let fresh: Vec<EventKind> = events.iter().filter(|e| self.observe(*at_ms, e)).cloned().collect();
+                if fresh.is_empty() {
+                    return CommandResult::Skipped { reason: "recorded already".into() };
+                }
+                self.record(*at_ms, fresh);
                 CommandResult::Applied
             }
             Command::SetCordon { node, cordoned } => {
@@ -94,9 +145,14 @@ impl ShardState {
                     }
                 }
             }
-            Command::SetLiveness { node, up, .. } => {
+            Command::SetLiveness { node, up, at_ms } => {
                 let changed = if *up { self.down.remove(node) } else { self.down.insert(node.clone()) };
                 if changed {
+                    let node = node.clone();
+                    self.record(
+                        *at_ms,
+                        vec![if *up { EventKind::NodeUp { node } } else { EventKind::NodeDown { node } }],
+                    );
                     CommandResult::Applied
                 } else {
                     CommandResult::Skipped {
@@ -114,6 +170,47 @@ impl ShardState {
                     .collect(),
             },
         }
+    }
+
+    /// Appends events to the log, dropping the oldest past [`MAX_EVENTS`].
+    fn record(&mut self, at_ms: u64, events: Vec<EventKind>) {
+        for kind in events {
+            self.next_event = self.next_event.max(1);
+            self.events.push_back(Event { seq: self.next_event, at_ms, kind });
+            self.next_event += 1;
+        }
+        while self.events.len() > MAX_EVENTS {
+            self.events.pop_front();
+        }
+    }
+
+    /// Marks an instance's placement for an observed start or failure; whether the event is new.
+    fn observe(&mut self, at_ms: u64, event: &EventKind) -> bool {
+        match event {
+            EventKind::InstanceStarted { instance, node } => self.placement_mut(instance, node).is_some_and(|p| {
+                let new = p.started_at_ms.is_none();
+                if new {
+                    p.started_at_ms = Some(at_ms);
+                    p.failed = None;
+                }
+                new
+            }),
+            EventKind::InstanceFailed { instance, node, reason } => {
+                self.placement_mut(instance, node).is_some_and(|p| {
+                    let new = p.failed.is_none() && p.started_at_ms.is_none();
+                    if new {
+                        p.failed = Some(reason.clone());
+                    }
+                    new
+                })
+            }
+            _ => true,
+        }
+    }
+
+    fn placement_mut(&mut self, instance: &str, node: &str) -> Option<&mut Placement> {
+        let app = instance.split_once('@').map_or(instance, |(a, _)| a);
+        self.placements.get_mut(app).and_then(|p| p.get_mut(node))
     }
 
     /// The nodes of this region, by id.
@@ -138,7 +235,114 @@ impl ShardState {
 
 #[cfg(test)]
 mod tests {
+    use model::command::Removal;
+
     use super::*;
+
+    /// A state with genesis applied: the dev nodes, and one app `hello` registered.
+    fn with_app() -> ShardState {
+        let wallet = model::keys::Keypair::from_seed([3; 32]);
+        let mut state = ShardState::new("eu");
+        let genesis = chain::dev_genesis(&wallet, &chain::dev_nodes(), 0);
+        assert_eq!(state.apply(&Command::ApplyBlock(genesis)), CommandResult::Applied);
+        let spec = model::AppSpec::from_toml("name = \"hello\"\n[[component]]\nname = \"web\"\nwasm = \"x.wasm\"\n")
+            .expect("spec");
+        let record = model::chain::AppRecord {
+            spec,
+            owner: wallet.public(),
+            registered_height: 0,
+            updated_height: 0,
+            expires_height: 1000,
+        };
+        state.chain.apps.insert("hello".into(), record);
+        state
+    }
+
+    fn placement(node: &str) -> Placement {
+        Placement {
+            app: "hello".into(),
+            node: node.into(),
+            region: "eu".into(),
+            placed_at_ms: 0,
+            started_at_ms: None,
+            failed: None,
+        }
+    }
+
+    #[test]
+    fn placements_starts_failures_and_replacements_are_logged_in_order() {
+        let mut state = with_app();
+        let place = Command::Reconcile {
+            app: "hello".into(),
+            place: vec![placement("eu-1")],
+            remove: vec![],
+            shortfall: None,
+            at_ms: 100,
+            why: BTreeMap::new(),
+        };
+        assert_eq!(state.apply(&place), CommandResult::Applied);
+        assert_eq!(state.placements["hello"]["eu-1"].placed_at_ms, 100);
+        let failed = EventKind::InstanceFailed {
+            instance: "hello@eu-1".into(),
+            node: "eu-1".into(),
+            reason: "fetching module".into(),
+        };
+        let record = Command::Record { at_ms: 200, events: vec![failed.clone()] };
+        assert_eq!(state.apply(&record), CommandResult::Applied);
+        // The same observation again is not logged twice.
+        assert!(matches!(state.apply(&record), CommandResult::Skipped { .. }));
+        assert_eq!(state.placements["hello"]["eu-1"].failed.as_deref(), Some("fetching module"));
+        let replace = Command::Reconcile {
+            app: "hello".into(),
+            place: vec![placement("eu-2")],
+            remove: vec!["eu-1".into()],
+            shortfall: None,
+            at_ms: 300,
+            why: BTreeMap::from([("eu-1".to_string(), Removal { reason: "failed to start".into(), avoid_ms: 1000 })]),
+        };
+        assert_eq!(state.apply(&replace), CommandResult::Applied);
+        assert_eq!(state.avoid["hello"]["eu-1"], 1300);
+        let started = EventKind::InstanceStarted { instance: "hello@eu-2".into(), node: "eu-2".into() };
+        state.apply(&Command::Record { at_ms: 400, events: vec![started] });
+        assert_eq!(state.placements["hello"]["eu-2"].started_at_ms, Some(400));
+        let down = Command::SetLiveness { node: "eu-2".into(), up: false, at_ms: 500 };
+        state.apply(&down);
+        let names: Vec<(u64, u64, &str)> = state.events.iter().map(|e| (e.seq, e.at_ms, e.kind.name())).collect();
+        assert_eq!(
+            names,
+            vec![
+                (1, 100, "instance_placed"),
+                (2, 200, "instance_failed"),
+                (3, 300, "instance_replaced"),
+                (4, 300, "instance_placed"),
+                (5, 400, "instance_started"),
+                (6, 500, "node_down"),
+            ]
+        );
+        // The avoidance ends with its time.
+        let later = Command::Reconcile {
+            app: "hello".into(),
+            place: vec![],
+            remove: vec![],
+            shortfall: None,
+            at_ms: 2000,
+            why: BTreeMap::new(),
+        };
+        state.apply(&later);
+        assert!(!state.avoid.contains_key("hello"));
+    }
+
+    #[test]
+    fn the_log_keeps_the_newest_events() {
+        let mut state = ShardState::new("eu");
+        for i in 0..(MAX_EVENTS as u64 + 5) {
+            let node = format!("n{i}");
+            state.apply(&Command::SetLiveness { node, up: false, at_ms: i });
+        }
+        assert_eq!(state.events.len(), MAX_EVENTS);
+        assert_eq!(state.events.front().map(|e| e.seq), Some(6));
+        assert_eq!(state.next_event, MAX_EVENTS as u64 + 6);
+    }
 
     #[test]
     fn a_batch_applies_in_order_and_does_not_nest() {

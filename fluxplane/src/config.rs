@@ -6,6 +6,7 @@
 //! [timing]
 //! heartbeat_period = "500ms"   # node agents beat this often
 //! node_timeout = "3s"          # a node silent this long leaves the feed and is declared down
+//! placement_lease = "10s"      # an instance not healthy this long after placement goes elsewhere
 //! health_timeout = "250ms"     # one instance health check, shorter than a beat
 //! raft_heartbeat = "100ms"
 //! raft_election_min = "300ms"
@@ -173,6 +174,9 @@ pub struct Timing {
     /// Longest one request may run in a WASM guest.
     #[serde(deserialize_with = "duration")]
     pub request_deadline: Duration,
+    /// An instance placed but not reported healthy within this is placed on another node.
+    #[serde(deserialize_with = "duration")]
+    pub placement_lease: Duration,
 }
 
 impl Default for Timing {
@@ -187,6 +191,7 @@ impl Default for Timing {
             write_timeout: Duration::from_secs(5),
             drain_deadline: Duration::from_secs(5),
             request_deadline: Duration::from_secs(10),
+            placement_lease: Duration::from_secs(10),
         }
     }
 }
@@ -200,6 +205,13 @@ impl Timing {
         let t = self;
         let ms = |d: Duration| humantime::format_duration(d).to_string();
         anyhow::ensure!(!t.heartbeat_period.is_zero(), "timing.heartbeat_period must be above zero");
+        anyhow::ensure!(
+            t.placement_lease >= t.heartbeat_period * 4,
+            "timing.placement_lease ({}) must be at least 4 × timing.heartbeat_period ({}), so that an instance \
+             has time to start and be reported before it is placed elsewhere",
+            ms(t.placement_lease),
+            ms(t.heartbeat_period)
+        );
         anyhow::ensure!(
             t.node_timeout >= t.heartbeat_period * BEATS_PER_TIMEOUT,
             "timing.node_timeout ({}) must be at least {BEATS_PER_TIMEOUT} × timing.heartbeat_period ({}), so that \

@@ -435,6 +435,9 @@ pub struct InstanceReport {
     pub message: Option<String>,
 }
 
+/// How an instance report's message begins when the node could not start the instance.
+pub const START_FAILED: &str = "start failed: ";
+
 /// The shard's answer to a heartbeat: what the node should run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Assignments {

@@ -18,6 +18,27 @@ pub struct Placement {
     pub node: NodeId,
     /// The node's region.
     pub region: String,
+    /// When it was placed (set when the placement applies).
+    #[serde(default)]
+    pub placed_at_ms: u64,
+    /// When the node first reported it healthy; until then it is on lease: if it does not
+    /// start within the lease, it is placed elsewhere.
+    #[serde(default)]
+    pub started_at_ms: Option<u64>,
+    /// Why the node could not start it, if it said so.
+    #[serde(default)]
+    pub failed: Option<String>,
+}
+
+/// Why an instance is taken off a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removal {
+    /// Why, for the event log.
+    pub reason: String,
+    /// For how long the app avoids this node afterwards, ms (0: it may come back at once). Set
+    /// when the node failed the instance, so that it is not placed straight back there.
+    #[serde(default)]
+    pub avoid_ms: u64,
 }
 
 impl Placement {
@@ -43,6 +64,12 @@ pub enum Command {
         remove: Vec<NodeId>,
         /// Why fewer instances than wanted are placed, if so.
         shortfall: Option<String>,
+        /// When the leader decided, ms since the epoch.
+        #[serde(default)]
+        at_ms: u64,
+        /// Why each removed node's instance goes (a node missing here: "no longer wanted").
+        #[serde(default)]
+        why: std::collections::BTreeMap<NodeId, Removal>,
     },
     /// An operator cordoned or uncordoned a node: a cordoned node gets no new instances.
     SetCordon {
@@ -59,6 +86,14 @@ pub enum Command {
         up: bool,
         /// When the leader decided, ms since the epoch.
         at_ms: u64,
+    },
+    /// Things the leader observed (an instance started or failed, a new leader, a membership
+    /// change), recorded in the event log and, for instances, in their placements.
+    Record {
+        /// When, ms since the epoch.
+        at_ms: u64,
+        /// What.
+        events: Vec<crate::event::EventKind>,
     },
     /// Several commands proposed together, applied in order as if one by one. The leader
     /// batches writes that arrive while earlier ones are still being written, so that a burst

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod chain;
 pub mod command;
+pub mod event;
 pub mod geo;
 pub mod keys;
 pub mod price;

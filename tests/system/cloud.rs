@@ -109,6 +109,27 @@ fn the_multi_process_cloud_deploys_and_serves_end_to_end() {
     let view: model::api::StatusView = serde_json::from_slice(&out.stdout).expect("status json");
     let eu = view.regions.iter().find(|r| r.name == REGION).expect("eu");
     assert_eq!((eu.leader, eu.voters, eu.instances_healthy), (Some(leader), 3, 3), "{eu:?}");
+
+    // The event log tells the story: a leader, then each instance placed and then started.
+    let events: Vec<serde_json::Value> = eventually_value(Duration::from_secs(10), "three instances started", || {
+        let out = cloud.cluster.fluxctl(&["--output", "json", "events", "--region", REGION]);
+        let events: Vec<serde_json::Value> =
+            text(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let started = events.iter().filter(|e| e["event"] == "instance_started").count();
+        (started == 3).then_some(events)
+    });
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert!(kinds.contains(&"leader_changed"), "{kinds:?}");
+    for e in events.iter().filter(|e| e["event"] == "instance_started") {
+        let placed = events
+            .iter()
+            .find(|p| p["event"] == "instance_placed" && p["instance"] == e["instance"])
+            .unwrap_or_else(|| panic!("{} started but was never placed: {kinds:?}", e["instance"]));
+        assert!(placed["seq"].as_u64() < e["seq"].as_u64() && placed["at_ms"].as_u64() <= e["at_ms"].as_u64());
+        assert_eq!(e["region"], REGION);
+    }
+    let out = cloud.cluster.fluxctl(&["events", "--region", "nowhere"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("no region `nowhere`"), "{}", text(&out.stderr));
 }
 
 #[test]

@@ -468,8 +468,16 @@ pub fn text(bytes: &[u8]) -> String {
 
 /// Polls `f` until it holds or `within` passes.
 pub fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    eventually_value(within, what, || f().then_some(()))
+}
+
+/// Polls `f` until it gives a value, or `within` passes.
+pub fn eventually_value<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
-    while !f() {
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
         assert!(Instant::now() < deadline, "timed out: {what}");
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -82,6 +82,7 @@ pub fn router(api: Arc<Api>) -> Router {
         )
         .route(paths::HEARTBEAT, post(agents::heartbeat))
         .route(paths::ROUTES_ROUTE, get(agents::routes))
+        .route(paths::EVENTS_ROUTE, get(views::events))
         .route(paths::NODE_CORDON_ROUTE, post(admin::cordon))
         .route(paths::NODE_UNCORDON_ROUTE, post(admin::uncordon))
         .route(paths::SHARD_ROUTE, get(admin::shard_view))

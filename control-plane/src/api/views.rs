@@ -312,3 +312,51 @@ pub(super) async fn wallet(
     });
     Ok(axum::Json(view))
 }
+
+#[derive(serde::Deserialize)]
+pub(super) struct EventsQuery {
+    #[serde(default)]
+    after: u64,
+    #[serde(default)]
+    wait_ms: u64,
+    #[serde(default)]
+    stale: bool,
+}
+
+/// Most events in one answer.
+const EVENTS_PAGE: usize = 1000;
+
+/// A region's event log after `after`, oldest first; with `wait_ms`, waits (at most 30 s) for
+/// an event when there is none yet. Linearizable unless `stale=true`.
+pub(super) async fn events(
+    State(api): State<Arc<Api>>,
+    Path(region): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> Json<model::event::EventPage> {
+    let shard = &api.shard;
+    if region != shard.region {
+        return Err(ApiError::new(
+            "wrong_region",
+            format!("this replica serves region {}, not {region}; find its replicas in /v1/regions", shard.region),
+        ));
+    }
+    api.consistent(&ReadOpts { stale: q.stale, scope: None }).await?;
+    let newer = |api: &Api| api.shard.read(|s| s.next_event > q.after.saturating_add(1));
+    if !newer(&api) && q.wait_ms > 0 {
+        let mut changes = shard.subscribe();
+        let wait = std::time::Duration::from_millis(q.wait_ms.min(30_000));
+        let _ = tokio::time::timeout(wait, async {
+            while !newer(&api) {
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+    Ok(axum::Json(shard.read(|s| model::event::EventPage {
+        region: s.region.clone(),
+        events: s.events.iter().filter(|e| e.seq > q.after).take(EVENTS_PAGE).cloned().collect(),
+        first_kept: s.events.front().map_or(s.next_event, |e| e.seq),
+    })))
+}

@@ -10,6 +10,7 @@ fn config(dir: &std::path::Path) -> ShardConfig {
         raft_id: 1,
         api_url: "http://127.0.0.1:1".into(),
         node_timeout: Duration::from_secs(2),
+        placement_lease: Duration::from_secs(10),
         raft: RaftTiming::default(),
         write_timeout: Duration::from_secs(5),
     }
@@ -89,7 +90,14 @@ async fn concurrent_writes_share_entries_and_each_gets_its_own_result() {
         let shard = shard.clone();
         async move {
             let app = format!("app-{i}");
-            let cmd = Command::Reconcile { app: app.clone(), place: vec![], remove: vec![], shortfall: None };
+            let cmd = Command::Reconcile {
+                app: app.clone(),
+                place: vec![],
+                remove: vec![],
+                shortfall: None,
+                at_ms: 0,
+                why: Default::default(),
+            };
             (app, shard.propose(cmd).await.expect("commit"))
         }
     });

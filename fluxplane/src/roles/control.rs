@@ -166,6 +166,7 @@ impl Config {
                 raft_id: self.id,
                 api_url: advertise.clone(),
                 node_timeout: t.node_timeout,
+                placement_lease: t.placement_lease,
                 raft: t.raft(&self.daemon.raft),
                 write_timeout: t.write_timeout,
             },

@@ -1,6 +1,7 @@
 //! The command line: one module per verb.
 
 mod app;
+mod events;
 mod node;
 mod shard;
 mod status;
@@ -12,6 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use client::Client;
 
 pub use app::{AppCommand, prepare, submit_spec};
+pub use events::EventsArgs;
 pub use node::NodeCommand;
 pub use shard::ShardCommand;
 pub use wallet::WalletCommand;
@@ -69,6 +71,9 @@ pub enum Command {
     /// Wallet keys.
     #[command(subcommand)]
     Wallet(WalletCommand),
+    /// Every region's event log (nodes down and up, instances placed, started, replaced,
+    /// stopped, leader and membership changes), merged in time order.
+    Events(EventsArgs),
 }
 
 /// Runs a parsed command line.
@@ -80,6 +85,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(cmd) => node::run(&cli, &api, cmd).await,
         Command::Shard(cmd) => shard::run(&cli, &api, cmd).await,
         Command::Wallet(cmd) => wallet::run(&cli, &api, cmd).await,
+        Command::Events(args) => events::run(&cli, &api, args).await,
     }
 }
 
