@@ -7,45 +7,24 @@ use crate::cluster::*;
 use crate::util::repo;
 
 /// A cluster with nodes and a gateway.
-struct Cloud {
-    cluster: Cluster,
-    nodes: Vec<Proc>,
+pub(crate) struct Cloud {
+    pub(crate) cluster: Cluster,
+    pub(crate) nodes: Vec<Proc>,
     _gateway: Proc,
     gateway: String,
 }
 
 impl Cloud {
-    fn start() -> Cloud {
+    pub(crate) fn start() -> Cloud {
+        Cloud::with_nodes(3)
+    }
+
+    /// A cloud with `n` nodes in region eu, named `eu-n1` ... `eu-n<n>`.
+    pub(crate) fn with_nodes(n: usize) -> Cloud {
         let cluster = Cluster::start(&Loopback, &[1, 2, 3], &[1, 2, 3], TEST_CONFIG);
         let dir = cluster.dir.path();
         let urls = cluster.urls();
-        let key = path_str(&cluster.genesis_key);
-        let nodes = (1..=3)
-            .map(|i| {
-                Proc::spawn(
-                    &format!("node {i}"),
-                    fluxplane(),
-                    &strings(&[
-                        "node",
-                        "--region",
-                        REGION,
-                        "--geo",
-                        "50.1,8.6",
-                        "--control",
-                        &urls,
-                        "--listen",
-                        "127.0.0.1:0",
-                        "--data-dir",
-                        &path_str(&dir.join(format!("n{i}"))),
-                        "--wallet",
-                        &key,
-                        "--tier",
-                        "cumulus",
-                    ]),
-                    dir.join(format!("n{i}.log")),
-                )
-            })
-            .collect();
+        let nodes = (1..=n).map(|i| spawn_node(&cluster, i, &urls)).collect();
         let gateway = format!("127.0.0.1:{}", free_port("127.0.0.1"));
         let gw = Proc::spawn(
             "gateway",
@@ -54,24 +33,32 @@ impl Cloud {
             dir.join("gateway.log"),
         );
         let cloud = Cloud { cluster, nodes, _gateway: gw, gateway };
-        eventually(Duration::from_secs(60), "three nodes registered and up", || {
-            let out = cloud.cluster.fluxctl(&["--output", "json", "node", "list"]);
-            serde_json::from_slice::<Vec<model::api::NodeView>>(&out.stdout)
-                .is_ok_and(|nodes| nodes.iter().filter(|n| n.up).count() == 3)
-        });
+        eventually(Duration::from_secs(60), "every node registered and up", || cloud.nodes_up() == n);
         cloud
     }
 
-    fn get(&self) -> Option<reqwest::blocking::Response> {
+    /// Starts node `i` again, with its data dir (so it is the same node).
+    pub(crate) fn restart_node(&mut self, i: usize) {
+        let urls = self.cluster.urls();
+        self.nodes[i - 1] = spawn_node(&self.cluster, i, &urls);
+    }
+
+    pub(crate) fn nodes_up(&self) -> usize {
+        let out = self.cluster.fluxctl(&["--output", "json", "node", "list"]);
+        serde_json::from_slice::<Vec<model::api::NodeView>>(&out.stdout)
+            .map_or(0, |n| n.iter().filter(|n| n.up).count())
+    }
+
+    pub(crate) fn get(&self) -> Option<reqwest::blocking::Response> {
         let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().ok()?;
         client.get(format!("http://{}/", self.gateway)).header("host", "hello.app.localhost").send().ok()
     }
 
-    fn serves(&self) -> bool {
+    pub(crate) fn serves(&self) -> bool {
         self.get().is_some_and(|r| r.status() == 200)
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         let mut out = self.cluster.logs();
         for (i, n) in self.nodes.iter().enumerate() {
             out.push_str(&format!("--- node {}\n{}", i + 1, tail(&n.output())));
@@ -80,12 +67,42 @@ impl Cloud {
         out
     }
 
-    fn deploy(&self) {
+    pub(crate) fn deploy(&self) {
         let manifest = repo().join("examples/hello/fluxapp.toml");
         let out = self.cluster.fluxctl(&["app", "deploy", &path_str(&manifest), "--wait", "--timeout", "60"]);
         assert!(out.status.success(), "deploy: {}\n{}", text(&out.stderr), self.logs());
         eventually(Duration::from_secs(20), "the gateway serves hello", || self.serves());
     }
+}
+
+/// Node `i` of `cluster`: id `eu-n<i>`, data in `n<i>`, log in `n<i>.log` (a restart starts
+/// the log anew).
+fn spawn_node(cluster: &Cluster, i: usize, urls: &str) -> Proc {
+    let dir = cluster.dir.path();
+    Proc::spawn(
+        &format!("node {i}"),
+        fluxplane(),
+        &strings(&[
+            "node",
+            "--region",
+            REGION,
+            "--geo",
+            "50.1,8.6",
+            "--control",
+            urls,
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &path_str(&dir.join(format!("n{i}"))),
+            "--wallet",
+            &path_str(&cluster.genesis_key),
+            "--tier",
+            "cumulus",
+            "--id",
+            &format!("eu-n{i}"),
+        ]),
+        dir.join(format!("n{i}.log")),
+    )
 }
 
 #[test]

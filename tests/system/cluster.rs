@@ -45,6 +45,11 @@ impl Proc {
         let _ = Command::new("kill").args([sig, &self.pid().to_string()]).status();
     }
 
+    /// `kill -9` without reaping (for a process others still borrow); reaped on drop.
+    pub fn sigkill(&self) {
+        self.signal("-9");
+    }
+
     /// `kill -9`, and reap.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -4,6 +4,7 @@
 
 mod cloud;
 mod cluster;
+mod heal;
 mod util;
 
 mod partition;

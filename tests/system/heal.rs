@@ -1,0 +1,98 @@
+//! A cloud that heals: a node killed under load is detected and its instance replaced with no
+//! failed request, and when it returns it does not add to the app's instances.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::cloud::Cloud;
+use crate::cluster::*;
+
+/// Every event of region eu, from `fluxctl events --output json`.
+fn events(cloud: &Cloud) -> Vec<serde_json::Value> {
+    let out = cloud.cluster.fluxctl(&["--output", "json", "events", "--region", REGION]);
+    text(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+fn app_status(cloud: &Cloud) -> Option<model::api::AppView> {
+    let out = cloud.cluster.fluxctl(&["--output", "json", "app", "status", "hello"]);
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+#[test]
+fn a_killed_node_is_replaced_with_no_failed_request_and_its_return_adds_nothing() {
+    let mut cloud = Cloud::with_nodes(4);
+    cloud.deploy();
+    let status = app_status(&cloud).expect("app status");
+    assert_eq!(status.placements.len(), 3, "{status:?}");
+    let victim = status.placements[0].node.clone();
+    let victim_index: usize = victim.trim_start_matches("eu-n").parse().expect("node index");
+
+    // A bounded load loop: GETs through the gateway for 20 s, one after another.
+    let stop = AtomicBool::new(false);
+    let (sent, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let kill_ms = std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            let started = Instant::now();
+            let mut failures = Vec::new();
+            while started.elapsed() < Duration::from_secs(20) && !stop.load(Ordering::Relaxed) {
+                let status = cloud.get().map(|r| r.status().as_u16());
+                sent.fetch_add(1, Ordering::Relaxed);
+                if status != Some(200) {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    failures.push(format!("{:?} at {:?}", status, started.elapsed()));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            failures
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        let kill_ms = chain::now_ms();
+        cloud.nodes[victim_index - 1].sigkill();
+        let failures = load.join().unwrap_or_else(|_| vec!["the load loop panicked".into()]);
+        assert!(failures.is_empty(), "failed requests: {failures:?}\n{}", cloud.logs());
+        kill_ms
+    });
+    eprintln!("{} requests, {} failed", sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+
+    // Detection and replacement, read from the event log.
+    let log = eventually_value(Duration::from_secs(20), "a replacement started", || {
+        let log = events(&cloud);
+        let replaced = log.iter().any(|e| {
+            e["event"] == "instance_started"
+                && e["at_ms"].as_u64() > Some(kill_ms)
+                && e["instance"].as_str().is_some_and(|i| i.starts_with("hello@"))
+        });
+        replaced.then_some(log)
+    });
+    let down = log
+        .iter()
+        .find(|e| e["event"] == "node_down" && e["node"] == victim.as_str())
+        .unwrap_or_else(|| panic!("no node_down for {victim}: {log:?}"));
+    let detected_ms = down["at_ms"].as_u64().unwrap_or(u64::MAX).saturating_sub(kill_ms);
+    let started = log
+        .iter()
+        .find(|e| e["event"] == "instance_started" && e["at_ms"].as_u64() > Some(kill_ms))
+        .unwrap_or_else(|| panic!("no replacement started: {log:?}"));
+    let replaced_ms = started["at_ms"].as_u64().unwrap_or(u64::MAX).saturating_sub(kill_ms);
+    eprintln!("node down committed {detected_ms} ms after the kill; replacement serving after {replaced_ms} ms");
+    // 3 s without a beat, counted from the last beat before the kill, plus one check period.
+    assert!(detected_ms <= 3_200, "node_down {detected_ms} ms after the kill");
+    assert!(replaced_ms <= 10_000, "replacement started {replaced_ms} ms after the kill");
+    let status = app_status(&cloud).expect("app status");
+    let nodes: Vec<&str> = status.placements.iter().map(|p| p.node.as_str()).collect();
+    assert_eq!(nodes.len(), 3, "{status:?}");
+    assert!(!nodes.contains(&victim.as_str()), "{victim} still holds an instance: {status:?}");
+
+    // The node returns: it is declared up, and the app keeps exactly its three instances, none
+    // of them on the returned node.
+    cloud.restart_node(victim_index);
+    eventually(Duration::from_secs(30), "the node is up again", || {
+        events(&cloud).iter().any(|e| e["event"] == "node_up" && e["node"] == victim.as_str())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let status = app_status(&cloud).expect("app status");
+    let nodes: Vec<&str> = status.placements.iter().map(|p| p.node.as_str()).collect();
+    assert_eq!(nodes.len(), 3, "the app asked for 3: {status:?}");
+    assert!(!nodes.contains(&victim.as_str()), "{status:?}");
+    assert!(cloud.serves(), "{}", cloud.logs());
+}
