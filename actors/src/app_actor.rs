@@ -47,9 +47,10 @@ impl Actor for AppActor {
         }
         let now = chain::now_ms();
         let lease_ms = shard.placement_lease().as_millis() as u64;
-        // A leader that has not yet heard every node's beats cannot tell a slow start from a
-        // started instance whose report it missed: leases are judged only after that.
-        let judges_leases = shard.leading_for().is_some_and(|t| t >= shard.node_timeout());
+        // A leader within its grace has not yet heard every node's beats: it takes a silent
+        // node's instances for running (unless the node is committed down), and judges no
+        // lease, so a leader change never moves an instance.
+        let settled = shard.past_leader_grace();
         let command = shard.read(|s| {
             let record = s.chain.apps.get(&state.app)?;
             let quota = region_quotas(&record.spec, &s.chain).get(&s.region).copied().unwrap_or(0);
@@ -66,7 +67,7 @@ impl Actor for AppActor {
                         node.clone(),
                         Removal { reason: format!("failed to start: {failure}"), avoid_ms: AVOID_MS },
                     );
-                } else if judges_leases && now.saturating_sub(p.placed_at_ms) > lease_ms {
+                } else if settled && now.saturating_sub(p.placed_at_ms) > lease_ms {
                     let reason = format!("not healthy within its {} s placement lease", lease_ms / 1000);
                     why.insert(node.clone(), Removal { reason, avoid_ms: AVOID_MS });
                 }
@@ -81,7 +82,8 @@ impl Actor for AppActor {
                 .filter(|n| !avoided(&n.start.node_id))
                 .map(|n| Candidate {
                     node: n,
-                    up: !s.down.contains(&n.start.node_id) && shard.is_fresh(&n.start.node_id),
+                    up: !s.down.contains(&n.start.node_id)
+                        && (shard.is_fresh(&n.start.node_id) || (!settled && current.contains(&n.start.node_id))),
                     cordoned: s.cordoned.contains(&n.start.node_id),
                     free: n.resources().saturating_sub(&s.used_on(&n.start.node_id)),
                 })

@@ -63,10 +63,11 @@ impl Actor for NodeActor {
         }
         let down = shard.read(|s| s.down.contains(&state.node));
         let fresh = shard.is_fresh(&state.node);
-        // A node never heard from since this actor started gets one timeout of grace, so a
-        // restarted leader does not declare every node dead before their first beat arrives.
-        let stale =
-            !fresh && (shard.since_heartbeat(&state.node).is_some() || state.started.elapsed() > shard.node_timeout());
+        // A node this leader never heard from gets the leader's grace, so a new leader does not
+        // declare every node dead before their beats find it.
+        let stale = !fresh
+            && (shard.since_heartbeat(&state.node).is_some()
+                || (state.started.elapsed() > shard.leader_grace() && shard.past_leader_grace()));
         if stale && !down {
             tracing::warn!(region = %shard.region, node = %state.node, "node missed its heartbeats: declaring it down");
             let cmd = Command::SetLiveness { node: state.node.clone(), up: false, at_ms: chain::now_ms() };

@@ -528,6 +528,19 @@ impl Shard {
         self.leading.borrow().map(|(_, since)| since.elapsed())
     }
 
+    /// The grace a new leader gives nodes it has not heard from yet: two node timeouts, since
+    /// agents must first find the new leader (their beats to the old one fail, and followers
+    /// may still name it for an election timeout). Within it, no node is declared down for
+    /// silence and no instance is moved for it.
+    pub fn leader_grace(&self) -> Duration {
+        self.node_timeout * 2
+    }
+
+    /// Whether this replica has led longer than [`Shard::leader_grace`].
+    pub fn past_leader_grace(&self) -> bool {
+        self.leading_for().is_some_and(|t| t >= self.leader_grace())
+    }
+
     /// Adds a learner and waits (bounded) for it to catch up.
     pub async fn add_learner(&self, id: u64, replica: Replica) -> Result<(), ProposeError> {
         let within = self.write_timeout * 6;

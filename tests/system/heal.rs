@@ -96,3 +96,39 @@ fn a_killed_node_is_replaced_with_no_failed_request_and_its_return_adds_nothing(
     assert!(!nodes.contains(&victim.as_str()), "{status:?}");
     assert!(cloud.serves(), "{}", cloud.logs());
 }
+
+#[test]
+fn a_leader_kill_declares_no_node_down_and_moves_no_instance() {
+    let cloud = Cloud::with_nodes(3);
+    cloud.deploy();
+    let before = app_status(&cloud).expect("app status");
+    let (leader, _) = cloud.cluster.wait_leader(Duration::from_secs(5));
+    let kill_ms = chain::now_ms();
+    cloud.cluster.kill(leader);
+    let (new_leader, _) = cloud.cluster.wait_leader(Duration::from_secs(10));
+    assert_ne!(new_leader, leader);
+    // Past the new leader's grace period (one node timeout) and a few checks more.
+    eventually(Duration::from_secs(20), "the new leader's change is logged", || {
+        events(&cloud).iter().any(|e| e["event"] == "leader_changed" && e["leader"].as_u64() == Some(new_leader))
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let after_kill: Vec<serde_json::Value> =
+        events(&cloud).into_iter().filter(|e| e["at_ms"].as_u64() > Some(kill_ms)).collect();
+    let moved: Vec<&serde_json::Value> = after_kill
+        .iter()
+        .filter(|e| {
+            ["node_down", "instance_replaced", "instance_stopped", "instance_placed"]
+                .contains(&e["event"].as_str().unwrap_or(""))
+        })
+        .collect();
+    assert!(moved.is_empty(), "a leader change moved things: {moved:?}\n{}", cloud.logs());
+    let after = app_status(&cloud).expect("app status");
+    let nodes = |a: &model::api::AppView| {
+        let mut n: Vec<String> = a.placements.iter().map(|p| p.node.clone()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(nodes(&before), nodes(&after));
+    assert_eq!(cloud.nodes_up(), 3);
+    assert!(cloud.serves(), "{}", cloud.logs());
+}
