@@ -113,12 +113,22 @@ impl Client {
 
     // === modules ===
 
-    /// Uploads a module under its blake3 hash; idempotent.
+    /// Uploads a module under its blake3 hash; idempotent. The replica answers once a majority
+    /// of its region's replicas hold it.
     pub async fn put_blob(&self, hash: &str, bytes: Vec<u8>) -> Result<(), ClientError> {
+        self.put_blob_with(hash, bytes, false).await
+    }
+
+    /// Stores a module on the answering replica only: how a replica hands an upload to its peers.
+    pub async fn put_blob_local(&self, hash: &str, bytes: Vec<u8>) -> Result<(), ClientError> {
+        self.put_blob_with(hash, bytes, true).await
+    }
+
+    async fn put_blob_with(&self, hash: &str, bytes: Vec<u8>, local: bool) -> Result<(), ClientError> {
         let call = Call {
             method: Method::PUT,
             path: paths::blob(hash),
-            query: Vec::new(),
+            query: if local { vec![("local", "true".into())] } else { Vec::new() },
             body: Some((Bytes::from(bytes), "application/octet-stream")),
             timeout: Some(Duration::from_secs(120)),
             // Content-addressed: storing the same bytes twice is harmless.

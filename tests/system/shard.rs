@@ -398,3 +398,24 @@ fn the_api_cannot_be_held_open_by_slow_clients() {
     // And the replica still serves.
     c.status(1).expect("still serving");
 }
+
+#[test]
+fn an_uploaded_module_outlives_the_replica_that_took_it() {
+    let c = Cluster::start(&Loopback, &[1, 2, 3], &[1, 2, 3], TEST_CONFIG);
+    c.wait_leader(Duration::from_secs(5));
+    let wasm = std::fs::read(crate::util::repo().join("examples/hello/hello.wasm")).expect("hello.wasm");
+    let hash = blake3::hash(&wasm).to_hex().to_string();
+    let http = reqwest::blocking::Client::new();
+    let resp = http.put(format!("{}/v1/blobs/{hash}", c.replicas[&1].url)).body(wasm.clone()).send().expect("upload");
+    assert!(resp.status().is_success(), "upload: {}", resp.status());
+    let holds = |id: u64| {
+        http.get(format!("{}/v1/blobs/{hash}?local=true", c.replicas[&id].url))
+            .send()
+            .is_ok_and(|r| r.status().is_success() && r.bytes().is_ok_and(|b| b.as_ref() == wasm.as_slice()))
+    };
+    // Acknowledged only once a majority holds it: losing the replica that took it loses nothing.
+    let holders = [1u64, 2, 3].into_iter().filter(|id| holds(*id)).count();
+    assert!(holders >= 2, "only {holders} replica(s) hold the module when the upload is acknowledged");
+    c.kill(1);
+    eventually(Duration::from_secs(10), "both survivors hold the module", || holds(2) && holds(3));
+}

@@ -1,6 +1,7 @@
-//! Modules by content hash. A replica that lacks a module fetches it from the other replicas in
-//! the directory (checking the hash), so an upload to any replica reaches the nodes of every
-//! region.
+//! Modules by content hash. An upload is stored on the replica that takes it and handed to every
+//! other replica in the directory; it is acknowledged once a majority of the region's voters
+//! hold it, so losing any one replica loses no module. A replica that still lacks a module
+//! fetches it from the others (checking the hash).
 
 use std::sync::Arc;
 
@@ -22,10 +23,77 @@ fn blob_error(e: BlobError) -> ApiError {
 pub(super) async fn put_blob(
     State(api): State<Arc<Api>>,
     Path(hash): Path<String>,
+    Query(q): Query<BlobQuery>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
+    if !q.local {
+        // Only a member knows whom the module must reach; the client tries another replica.
+        api.member()?;
+    }
     api.blobs.put(&hash, &body).map_err(blob_error)?;
+    if !q.local {
+        replicate(&api, &hash, body).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Hands a stored module to every other replica in the directory; returns once a majority of
+/// this region's voters (this replica among them) hold it. The other regions' copies go on in
+/// the background: they can also fetch it later.
+async fn replicate(api: &Api, hash: &str, body: Bytes) -> Result<(), ApiError> {
+    let own = api.shard.api_url().to_string();
+    let voters: Vec<String> = api.shard.members().into_iter().filter(|m| m.voter).map(|m| m.api).collect();
+    let others: Vec<String> = api.shard.read(|s| {
+        s.chain
+            .directory
+            .values()
+            .flat_map(|d| d.values().cloned())
+            .filter(|u| *u != own && !voters.contains(u))
+            .collect()
+    });
+    let peers: Vec<String> = voters.iter().filter(|u| **u != own).cloned().collect();
+    let held_here = usize::from(voters.contains(&own));
+    let needed = (voters.len() / 2 + 1).saturating_sub(held_here);
+    let push = |url: String| {
+        let (client, hash, body) = (api.client.clone(), hash.to_string(), body.to_vec());
+        async move {
+            let peer = client.sibling(vec![url.clone()]).map_err(|e| format!("{url}: {e}"))?;
+            peer.put_blob_local(&hash, body).await.map_err(|e| format!("{url}: {e}"))
+        }
+    };
+    for url in others {
+        let push = push(url);
+        tokio::spawn(async move {
+            if let Err(e) = push.await {
+                tracing::debug!("module copy to another region: {e}");
+            }
+        });
+    }
+    let mut pending: futures::stream::FuturesUnordered<_> = peers.into_iter().map(push).collect();
+    let (mut stored, mut failures) = (0, Vec::new());
+    while stored < needed {
+        match futures::StreamExt::next(&mut pending).await {
+            Some(Ok(())) => stored += 1,
+            Some(Err(e)) => failures.push(e),
+            None => break,
+        }
+    }
+    // The slower peers still get their copy.
+    tokio::spawn(async move { while futures::StreamExt::next(&mut pending).await.is_some() {} });
+    if stored < needed {
+        return Err(ApiError::new(
+            "unavailable",
+            format!(
+                "module {hash} reached {} of the {} replicas of region {} that must hold it before it is \
+                 acknowledged (so that losing a replica loses no module); try again: {}",
+                stored + held_here,
+                voters.len() / 2 + 1,
+                api.shard.region,
+                failures.join("; ")
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
