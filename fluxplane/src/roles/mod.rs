@@ -66,9 +66,9 @@ pub async fn run_until_signal(roles: Vec<Running>, deadline: Duration) -> anyhow
         Some(why) => eprintln!("error: {why}; shutting down"),
         None => eprintln!("shutting down (draining within {})", humantime::format_duration(deadline)),
     }
-    for role in roles {
-        role.drain(deadline).await;
-    }
+    // All at once: each role's drain is bounded by the deadline, and `fluxplane dev` runs six
+    // nodes whose agents each linger a node timeout; one after another, Ctrl-C took half a minute.
+    futures::future::join_all(roles.into_iter().map(|role| role.drain(deadline))).await;
     match failure {
         Some(why) => Err(anyhow::anyhow!(why)),
         None => Ok(()),
