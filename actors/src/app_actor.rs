@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use control_plane::Shard;
-use control_plane::scheduler::{Candidate, eligible, place, region_quotas};
+use control_plane::scheduler::{Candidate, eligible, place, spill_quota};
 use model::command::{Command, Placement, Removal};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
@@ -53,7 +53,7 @@ impl Actor for AppActor {
         let settled = shard.past_leader_grace();
         let command = shard.read(|s| {
             let record = s.chain.apps.get(&state.app)?;
-            let quota = region_quotas(&record.spec, &s.chain).get(&s.region).copied().unwrap_or(0);
+            let quota = spill_quota(&record.spec, &s.chain, &s.capacity());
             let placed = s.placements.get(&state.app);
             // Placements that failed to start, or outlived their lease without starting, go
             // elsewhere; their nodes are avoided for a while.

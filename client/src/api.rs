@@ -180,6 +180,11 @@ impl Client {
         self.json(call).await
     }
 
+    /// A region's capacity, from its leader: other regions' shards spill to it or from it.
+    pub async fn region_capacity(&self, region: &str) -> Result<model::capacity::RegionReport, ClientError> {
+        self.json(Call::get(paths::shard(paths::SHARD_CAPACITY_ROUTE, region))).await
+    }
+
     // === shards (admin) ===
 
     /// Membership and every replica's state.

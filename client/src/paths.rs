@@ -37,6 +37,8 @@ pub const SHARD_ROUTE: &str = "/v1/shards/{region}";
 pub const SHARD_REPLICA_ROUTE: &str = "/v1/shards/{region}/replica";
 /// The answering replica's identity.
 pub const SHARD_IDENTITY_ROUTE: &str = "/v1/shards/{region}/identity";
+/// The region's capacity, as its leader sees it (for other regions' shards).
+pub const SHARD_CAPACITY_ROUTE: &str = "/v1/shards/{region}/capacity";
 /// Initialize a shard from the answering replica's peers.
 pub const SHARD_INIT_ROUTE: &str = "/v1/shards/{region}/init";
 /// Add a learner.

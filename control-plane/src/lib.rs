@@ -12,6 +12,7 @@
 pub mod api;
 pub mod auth;
 pub mod blobs;
+pub mod capacity;
 pub mod log_store;
 pub mod network;
 pub mod openapi;

@@ -33,7 +33,8 @@ pub fn document() -> Value {
             },
             "/v1/agent/heartbeat": { "post": op("Node agent heartbeat, signed with the node key; returns assignments", "Assignments") },
             "/v1/routes/{region}": { "get": op("Routing feed; ?after=V&wait_ms=N long-polls for a newer version", "RouteFeed") },
-            "/v1/events/{region}": { "get": op("The region's event log after ?after=SEQ, oldest first; ?wait_ms=N long-polls for one", "EventPage") }
+            "/v1/events/{region}": { "get": op("The region's event log after ?after=SEQ, oldest first; ?wait_ms=N long-polls for one", "EventPage") },
+            "/v1/shards/{region}/capacity": { "get": op("The region's open nodes and apps short of their base quota, from its leader; other regions spill to cover them", "RegionReport") }
         },
         "components": {
             "schemas": {

@@ -1,12 +1,15 @@
 //! Placement, as pure functions of the shard state: how many instances each region runs
-//! ([`region_quotas`]) and which nodes of a region run them ([`place`]).
+//! ([`region_quotas`], then [`spill_quota`]) and which nodes of a region run them ([`place`]).
 //!
-//! Quotas depend only on the cached chain state, which every shard holds identically, so every
-//! shard computes the same split without asking the others.
+//! Base quotas depend only on the cached chain state, which every shard holds identically, so
+//! every shard computes the same split without asking the others. Spill moves a region's
+//! shortage to the nearest regions with room, from the capacity reports each shard commits
+//! (`model::capacity`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use model::NodeId;
+use model::capacity::{RegionReport, Shortage};
 use model::chain::{Capability, ChainState, NodeRecord};
 use model::spec::{AppSpec, geo_allows};
 use model::tier::Resources;
@@ -48,6 +51,108 @@ pub fn region_quotas(spec: &AppSpec, chain: &ChainState) -> BTreeMap<String, u32
     quotas
 }
 
+/// How many instances of an app one region runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Instances to place (and keep).
+    pub place: u32,
+    /// Instances to keep, when the region already runs them: at least `place`. More while an
+    /// instance it stands in for elsewhere is still starting.
+    pub keep: u32,
+}
+
+impl Quota {
+    /// Place and keep `n`.
+    pub fn exactly(n: u32) -> Quota {
+        Quota { place: n, keep: n }
+    }
+}
+
+/// What a shard knows of every region's capacity: its own from its replicated liveness, the
+/// others' from their last committed [`RegionReport`].
+#[derive(Debug, Clone, Copy)]
+pub struct Capacity<'a> {
+    /// The region asking.
+    pub region: &'a str,
+    /// Its nodes committed down.
+    pub down: &'a BTreeSet<NodeId>,
+    /// Its cordoned nodes.
+    pub cordoned: &'a BTreeSet<NodeId>,
+    /// The other regions' reports; a region without one counts as whole.
+    pub reports: &'a BTreeMap<String, RegionReport>,
+}
+
+/// This region's quota for `spec`: its base quota, plus what it takes over from regions that
+/// are short. Each short region's deficit goes to the other regions in order of distance from
+/// it (region centres; ties by name), each taking up to its spare room: eligible open nodes
+/// less its own base quota and what nearer deficits took. Regions are visited in chain order,
+/// so every shard with the same reports computes the same split. A deficit that was placed
+/// elsewhere shrinks as the region's own instances come back, so the quota moves back by
+/// itself; `keep` holds a stand-in until the instance it replaces has started.
+pub fn spill_quota(spec: &AppSpec, chain: &ChainState, capacity: &Capacity<'_>) -> Quota {
+    let base = region_quotas(spec, chain);
+    let base_of = |region: &str| base.get(region).copied().unwrap_or(0);
+    let me = capacity.region;
+    let is_open = |region: &str, node: &NodeRecord| {
+        let id = &node.start.node_id;
+        if region == me {
+            return !capacity.down.contains(id) && !capacity.cordoned.contains(id);
+        }
+        capacity.reports.get(region).is_none_or(|r| r.reachable && r.open.contains(id))
+    };
+    let open: BTreeMap<&str, u32> = chain
+        .regions
+        .iter()
+        .map(|r| {
+            let n = chain
+                .nodes
+                .values()
+                .filter(|n| n.start.region == r.name && eligible(spec, n) && is_open(&r.name, n))
+                .count();
+            (r.name.as_str(), u32::try_from(n).unwrap_or(u32::MAX))
+        })
+        .collect();
+    let short = |origin: &str, of: fn(&Shortage) -> u32| -> u32 {
+        if origin == me {
+            return 0;
+        }
+        match capacity.reports.get(origin) {
+            None => 0,
+            Some(r) if !r.reachable => base_of(origin),
+            Some(r) => r.short.get(&spec.name).map_or(0, of).min(base_of(origin)),
+        }
+    };
+    let taken_by_me = |of: fn(&Shortage) -> u32| -> u32 {
+        let mut taken: BTreeMap<&str, u32> = BTreeMap::new();
+        for origin in &chain.regions {
+            let mut deficit = short(&origin.name, of);
+            if deficit == 0 {
+                continue;
+            }
+            let mut targets: Vec<&model::Region> = chain.regions.iter().filter(|t| t.name != origin.name).collect();
+            targets.sort_by(|a, b| {
+                let (da, db) = (origin.center.distance_km(&a.center), origin.center.distance_km(&b.center));
+                da.total_cmp(&db).then_with(|| a.name.cmp(&b.name))
+            });
+            for target in targets {
+                let name = target.name.as_str();
+                let used = taken.get(name).copied().unwrap_or(0);
+                let spare = open.get(name).copied().unwrap_or(0).saturating_sub(base_of(name).saturating_add(used));
+                let take = deficit.min(spare);
+                *taken.entry(name).or_default() += take;
+                deficit -= take;
+                if deficit == 0 {
+                    break;
+                }
+            }
+        }
+        taken.get(me).copied().unwrap_or(0)
+    };
+    let place = base_of(me).saturating_add(taken_by_me(|s| s.unplaced));
+    let keep = base_of(me).saturating_add(taken_by_me(|s| s.unstarted)).max(place);
+    Quota { place, keep }
+}
+
 /// A node as the scheduler sees it.
 #[derive(Debug, Clone)]
 pub struct Candidate<'a> {
@@ -79,18 +184,18 @@ impl Decision {
     }
 }
 
-/// Places `quota` instances of `spec` on `candidates`, keeping healthy current placements:
-/// never two on one node, only on eligible up nodes with room (new ones not on cordoned nodes),
-/// emptiest nodes first.
-pub fn place(spec: &AppSpec, quota: u32, candidates: &[Candidate<'_>], current: &BTreeSet<NodeId>) -> Decision {
+/// Places `quota.place` instances of `spec` on `candidates`, keeping healthy current
+/// placements (up to `quota.keep`): never two on one node, only on eligible up nodes with room
+/// (new ones not on cordoned nodes), emptiest nodes first.
+pub fn place(spec: &AppSpec, quota: Quota, candidates: &[Candidate<'_>], current: &BTreeSet<NodeId>) -> Decision {
     let need = spec.instance_resources();
-    let quota = quota as usize;
+    let (quota, keep_up_to) = (quota.place as usize, quota.keep.max(quota.place) as usize);
     let usable = |c: &Candidate<'_>| c.up && eligible(spec, c.node);
     let mut keep: Vec<&NodeId> = Vec::new();
     let mut remove = Vec::new();
     for node in current {
         match candidates.iter().find(|c| &c.node.start.node_id == node) {
-            Some(c) if usable(c) && keep.len() < quota => keep.push(node),
+            Some(c) if usable(c) && keep.len() < keep_up_to => keep.push(node),
             _ => remove.push(node.clone()),
         }
     }

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use model::capacity::RegionReport;
 use model::chain::ChainState;
 use model::command::{Command, CommandResult, Placement};
 use model::event::{Event, EventKind};
@@ -34,6 +35,10 @@ pub struct ShardState {
     /// The seq the next event gets.
     #[serde(default)]
     pub next_event: u64,
+    /// The other regions' capacity, as last reported (see `model::capacity`); a region with no
+    /// report counts as whole.
+    #[serde(default)]
+    pub region_reports: BTreeMap<String, RegionReport>,
 }
 
 /// Events a shard keeps; older ones are dropped.
@@ -160,6 +165,23 @@ impl ShardState {
                     }
                 }
             }
+            Command::SetRegionReport { region, report, at_ms } => {
+                if *region == self.region || !self.chain.regions.iter().any(|r| r.name == *region) {
+                    return CommandResult::Rejected { reason: format!("`{region}` is not another region") };
+                }
+                if self.region_reports.get(region).is_some_and(|r| r.same(report)) {
+                    return CommandResult::Skipped { reason: format!("region {region} reported the same") };
+                }
+                let event = EventKind::RegionCapacity {
+                    peer: region.clone(),
+                    reachable: report.reachable,
+                    open_nodes: report.open.len(),
+                    short_apps: report.short.len(),
+                };
+                self.region_reports.insert(region.clone(), report.clone());
+                self.record(*at_ms, vec![event]);
+                CommandResult::Applied
+            }
             Command::Batch { commands } => CommandResult::Batch {
                 results: commands
                     .iter()
@@ -211,6 +233,30 @@ impl ShardState {
     fn placement_mut(&mut self, instance: &str, node: &str) -> Option<&mut Placement> {
         let app = instance.split_once('@').map_or(instance, |(a, _)| a);
         self.placements.get_mut(app).and_then(|p| p.get_mut(node))
+    }
+
+    /// Every region's capacity as this shard knows it, for [`crate::scheduler::spill_quota`].
+    pub fn capacity(&self) -> crate::scheduler::Capacity<'_> {
+        crate::scheduler::Capacity {
+            region: &self.region,
+            down: &self.down,
+            cordoned: &self.cordoned,
+            reports: &self.region_reports,
+        }
+    }
+
+    /// The other regions, each with its published replicas' URLs (from the chain's region
+    /// directory; empty while none is published).
+    pub fn other_regions(&self) -> Vec<(String, Vec<String>)> {
+        self.chain
+            .regions
+            .iter()
+            .filter(|r| r.name != self.region)
+            .map(|r| {
+                let urls = self.chain.directory.get(&r.name).map(|d| d.values().cloned().collect()).unwrap_or_default();
+                (r.name.clone(), urls)
+            })
+            .collect()
     }
 
     /// The nodes of this region, by id.

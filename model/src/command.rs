@@ -95,6 +95,16 @@ pub enum Command {
         /// What.
         events: Vec<crate::event::EventKind>,
     },
+    /// Another region's capacity changed (or it stopped answering): quotas spill to or back
+    /// from it.
+    SetRegionReport {
+        /// The other region.
+        region: String,
+        /// What it reported.
+        report: crate::capacity::RegionReport,
+        /// When the leader learned it, ms since the epoch.
+        at_ms: u64,
+    },
     /// Several commands proposed together, applied in order as if one by one. The leader
     /// batches writes that arrive while earlier ones are still being written, so that a burst
     /// costs one log append instead of one each. Batches do not nest.

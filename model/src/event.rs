@@ -82,6 +82,18 @@ pub enum EventKind {
         /// Its term.
         term: u64,
     },
+    /// Another region's capacity, as this shard knows it, changed: quotas spill to it or
+    /// away from it.
+    RegionCapacity {
+        /// The other region (`region` names the shard whose log this is).
+        peer: String,
+        /// Whether it answers.
+        reachable: bool,
+        /// Its nodes that take new instances.
+        open_nodes: usize,
+        /// Its apps below their base quota there.
+        short_apps: usize,
+    },
     /// The shard's membership changed.
     MembershipChanged {
         /// Voters now.
@@ -103,6 +115,7 @@ impl EventKind {
             EventKind::InstanceReplaced { .. } => "instance_replaced",
             EventKind::InstanceStopped { .. } => "instance_stopped",
             EventKind::LeaderChanged { .. } => "leader_changed",
+            EventKind::RegionCapacity { .. } => "region_capacity",
             EventKind::MembershipChanged { .. } => "membership_changed",
         }
     }
@@ -119,6 +132,9 @@ impl EventKind {
                 format!("instance={instance} node={node} reason={reason:?}")
             }
             EventKind::LeaderChanged { leader, term } => format!("leader={leader} term={term}"),
+            EventKind::RegionCapacity { peer, reachable, open_nodes, short_apps } => {
+                format!("peer={peer} reachable={reachable} open_nodes={open_nodes} short_apps={short_apps}")
+            }
             EventKind::MembershipChanged { voters, learners } => format!("voters={voters:?} learners={learners:?}"),
         }
     }

@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod capacity;
 pub mod chain;
 pub mod command;
 pub mod event;

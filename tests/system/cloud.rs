@@ -1,6 +1,7 @@
 //! The whole cloud as separate processes: one chain, three control replicas, three nodes and a
 //! gateway. A deploy through fluxctl, then a control-plane outage the workloads ride out.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::cluster::*;
@@ -9,7 +10,10 @@ use crate::util::repo;
 /// A cluster with nodes and a gateway.
 pub(crate) struct Cloud {
     pub(crate) cluster: Cluster,
+    /// Node processes, in the order of `node_ids`.
     pub(crate) nodes: Vec<Proc>,
+    /// `(region, i)` of each node: its id is `<region>-n<i>`.
+    node_ids: Vec<(String, usize)>,
     _gateway: Proc,
     gateway: String,
 }
@@ -19,12 +23,31 @@ impl Cloud {
         Cloud::with_nodes(3)
     }
 
-    /// A cloud with `n` nodes in region eu, named `eu-n1` ... `eu-n<n>`.
+    /// A cloud with three replicas and `n` nodes in region eu, named `eu-n1` ... `eu-n<n>`.
     pub(crate) fn with_nodes(n: usize) -> Cloud {
         let cluster = Cluster::start(&Loopback, &[1, 2, 3], &[1, 2, 3], TEST_CONFIG);
+        Cloud::around(cluster, &[(REGION, n)])
+    }
+
+    /// A cloud over several regions, each with one control replica (eu's is replica 1, the
+    /// next region's 11, then 21 ...) and the given number of nodes.
+    pub(crate) fn with_regions(regions: &[(&str, usize)]) -> Cloud {
+        assert_eq!(regions.first().map(|r| r.0), Some(REGION), "the first region is eu");
+        let mut cluster = Cluster::start(&Loopback, &[1], &[1], TEST_CONFIG);
+        for (k, (region, _)) in regions.iter().enumerate().skip(1) {
+            cluster.add_region(region, 1 + 10 * k as u64);
+        }
+        Cloud::around(cluster, regions)
+    }
+
+    /// Starts the nodes and a gateway (in Frankfurt) around `cluster`.
+    fn around(cluster: Cluster, regions: &[(&str, usize)]) -> Cloud {
         let dir = cluster.dir.path();
         let urls = cluster.urls();
-        let nodes = (1..=n).map(|i| spawn_node(&cluster, i, &urls)).collect();
+        let node_ids: Vec<(String, usize)> =
+            regions.iter().flat_map(|(r, n)| (1..=*n).map(|i| (r.to_string(), i))).collect();
+        let nodes = node_ids.iter().map(|(r, i)| spawn_node(&cluster, r, *i, &urls)).collect();
+        let n = node_ids.len();
         let gateway = format!("127.0.0.1:{}", free_port("127.0.0.1"));
         let gw = Proc::spawn(
             "gateway",
@@ -32,15 +55,26 @@ impl Cloud {
             &strings(&["gateway", "--geo", "50.11,8.68", "--control", &urls, "--listen", &gateway]),
             dir.join("gateway.log"),
         );
-        let cloud = Cloud { cluster, nodes, _gateway: gw, gateway };
+        let cloud = Cloud { cluster, nodes, node_ids, _gateway: gw, gateway };
         eventually(Duration::from_secs(60), "every node registered and up", || cloud.nodes_up() == n);
         cloud
     }
 
-    /// Starts node `i` again, with its data dir (so it is the same node).
+    /// Starts node `eu-n<i>` again, with its data dir (so it is the same node).
     pub(crate) fn restart_node(&mut self, i: usize) {
+        self.restart(REGION, i);
+    }
+
+    /// The index in `nodes` of node `<region>-n<i>`.
+    pub(crate) fn node_index(&self, region: &str, i: usize) -> usize {
+        self.node_ids.iter().position(|(r, k)| r == region && *k == i).expect("a node of this cloud")
+    }
+
+    /// Starts node `<region>-n<i>` again, with its data dir (so it is the same node).
+    pub(crate) fn restart(&mut self, region: &str, i: usize) {
         let urls = self.cluster.urls();
-        self.nodes[i - 1] = spawn_node(&self.cluster, i, &urls);
+        let index = self.node_index(region, i);
+        self.nodes[index] = spawn_node(&self.cluster, region, i, &urls);
     }
 
     pub(crate) fn nodes_up(&self) -> usize {
@@ -60,48 +94,66 @@ impl Cloud {
 
     pub(crate) fn logs(&self) -> String {
         let mut out = self.cluster.logs();
-        for (i, n) in self.nodes.iter().enumerate() {
-            out.push_str(&format!("--- node {}\n{}", i + 1, tail(&n.output())));
+        for ((region, i), n) in self.node_ids.iter().zip(&self.nodes) {
+            out.push_str(&format!("--- node {region}-n{i}\n{}", tail(&n.output())));
         }
         out.push_str(&format!("--- gateway\n{}", tail(&self._gateway.output())));
         out
     }
 
     pub(crate) fn deploy(&self) {
-        let manifest = repo().join("examples/hello/fluxapp.toml");
-        let out = self.cluster.fluxctl(&["app", "deploy", &path_str(&manifest), "--wait", "--timeout", "60"]);
+        self.deploy_manifest(&repo().join("examples/hello/fluxapp.toml"));
+    }
+
+    /// Deploys the hello module under the manifest text `toml` (its `wasm` is `hello.wasm`).
+    pub(crate) fn deploy_hello_as(&self, toml: &str) {
+        let dir = self.cluster.dir.path().join("manifest");
+        std::fs::create_dir_all(&dir).expect("manifest dir");
+        std::fs::copy(repo().join("examples/hello/hello.wasm"), dir.join("hello.wasm")).expect("hello.wasm");
+        std::fs::write(dir.join("fluxapp.toml"), toml).expect("manifest");
+        self.deploy_manifest(&dir.join("fluxapp.toml"));
+    }
+
+    fn deploy_manifest(&self, manifest: &Path) {
+        let out = self.cluster.fluxctl(&["app", "deploy", &path_str(manifest), "--wait", "--timeout", "60"]);
         assert!(out.status.success(), "deploy: {}\n{}", text(&out.stderr), self.logs());
         eventually(Duration::from_secs(20), "the gateway serves hello", || self.serves());
     }
 }
 
-/// Node `i` of `cluster`: id `eu-n<i>`, data in `n<i>`, log in `n<i>.log` (a restart starts
-/// the log anew).
-fn spawn_node(cluster: &Cluster, i: usize, urls: &str) -> Proc {
+/// Node `i` of `region` in `cluster`: id `<region>-n<i>`, data in `<region>-n<i>`, log in
+/// `<region>-n<i>.log` (a restart starts the log anew).
+fn spawn_node(cluster: &Cluster, region: &str, i: usize, urls: &str) -> Proc {
     let dir = cluster.dir.path();
+    let name = format!("{region}-n{i}");
+    let geo = match region {
+        "na" => "39.0,-77.4",
+        "as" => "1.3,103.8",
+        _ => "50.1,8.6",
+    };
     Proc::spawn(
-        &format!("node {i}"),
+        &format!("node {name}"),
         fluxplane(),
         &strings(&[
             "node",
             "--region",
-            REGION,
+            region,
             "--geo",
-            "50.1,8.6",
+            geo,
             "--control",
             urls,
             "--listen",
             "127.0.0.1:0",
             "--data-dir",
-            &path_str(&dir.join(format!("n{i}"))),
+            &path_str(&dir.join(&name)),
             "--wallet",
             &path_str(&cluster.genesis_key),
             "--tier",
             "cumulus",
             "--id",
-            &format!("eu-n{i}"),
+            &name,
         ]),
-        dir.join(format!("n{i}.log")),
+        dir.join(format!("{name}.log")),
     )
 }
 

@@ -117,6 +117,8 @@ pub fn fluxplane() -> &'static str {
 /// One control replica's address and process.
 pub struct Replica {
     pub id: u64,
+    /// The region whose shard it serves.
+    pub region: String,
     /// `host:port`.
     pub addr: String,
     pub url: String,
@@ -208,6 +210,7 @@ impl Cluster {
                 *id,
                 Replica {
                     id: *id,
+                    region: REGION.into(),
                     url: format!("http://{addr}"),
                     addr,
                     data_dir: dir.path().join(format!("c{id}")),
@@ -247,14 +250,39 @@ impl Cluster {
         cluster
     }
 
+    /// Starts a lone replica `id` (on loopback) of another region's shard; it initializes
+    /// itself and publishes itself in the region directory.
+    pub fn add_region(&mut self, region: &str, id: u64) {
+        assert!(!self.replicas.contains_key(&id), "replica ids are unique across regions");
+        let addr = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+        let replica = Replica {
+            id,
+            region: region.into(),
+            url: format!("http://{addr}"),
+            addr,
+            data_dir: self.dir.path().join(format!("c{id}")),
+            proc: std::sync::Mutex::new(None),
+            command: Vec::new(),
+        };
+        self.replicas.insert(id, replica);
+        self.start_replica(id);
+        eventually(Duration::from_secs(30), &format!("region {region} is published with a leader"), || {
+            let out = self.fluxctl(&["--output", "json", "status"]);
+            serde_json::from_slice::<model::api::StatusView>(&out.stdout)
+                .is_ok_and(|v| v.regions.iter().any(|r| r.name == region && r.leader == Some(id)))
+        });
+    }
+
     /// Starts (or restarts) replica `id` on its data dir.
     pub fn start_replica(&self, id: u64) {
         let r = &self.replicas[&id];
         let mut args = r.command.clone();
         args.push(fluxplane().into());
-        args.extend(strings(&["control", "--region", REGION, "--id"]));
+        args.extend(strings(&["control", "--region", &r.region, "--id"]));
         args.push(id.to_string());
-        args.extend(strings(&["--listen", &r.addr, "--peers", &self.peers, "--chain", &self.chain_url]));
+        // Only the first region's replicas form a shard of several; another region's is alone.
+        let peers = if r.region == REGION { self.peers.clone() } else { format!("{id}={}", r.addr) };
+        args.extend(strings(&["--listen", &r.addr, "--peers", &peers, "--chain", &self.chain_url]));
         args.push("--data-dir".into());
         args.push(r.data_dir.display().to_string());
         args.push("--admin-token-file".into());
@@ -331,13 +359,17 @@ impl Cluster {
 
     /// Replica `id`'s own Raft state.
     pub fn status(&self, id: u64) -> Result<ReplicaStatus, String> {
-        self.get(id, "/v1/shards/eu/replica")
+        self.get(id, &format!("/v1/shards/{}/replica", self.replicas[&id].region))
     }
 
-    /// The leader the running replicas agree on in their highest term, if any.
+    /// The leader of region eu the running replicas agree on in their highest term, if any.
     pub fn leader(&self) -> Option<(u64, u64)> {
-        let statuses: Vec<ReplicaStatus> =
-            self.replicas.keys().filter(|id| self.is_running(**id)).filter_map(|id| self.status(*id).ok()).collect();
+        let statuses: Vec<ReplicaStatus> = self
+            .replicas
+            .values()
+            .filter(|r| r.region == REGION && self.is_running(r.id))
+            .filter_map(|r| self.status(r.id).ok())
+            .collect();
         let top = statuses.iter().map(|s| s.term).max()?;
         statuses.iter().find(|s| s.term == top && s.role == "leader").map(|s| (s.id, s.term))
     }

@@ -13,6 +13,12 @@ fn events(cloud: &Cloud) -> Vec<serde_json::Value> {
     text(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
+/// Every region's events, merged in time order.
+fn all_events(cloud: &Cloud) -> Vec<serde_json::Value> {
+    let out = cloud.cluster.fluxctl(&["--output", "json", "events"]);
+    text(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
 fn app_status(cloud: &Cloud) -> Option<model::api::AppView> {
     let out = cloud.cluster.fluxctl(&["--output", "json", "app", "status", "hello"]);
     serde_json::from_slice(&out.stdout).ok()
@@ -131,4 +137,111 @@ fn a_leader_kill_declares_no_node_down_and_moves_no_instance() {
     assert_eq!(nodes(&before), nodes(&after));
     assert_eq!(cloud.nodes_up(), 3);
     assert!(cloud.serves(), "{}", cloud.logs());
+}
+
+/// Where hello's instances run: `(region, node, state)`, sorted.
+fn placements(cloud: &Cloud) -> Vec<(String, String, String)> {
+    let mut p: Vec<(String, String, String)> = app_status(cloud)
+        .map(|a| {
+            a.placements
+                .iter()
+                .map(|p| (p.region.clone(), p.node.clone(), format!("{:?}", p.state).to_lowercase()))
+                .collect()
+        })
+        .unwrap_or_default();
+    p.sort();
+    p
+}
+
+/// The region the gateway served hello from, if it answered 200.
+fn served_from(cloud: &Cloud) -> Option<String> {
+    let resp = cloud.get().filter(|r| r.status() == 200)?;
+    resp.headers().get("x-fluxplane-region").and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+#[test]
+fn a_lost_region_spills_to_the_nearest_region_and_moves_back_when_it_returns() {
+    let mut cloud = Cloud::with_regions(&[("eu", 2), ("na", 2)]);
+    cloud.deploy_hello_as(
+        "name = \"hello\"\ninstances = 2\ngeolocation = [\"acEU\", \"acNA\"]\n\
+         [[component]]\nname = \"web\"\nwasm = \"hello.wasm\"\ncpu = 0.5\nram = 64\nhdd = 1\n",
+    );
+    let running_in = |p: &[(String, String, String)], region: &str| {
+        p.iter().filter(|(r, _, state)| r == region && state == "running").count()
+    };
+    eventually(Duration::from_secs(20), "one instance running in each region", || {
+        let p = placements(&cloud);
+        running_in(&p, "eu") == 1 && running_in(&p, "na") == 1
+    });
+    eventually(Duration::from_secs(10), "the Frankfurt gateway serves from eu", || {
+        served_from(&cloud).as_deref() == Some("eu")
+    });
+
+    // Every node of eu dies.
+    let kill_ms = chain::now_ms();
+    for i in [1, 2] {
+        let index = cloud.node_index("eu", i);
+        cloud.nodes[index].sigkill();
+    }
+    let log = eventually_value(Duration::from_secs(20), "eu's instance started in na", || {
+        let log = all_events(&cloud);
+        let started = log
+            .iter()
+            .any(|e| e["event"] == "instance_started" && e["region"] == "na" && e["at_ms"].as_u64() > Some(kill_ms));
+        started.then_some(log)
+    });
+    let started = log
+        .iter()
+        .find(|e| e["event"] == "instance_started" && e["region"] == "na" && e["at_ms"].as_u64() > Some(kill_ms))
+        .map_or(u64::MAX, |e| e["at_ms"].as_u64().unwrap_or(u64::MAX));
+    let spilled_ms = started.saturating_sub(kill_ms);
+    eprintln!("eu lost: its instance serving in na {spilled_ms} ms after the kill");
+    assert!(spilled_ms <= 10_000, "spilled after {spilled_ms} ms:\n{log:?}");
+    let lost = log
+        .iter()
+        .find(|e| e["event"] == "region_capacity" && e["region"] == "na" && e["peer"] == "eu" && e["open_nodes"] == 0);
+    assert!(lost.is_some(), "na logged eu's lost capacity: {log:?}");
+    let p = placements(&cloud);
+    assert_eq!((running_in(&p, "na"), p.iter().filter(|x| x.0 == "eu").count()), (2, 0), "{p:?}");
+    eventually(Duration::from_secs(10), "the Frankfurt gateway serves from na", || {
+        served_from(&cloud).as_deref() == Some("na")
+    });
+
+    // eu's nodes return: its instance comes back, and only once it runs does na let go of its
+    // stand-in; the app never has fewer than two running.
+    let back_ms = chain::now_ms();
+    for i in [1, 2] {
+        cloud.restart("eu", i);
+    }
+    let mut fewest = usize::MAX;
+    eventually(Duration::from_secs(40), "one instance in each region again", || {
+        let p = placements(&cloud);
+        let running = running_in(&p, "eu") + running_in(&p, "na");
+        if !p.is_empty() {
+            fewest = fewest.min(running);
+        }
+        running_in(&p, "eu") == 1 && p.iter().filter(|x| x.0 == "na").count() == 1 && running == 2
+    });
+    assert!(fewest >= 2, "only {fewest} running while moving back");
+    let log = all_events(&cloud);
+    let eu_started = log
+        .iter()
+        .find(|e| e["event"] == "instance_started" && e["region"] == "eu" && e["at_ms"].as_u64() > Some(back_ms))
+        .and_then(|e| e["at_ms"].as_u64());
+    let na_stopped = log
+        .iter()
+        .find(|e| e["event"] == "instance_stopped" && e["region"] == "na" && e["at_ms"].as_u64() > Some(back_ms))
+        .and_then(|e| e["at_ms"].as_u64());
+    eprintln!(
+        "eu back: its instance started {} ms after the restart, na's stand-in stopped {} ms after",
+        eu_started.unwrap_or(0).saturating_sub(back_ms),
+        na_stopped.unwrap_or(0).saturating_sub(back_ms)
+    );
+    assert!(
+        eu_started.is_some() && na_stopped.is_some() && eu_started <= na_stopped,
+        "the stand-in stopped before eu's instance started: {log:?}"
+    );
+    eventually(Duration::from_secs(10), "the Frankfurt gateway serves from eu again", || {
+        served_from(&cloud).as_deref() == Some("eu")
+    });
 }

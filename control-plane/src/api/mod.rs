@@ -88,6 +88,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route(paths::SHARD_ROUTE, get(admin::shard_view))
         .route(paths::SHARD_REPLICA_ROUTE, get(admin::replica))
         .route(paths::SHARD_IDENTITY_ROUTE, get(admin::identity))
+        .route(paths::SHARD_CAPACITY_ROUTE, get(views::capacity))
         .route(paths::SHARD_INIT_ROUTE, post(admin::init))
         .route(paths::SHARD_LEARNERS_ROUTE, post(admin::add_learner))
         .route(paths::SHARD_PROMOTE_ROUTE, post(admin::promote))
@@ -138,18 +139,7 @@ impl Api {
 
     /// The other regions' replica URLs, from the directory this shard holds.
     fn other_regions(&self) -> Vec<(String, Vec<String>)> {
-        self.shard.read(|s| {
-            s.chain
-                .regions
-                .iter()
-                .filter(|r| r.name != s.region)
-                .map(|r| {
-                    let urls =
-                        s.chain.directory.get(&r.name).map(|d| d.values().cloned().collect()).unwrap_or_default();
-                    (r.name.clone(), urls)
-                })
-                .collect()
-        })
+        self.shard.read(|s| s.other_regions())
     }
 
     /// A client of another region's replicas that asks for that region's part only.

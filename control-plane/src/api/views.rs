@@ -8,7 +8,7 @@ use futures::future::join_all;
 use model::api::*;
 
 use super::{Api, ApiError, ReadOpts};
-use crate::scheduler::region_quotas;
+use crate::scheduler::{region_quotas, spill_quota};
 
 type Json<T> = Result<axum::Json<T>, ApiError>;
 
@@ -105,6 +105,21 @@ fn unreachable_region(name: &str, why: String) -> RegionStatus {
     }
 }
 
+/// This region's capacity, from its leader (other regions' leaders ask for it to spill).
+pub(super) async fn capacity(
+    State(api): State<Arc<Api>>,
+    Path(region): Path<String>,
+) -> Json<model::capacity::RegionReport> {
+    if region != api.shard.region {
+        return Err(ApiError::new(
+            "wrong_region",
+            format!("this replica serves region {}, not {region}", api.shard.region),
+        ));
+    }
+    api.leader_view(&ReadOpts::default()).await?;
+    Ok(axum::Json(crate::capacity::report(&api.shard)))
+}
+
 /// The region directory from the cached chain state. Always served from this replica's state,
 /// even without a leader, so that gateways and agents can find the regions while a shard is
 /// electing (it changes only when a block announces a replica).
@@ -136,15 +151,24 @@ fn local_app_view(api: &Api, name: &str) -> Result<AppView, ApiError> {
     let (record, quotas, placed, short, down) = shard.read(|s| {
         let record = s.chain.apps.get(name).cloned();
         let quotas = record.as_ref().map(|r| region_quotas(&r.spec, &s.chain)).unwrap_or_default();
+        // This region's own entry counts what it takes over from regions that are short.
+        let here = record.as_ref().map_or(0, |r| spill_quota(&r.spec, &s.chain, &s.capacity()).place);
         (
             record,
-            quotas,
+            (quotas, here),
             s.placements.get(name).cloned().unwrap_or_default(),
             s.shortfall.get(name).cloned(),
             s.down.clone(),
         )
     });
     let record = record.ok_or_else(|| ApiError::not_found(format!("app `{name}` is not registered")))?;
+    let (mut quotas, here) = quotas;
+    let quota_total: u32 = quotas.values().sum();
+    if here > 0 {
+        quotas.insert(shard.region.clone(), here);
+    } else {
+        quotas.remove(&shard.region);
+    }
     let mut shortfall = BTreeMap::new();
     if let Some(why) = short {
         shortfall.insert(shard.region.clone(), why);
@@ -175,7 +199,6 @@ fn local_app_view(api: &Api, name: &str) -> Result<AppView, ApiError> {
             message: report.and_then(|r| r.message),
         });
     }
-    let quota_total: u32 = quotas.values().sum();
     if quota_total < record.spec.instances {
         // Not a region's shortfall: no region has enough eligible nodes at all.
         shortfall.insert(
@@ -217,6 +240,10 @@ async fn merge_regions(api: &Arc<Api>, opts: &ReadOpts, views: &mut [AppView]) {
                 for view in views.iter_mut() {
                     if let Some(t) = theirs.get(&view.name) {
                         view.placements.extend(t.placements.iter().filter(|p| p.region == region).cloned());
+                        match t.quotas.get(&region) {
+                            Some(q) => view.quotas.insert(region.clone(), *q),
+                            None => view.quotas.remove(&region),
+                        };
                         if let Some(why) = t.shortfall.get(&region) {
                             view.shortfall.insert(region.clone(), why.clone());
                         }

@@ -81,12 +81,12 @@ fn places_on_emptiest_eligible_nodes_and_never_twice() {
             free: Resources { cpu_tenths: 20, ram_mb: 8000, hdd_gb: 10 },
         },
     ];
-    let d = place(&app(1, &[], 64), 1, &cands, &BTreeSet::new());
+    let d = place(&app(1, &[], 64), Quota::exactly(1), &cands, &BTreeSet::new());
     assert_eq!(d.place, vec!["eu-2".to_string()]);
-    let d = place(&app(2, &[], 64), 2, &cands, &BTreeSet::from(["eu-2".to_string()]));
+    let d = place(&app(2, &[], 64), Quota::exactly(2), &cands, &BTreeSet::from(["eu-2".to_string()]));
     assert_eq!(d.place, vec!["eu-1".to_string()]);
     assert!(d.shortfall.is_none());
-    let d = place(&app(3, &[], 64), 3, &cands, &BTreeSet::new());
+    let d = place(&app(3, &[], 64), Quota::exactly(3), &cands, &BTreeSet::new());
     assert_eq!(d.place.len(), 2);
     assert!(d.shortfall.as_deref().is_some_and(|s| s.starts_with("2 of 3 placed")), "{d:?}");
 }
@@ -109,11 +109,104 @@ fn moves_off_down_nodes_and_reports_capacity_shortfall() {
             free: Resources { cpu_tenths: 20, ram_mb: 8000, hdd_gb: 10 },
         },
     ];
-    let d = place(&app(1, &[], 64), 1, &cands, &BTreeSet::from(["eu-1".to_string()]));
+    let d = place(&app(1, &[], 64), Quota::exactly(1), &cands, &BTreeSet::from(["eu-1".to_string()]));
     assert_eq!((d.remove, d.place), (vec!["eu-1".to_string()], vec!["eu-2".to_string()]));
-    let d = place(&app(1, &[], 9000), 1, &cands, &BTreeSet::new());
+    let d = place(&app(1, &[], 9000), Quota::exactly(1), &cands, &BTreeSet::new());
     assert!(d.place.is_empty());
     assert!(d.shortfall.is_some());
+}
+
+/// The quota of `region` for `spec`, with its own `down` nodes and the others' `reports`.
+fn quota_in(spec: &AppSpec, c: &ChainState, region: &str, down: &[&str], reports: &[(&str, RegionReport)]) -> Quota {
+    let down: BTreeSet<NodeId> = down.iter().map(|d| d.to_string()).collect();
+    let reports: BTreeMap<String, RegionReport> = reports.iter().map(|(r, rep)| (r.to_string(), rep.clone())).collect();
+    let none = BTreeSet::new();
+    spill_quota(spec, c, &Capacity { region, down: &down, cordoned: &none, reports: &reports })
+}
+
+/// A region that answers, with `open` nodes and `app` short as given.
+fn report(open: &[&str], short: Option<(u32, u32)>) -> RegionReport {
+    RegionReport {
+        reachable: true,
+        open: open.iter().map(|n| n.to_string()).collect(),
+        short: short
+            .map(|(unplaced, unstarted)| ("a".to_string(), Shortage { unplaced, unstarted }))
+            .into_iter()
+            .collect(),
+        error: None,
+    }
+}
+
+#[test]
+fn a_lost_region_spills_to_the_nearest_allowed_regions_with_room() {
+    let c = chain(2);
+    // eu 2, na 1, as 1 (round robin over two nodes each).
+    let spec = app(4, &["acEU", "acNA", "acAS"], 64);
+    let whole = [("na", report(&["na-0", "na-1"], None)), ("as", report(&["as-0", "as-1"], None))];
+    assert_eq!(quota_in(&spec, &c, "eu", &[], &whole), Quota::exactly(2));
+    // Nothing reported: every region counts as whole.
+    assert_eq!(quota_in(&spec, &c, "na", &[], &[]), Quota::exactly(1));
+
+    // eu unreachable: its 2 go to na (nearest, room for 1 more) and then as (room for 1).
+    let lost = RegionReport::unreachable("timed out".into());
+    let others = |me: &str| -> Vec<(&str, RegionReport)> {
+        [("eu", lost.clone()), ("na", report(&["na-0", "na-1"], None)), ("as", report(&["as-0", "as-1"], None))]
+            .into_iter()
+            .filter(|(r, _)| *r != me)
+            .collect()
+    };
+    assert_eq!(quota_in(&spec, &c, "na", &[], &others("na")), Quota::exactly(2));
+    assert_eq!(quota_in(&spec, &c, "as", &[], &others("as")), Quota::exactly(2));
+
+    // The same through a report: eu answers with no open node and both instances unplaced.
+    let eu_empty = report(&[], Some((2, 2)));
+    assert_eq!(quota_in(&spec, &c, "na", &[], &[("eu", eu_empty.clone())]), Quota::exactly(2));
+    // na lost a node of its own: no room there, so as takes what it can and one is left over.
+    assert_eq!(quota_in(&spec, &c, "na", &["na-1"], &[("eu", eu_empty.clone())]), Quota::exactly(1));
+    let na_full = report(&["na-0"], None);
+    assert_eq!(quota_in(&spec, &c, "as", &[], &[("eu", eu_empty), ("na", na_full)]), Quota::exactly(2));
+
+    // A region the app does not allow takes nothing.
+    let spec = app(2, &["acEU", "acNA"], 64);
+    assert_eq!(quota_in(&spec, &c, "as", &[], &[("eu", lost.clone())]), Quota::exactly(0));
+    assert_eq!(quota_in(&spec, &c, "na", &[], &[("eu", lost)]), Quota::exactly(2));
+}
+
+#[test]
+fn a_returning_region_takes_its_quota_back_once_its_instances_started() {
+    let c = chain(2);
+    let spec = app(2, &["acEU", "acNA"], 64);
+    // eu's nodes are back and its instance is placed but still starting: na places no more
+    // than its own, but keeps its stand-in.
+    let starting = report(&["eu-0", "eu-1"], Some((0, 1)));
+    assert_eq!(quota_in(&spec, &c, "na", &[], &[("eu", starting)]), Quota { place: 1, keep: 2 });
+    // Started: the stand-in goes.
+    let started = report(&["eu-0", "eu-1"], None);
+    assert_eq!(quota_in(&spec, &c, "na", &[], &[("eu", started)]), Quota::exactly(1));
+    // A shortage larger than the region's base quota counts only up to it.
+    let wild = report(&[], Some((50, 50)));
+    assert_eq!(quota_in(&spec, &c, "na", &[], &[("eu", wild)]), Quota::exactly(2));
+}
+
+#[test]
+fn place_keeps_stand_ins_up_to_keep_but_adds_only_up_to_place() {
+    let nodes: Vec<NodeRecord> = (0..3).map(|i| node(&format!("na-{i}"), "na", "NA", Tier::Cumulus)).collect();
+    let cands: Vec<Candidate<'_>> = nodes
+        .iter()
+        .map(|n| Candidate {
+            node: n,
+            up: true,
+            cordoned: false,
+            free: Resources { cpu_tenths: 20, ram_mb: 500, hdd_gb: 10 },
+        })
+        .collect();
+    let current: BTreeSet<NodeId> = ["na-0".to_string(), "na-1".to_string()].into();
+    let d = place(&app(3, &[], 64), Quota { place: 1, keep: 2 }, &cands, &current);
+    assert_eq!(d, Decision::default());
+    let d = place(&app(3, &[], 64), Quota { place: 1, keep: 1 }, &cands, &current);
+    assert_eq!(d.remove, vec!["na-1".to_string()]);
+    let d = place(&app(3, &[], 64), Quota { place: 3, keep: 3 }, &cands, &current);
+    assert_eq!(d.place, vec!["na-2".to_string()]);
 }
 
 proptest! {
@@ -136,7 +229,7 @@ proptest! {
             .filter(|(i, _)| current_mask[i % current_mask.len()])
             .map(|(_, n)| n.start.node_id.clone()).collect();
         let spec = app(quota.max(1), &[], 100);
-        let d = place(&spec, quota, &cands, &current);
+        let d = place(&spec, Quota::exactly(quota), &cands, &current);
         let mut after: BTreeSet<NodeId> = current.clone();
         for r in &d.remove { prop_assert!(after.remove(r)); }
         for p in &d.place { prop_assert!(after.insert(p.clone()), "placed twice on {}", p); }

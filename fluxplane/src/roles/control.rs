@@ -232,6 +232,8 @@ impl Built {
         let fatal = Fatal::default();
         let (stop, stopped) = watch::channel(false);
         let actors = tokio::spawn(actors::lead(shard.clone(), chain.clone(), fatal.clone(), stopped.clone()));
+        let peers = client::Client::new(vec![advertise.clone()])?;
+        tokio::spawn(control_plane::capacity::follow_other_regions(shard.clone(), peers, stopped.clone()));
         match config.wallet.clone() {
             Some(wallet) => {
                 tokio::spawn(publish(shard.clone(), chain, wallet, advertise.clone(), fatal.clone(), stopped));
