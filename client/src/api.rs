@@ -156,9 +156,19 @@ impl Client {
         self.json(Call::post_json(paths::HEARTBEAT, beat)?.retry(Retry::Always).timeout(timeout)).await
     }
 
-    /// A region's routing feed; with `after`, waits up to `wait` for a version other than it.
-    pub async fn routes(&self, region: &str, after: Option<u64>, wait: Duration) -> Result<RouteFeed, ClientError> {
+    /// A region's routing feed, asked for by `gateway` (its id, if a gateway asks); with
+    /// `after` (the version it holds), waits up to `wait` for a version other than it.
+    pub async fn routes(
+        &self,
+        region: &str,
+        gateway: Option<&str>,
+        after: Option<u64>,
+        wait: Duration,
+    ) -> Result<RouteFeed, ClientError> {
         let mut call = Call::get(paths::routes(region)).timeout(wait + Duration::from_secs(5));
+        if let Some(id) = gateway {
+            call = call.query("gateway", id);
+        }
         if let Some(v) = after {
             call = call.query("after", v).query("wait_ms", wait.as_millis());
         }

@@ -167,7 +167,14 @@ pub struct ReadIndexError(pub String);
 struct Soft {
     beats: HashMap<NodeId, Instant>,
     reports: HashMap<NodeId, Vec<InstanceReport>>,
+    /// Gateways following the feed: the version each holds, and when it last asked.
+    gateways: HashMap<String, (u64, Instant)>,
 }
+
+/// Gateways a leader keeps track of at most; past it, the quietest are forgotten.
+const MAX_GATEWAYS: usize = 1024;
+/// A gateway that has not asked for the feed for this long no longer counts as following it.
+pub const GATEWAY_QUIET: Duration = Duration::from_secs(30);
 
 /// A running shard replica.
 pub struct Shard {
@@ -732,6 +739,38 @@ impl Shard {
             self.bump();
         }
         Ok(())
+    }
+
+    /// Records that gateway `id` holds feed `version` (it asked for what comes after it).
+    /// Leader only; a version newer than this leader's is taken as this leader's.
+    pub fn record_gateway(&self, id: &str, version: u64) -> Result<(), SoftError> {
+        self.soft_leader()?;
+        let version = version.min(self.version());
+        let mut soft = self.soft();
+        if soft.gateways.len() >= MAX_GATEWAYS && !soft.gateways.contains_key(id) {
+            soft.gateways.retain(|_, (_, at)| at.elapsed() < GATEWAY_QUIET);
+            if soft.gateways.len() >= MAX_GATEWAYS
+                && let Some(quietest) = soft.gateways.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| k.clone())
+            {
+                soft.gateways.remove(&quietest);
+            }
+        }
+        soft.gateways.insert(id.to_string(), (version, Instant::now()));
+        Ok(())
+    }
+
+    /// The gateways that asked for the feed within [`GATEWAY_QUIET`]: id and the version each
+    /// holds, by id.
+    pub fn gateways(&self) -> Vec<(String, u64)> {
+        let mut gateways: Vec<(String, u64)> = self
+            .soft()
+            .gateways
+            .iter()
+            .filter(|(_, (_, at))| at.elapsed() < GATEWAY_QUIET)
+            .map(|(id, (version, _))| (id.clone(), *version))
+            .collect();
+        gateways.sort();
+        gateways
     }
 
     /// Time since `node`'s last heartbeat reached this replica.

@@ -116,6 +116,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let (gateway, gateway_addr) = gateway::Config::new(
         ::gateway::GatewayConfig {
+            id: "dev-gateway".into(),
             listen: args.gateway_listen,
             domain: "localhost".into(),
             control: client::Client::new(all_urls.clone())?,

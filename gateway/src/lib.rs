@@ -9,3 +9,10 @@ mod routes;
 
 pub use proxy::{Gateway, GatewayConfig, GatewayHandle};
 pub use routes::RouteTable;
+
+/// A gateway id for when none is configured: `gw-` and 8 random hex digits.
+pub fn random_id() -> String {
+    use std::hash::BuildHasher;
+    let seed = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+    format!("gw-{:08x}", seed as u32)
+}

@@ -32,6 +32,9 @@ const MAX_BODY: usize = 16 << 20;
 /// How a gateway is set up.
 #[derive(Clone)]
 pub struct GatewayConfig {
+    /// The name it gives itself when it follows the feeds: the control plane tells `deploy
+    /// --wait` which gateways hold which feed version.
+    pub id: String,
     /// Where to listen.
     pub listen: SocketAddr,
     /// Apps answer at `<app>.app.<domain>`.
@@ -86,7 +89,7 @@ impl Gateway {
             .map_err(|e| anyhow::anyhow!("binding the gateway on {}: {e}", config.listen))?;
         let table: Arc<ArcSwap<RouteTable>> = Arc::default();
         let (stop_follow, follow_stopped) = watch::channel(false);
-        tokio::spawn(follow(config.control.clone(), table.clone(), follow_stopped));
+        tokio::spawn(follow(config.id.clone(), config.control.clone(), table.clone(), follow_stopped));
         let client = instance_client();
         let gw = Arc::new(Gateway { config, table, client });
         let server = gw.serve(listener, limits)?;

@@ -49,6 +49,7 @@ const FEED_WAIT: Duration = Duration::from_secs(20);
 /// of `control`'s URLs; each region's feed from that region's replicas (its leader, by
 /// redirect). When a region cannot be reached its last routes stay in the table.
 pub(crate) async fn follow(
+    id: String,
     control: client::Client,
     table: Arc<ArcSwap<RouteTable>>,
     mut shutdown: watch::Receiver<bool>,
@@ -66,8 +67,13 @@ pub(crate) async fn follow(
                         continue;
                     }
                     let Ok(region_client) = control.sibling(urls.clone()) else { continue };
-                    let task =
-                        tokio::spawn(follow_region(region.name.clone(), region_client, feeds.clone(), table.clone()));
+                    let task = tokio::spawn(follow_region(
+                        id.clone(),
+                        region.name.clone(),
+                        region_client,
+                        feeds.clone(),
+                        table.clone(),
+                    ));
                     if let Some((_, old)) = followers.insert(region.name.clone(), (urls, task)) {
                         old.abort();
                     }
@@ -87,7 +93,10 @@ pub(crate) async fn follow(
     }
 }
 
+/// Follows one region's feed. Each long poll names the version this gateway holds, which
+/// tells the region's leader that the gateway routes it.
 async fn follow_region(
+    id: String,
     region: String,
     control: client::Client,
     feeds: Arc<Mutex<HashMap<String, Vec<Route>>>>,
@@ -95,7 +104,7 @@ async fn follow_region(
 ) {
     let mut version: Option<u64> = None;
     loop {
-        match control.routes(&region, version, FEED_WAIT).await {
+        match control.routes(&region, Some(&id), version, FEED_WAIT).await {
             Ok(feed) => {
                 version = Some(feed.version);
                 let mut all = feeds.lock().unwrap_or_else(|e| e.into_inner());

@@ -168,6 +168,35 @@ pub struct AppView {
     /// Regions whose shard could not be asked; their placements are missing from this view.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub unreachable: BTreeMap<String, String>,
+    /// How each region's routes reach the gateways (from each region's leader).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub routing: BTreeMap<String, Routing>,
+}
+
+/// Which gateways route what one region's leader shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Routing {
+    /// The region's feed version when the view was read: a gateway that holds it, or a later
+    /// one, routes every instance the view shows running there.
+    pub feed_version: u64,
+    /// Gateways that followed the region's feed in the last 30 s.
+    pub gateways: Vec<GatewayFeed>,
+}
+
+/// One gateway following a region's feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayFeed {
+    /// The id it gives itself.
+    pub id: String,
+    /// The feed version it holds.
+    pub version: u64,
+}
+
+impl Routing {
+    /// The gateways that do not hold `version` yet.
+    pub fn behind(&self, version: u64) -> Vec<&GatewayFeed> {
+        self.gateways.iter().filter(|g| g.version < version).collect()
+    }
 }
 
 impl AppView {

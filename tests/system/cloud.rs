@@ -52,7 +52,17 @@ impl Cloud {
         let gw = Proc::spawn(
             "gateway",
             fluxplane(),
-            &strings(&["gateway", "--geo", "50.11,8.68", "--control", &urls, "--listen", &gateway]),
+            &strings(&[
+                "gateway",
+                "--id",
+                "gw-frankfurt",
+                "--geo",
+                "50.11,8.68",
+                "--control",
+                &urls,
+                "--listen",
+                &gateway,
+            ]),
             dir.join("gateway.log"),
         );
         let cloud = Cloud { cluster, nodes, node_ids, _gateway: gw, gateway };
@@ -117,7 +127,9 @@ impl Cloud {
     fn deploy_manifest(&self, manifest: &Path) {
         let out = self.cluster.fluxctl(&["app", "deploy", &path_str(manifest), "--wait", "--timeout", "60"]);
         assert!(out.status.success(), "deploy: {}\n{}", text(&out.stderr), self.logs());
-        eventually(Duration::from_secs(20), "the gateway serves hello", || self.serves());
+        // --wait returned only once the gateway routes the app.
+        assert!(text(&out.stderr).contains("routed by 1 gateway(s)"), "{}", text(&out.stderr));
+        assert!(self.serves(), "not served right after deploy --wait:\n{}", self.logs());
     }
 }
 
@@ -199,6 +211,20 @@ fn the_multi_process_cloud_deploys_and_serves_end_to_end() {
     }
     let out = cloud.cluster.fluxctl(&["events", "--region", "nowhere"]);
     assert!(!out.status.success() && text(&out.stderr).contains("no region `nowhere`"), "{}", text(&out.stderr));
+
+    // A gateway that does not pick up the new routes holds `deploy --wait` back, by name.
+    cloud._gateway.freeze();
+    let dir = cloud.cluster.dir.path().join("second");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::copy(crate::util::repo().join("examples/hello/hello.wasm"), dir.join("hello.wasm")).expect("wasm");
+    let manifest = "name = \"second\"\ninstances = 1\n[[component]]\nname = \"web\"\nwasm = \"hello.wasm\"\n";
+    std::fs::write(dir.join("fluxapp.toml"), manifest).expect("manifest");
+    let out =
+        cloud.cluster.fluxctl(&["app", "deploy", &path_str(&dir.join("fluxapp.toml")), "--wait", "--timeout", "8"]);
+    cloud._gateway.thaw();
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "deploy --wait returned with the gateway frozen: {err}");
+    assert!(err.contains("every instance runs, but gw-frankfurt (eu) do not route it yet"), "{err}");
 }
 
 #[test]

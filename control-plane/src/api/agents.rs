@@ -90,6 +90,8 @@ fn stop_reason(s: &crate::state::ShardState, id: &str, node: &str) -> String {
 pub(super) struct FeedQuery {
     after: Option<u64>,
     wait_ms: Option<u64>,
+    /// The asking gateway's id: it holds version `after` (none without it).
+    gateway: Option<String>,
 }
 
 /// The routing feed. With `after=V`, waits up to `wait_ms` (at most 30 s) for a version other
@@ -106,6 +108,11 @@ pub(super) async fn routes(
             format!("this replica serves region {}, not {region}; find its replicas in /v1/regions", shard.region),
         ));
     }
+    if let Some(id) = q.gateway.as_deref() {
+        // Known from its first ask on, so that `deploy --wait` waits for it too.
+        check_gateway_id(id)?;
+        shard.record_gateway(id, q.after.unwrap_or(0))?;
+    }
     if let Some(after) = q.after {
         // Fails fast on a follower or a warming leader.
         shard.feed()?;
@@ -121,4 +128,13 @@ pub(super) async fn routes(
         .await;
     }
     Ok(axum::Json(shard.feed()?))
+}
+
+/// A gateway id is short and plain, so that it can be shown as it is.
+fn check_gateway_id(id: &str) -> Result<(), ApiError> {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"-_.:".contains(&b);
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(plain) {
+        return Err(ApiError::bad_request("`gateway` is 1 to 64 letters, digits, `-`, `_`, `.` or `:`"));
+    }
+    Ok(())
 }

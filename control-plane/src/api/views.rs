@@ -214,6 +214,13 @@ fn local_app_view(api: &Api, name: &str) -> Result<AppView, ApiError> {
             ),
         );
     }
+    // Read after the instance states, so that a gateway holding this version routes them.
+    let routing = if leads {
+        let gateways = shard.gateways().into_iter().map(|(id, version)| GatewayFeed { id, version }).collect();
+        BTreeMap::from([(shard.region.clone(), Routing { feed_version: shard.version(), gateways })])
+    } else {
+        BTreeMap::new()
+    };
     Ok(AppView {
         name: record.spec.name.clone(),
         owner: record.owner,
@@ -228,6 +235,7 @@ fn local_app_view(api: &Api, name: &str) -> Result<AppView, ApiError> {
         shortfall,
         components: record.spec.components,
         unreachable: BTreeMap::new(),
+        routing,
     })
 }
 
@@ -240,6 +248,9 @@ async fn merge_regions(api: &Arc<Api>, opts: &ReadOpts, views: &mut [AppView]) {
                 for view in views.iter_mut() {
                     if let Some(t) = theirs.get(&view.name) {
                         view.placements.extend(t.placements.iter().filter(|p| p.region == region).cloned());
+                        if let Some(routing) = t.routing.get(&region) {
+                            view.routing.insert(region.clone(), routing.clone());
+                        }
                         match t.quotas.get(&region) {
                             Some(q) => view.quotas.insert(region.clone(), *q),
                             None => view.quotas.remove(&region),

@@ -111,3 +111,21 @@ async fn concurrent_writes_share_entries_and_each_gets_its_own_result() {
     assert!(entries < 200, "200 concurrent writes took {entries} entries: nothing was batched");
     shard.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_leader_keeps_a_bounded_list_of_gateways_and_their_versions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shard = open_single(dir.path(), &Keypair::generate(), &AdminToken::generate()).await;
+    let now = shard.version();
+    shard.record_gateway("gw-a", 0).expect("leader");
+    // A version from the future counts as the current one.
+    shard.record_gateway("gw-b", u64::MAX).expect("leader");
+    assert_eq!(shard.gateways(), vec![("gw-a".to_string(), 0), ("gw-b".to_string(), now)]);
+    shard.record_gateway("gw-a", now).expect("leader");
+    assert_eq!(shard.gateways()[0], ("gw-a".to_string(), now));
+    // A flood of ids does not grow the list past its bound.
+    for i in 0..(MAX_GATEWAYS + 50) {
+        shard.record_gateway(&format!("gw-flood-{i}"), 0).expect("leader");
+    }
+    assert_eq!(shard.gateways().len(), MAX_GATEWAYS);
+}

@@ -32,6 +32,10 @@ pub struct GatewayArgs {
     /// loopback).
     #[arg(long)]
     pub trusted: Option<String>,
+    /// The name this gateway gives itself when it follows the feeds (shown to `fluxctl app
+    /// status`, and waited for by `deploy --wait`; default: `gw-` and 8 random hex digits).
+    #[arg(long)]
+    pub id: Option<String>,
 }
 
 impl GatewayArgs {
@@ -43,6 +47,7 @@ impl GatewayArgs {
             listen: self.listen.or(file.listen),
             domain: self.domain.or(file.domain),
             trusted: self.trusted.or(file.trusted),
+            id: self.id.or(file.id),
         }
     }
 }
@@ -69,6 +74,7 @@ impl Config {
         };
         Ok(Config {
             inner: gateway::GatewayConfig {
+                id: args.id.unwrap_or_else(gateway::random_id),
                 listen: config::required(args.listen, "--listen", "gateway.listen")?,
                 domain: args.domain.unwrap_or_else(|| "localhost".into()),
                 control: client::Client::from_list(&control)?,

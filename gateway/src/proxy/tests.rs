@@ -65,6 +65,7 @@ fn route(node: &str, addr: &str, lon: f64) -> model::api::Route {
 async fn gateway(routes: Vec<model::api::Route>) -> (String, serve::Server) {
     let table = Arc::new(ArcSwap::from_pointee(RouteTable::build(routes.iter())));
     let config = GatewayConfig {
+        id: "test".into(),
         listen: "127.0.0.1:0".parse().expect("addr"),
         domain: "test".into(),
         control: client::Client::from_list("http://127.0.0.1:1").expect("client"),

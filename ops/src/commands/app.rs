@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use client::Client;
 use comfy_table::Table;
-use model::api::{SubmitTxResponse, TxStatus};
+use model::api::{AppView, SubmitTxResponse, TxStatus};
 use model::chain::Tx;
 use model::keys::Keypair;
 use model::spec::{AppSpec, BLAKE3_PREFIX};
@@ -149,6 +149,7 @@ async fn deploy(cli: &Cli, api: &Client, file: &Path, wait: bool, timeout: Durat
                 if let Some(why) = app.shortfall.get("all") {
                     eprintln!("warning: {why}");
                 }
+                wait_routed(api, &app, deadline, started).await?;
                 break;
             }
             if Instant::now() >= deadline {
@@ -167,6 +168,55 @@ async fn deploy(cli: &Cli, api: &Client, file: &Path, wait: bool, timeout: Durat
     eprintln!("ready in {:.1}s", started.elapsed().as_secs_f64());
     println!("{url}");
     Ok(())
+}
+
+/// Waits until every gateway that follows a region where `app` runs holds a feed version that
+/// routes the instances `app` shows running, so that `--wait` never returns while a client could
+/// still be sent elsewhere (or get a 404).
+async fn wait_routed(api: &Client, app: &AppView, deadline: Instant, started: Instant) -> anyhow::Result<()> {
+    let regions: std::collections::BTreeSet<&str> = app
+        .placements
+        .iter()
+        .filter(|p| p.state == model::api::InstanceState::Running)
+        .map(|p| p.region.as_str())
+        .collect();
+    let targets: Vec<(String, Option<u64>)> =
+        regions.iter().map(|r| (r.to_string(), app.routing.get(*r).map(|x| x.feed_version))).collect();
+    let mut last_behind = None;
+    loop {
+        let now = api.app(&app.name).await?;
+        let (mut behind, mut unfollowed, mut gateways) = (Vec::new(), Vec::new(), std::collections::BTreeSet::new());
+        for (region, target) in &targets {
+            match (now.routing.get(region), target) {
+                (Some(r), _) if r.gateways.is_empty() => unfollowed.push(region.as_str()),
+                (Some(r), Some(target)) => {
+                    gateways.extend(r.gateways.iter().map(|g| g.id.clone()));
+                    behind.extend(r.behind(*target).into_iter().map(|g| format!("{} ({region})", g.id)));
+                }
+                // The region's leader did not answer for itself: ask again.
+                _ => behind.push(format!("region {region}'s leader")),
+            }
+        }
+        if behind.is_empty() {
+            if !unfollowed.is_empty() {
+                eprintln!("note: no gateway follows {}; not waiting for routes there", unfollowed.join(", "));
+            }
+            if !gateways.is_empty() {
+                eprintln!("routed by {} gateway(s) ({:.1}s)", gateways.len(), started.elapsed().as_secs_f64());
+            }
+            return Ok(());
+        }
+        if last_behind.as_ref() != Some(&behind) {
+            eprintln!("waiting for {} to route it", behind.join(", "));
+            last_behind = Some(behind.clone());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "timed out: every instance runs, but {} do not route it yet",
+            behind.join(", ")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn scale(cli: &Cli, api: &Client, name: &str, instances: u32) -> anyhow::Result<()> {
@@ -247,6 +297,22 @@ async fn status(cli: &Cli, api: &Client, name: &str) -> anyhow::Result<()> {
     }
     for (region, why) in &app.unreachable {
         println!("region {region} could not be asked: {why}");
+    }
+    let quotas: Vec<String> = app.quotas.iter().map(|(r, q)| format!("{r} {q}")).collect();
+    println!("quotas: {}", if quotas.is_empty() { "none".to_string() } else { quotas.join(", ") });
+    for (region, routing) in &app.routing {
+        let gateways: Vec<String> = routing
+            .gateways
+            .iter()
+            .map(|g| {
+                let lag = if g.version < routing.feed_version { " (behind)" } else { "" };
+                format!("{}{lag}", g.id)
+            })
+            .collect();
+        println!(
+            "gateways following {region}: {}",
+            if gateways.is_empty() { "none".to_string() } else { gateways.join(", ") }
+        );
     }
     Ok(())
 }
