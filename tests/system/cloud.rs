@@ -113,13 +113,21 @@ impl Cloud {
 
     pub(crate) fn deploy(&self) {
         self.deploy_manifest(&repo().join("examples/hello/fluxapp.toml"));
+        assert!(self.serves(), "not served right after deploy --wait:\n{}", self.logs());
     }
 
     /// Deploys the hello module under the manifest text `toml` (its `wasm` is `hello.wasm`).
     pub(crate) fn deploy_hello_as(&self, toml: &str) {
-        let dir = self.cluster.dir.path().join("manifest");
+        self.deploy_module_as(&repo().join("examples/hello/hello.wasm"), toml);
+        assert!(self.serves(), "not served right after deploy --wait:\n{}", self.logs());
+    }
+
+    /// Deploys `module` under the manifest text `toml` (its `wasm` is the module's file name).
+    pub(crate) fn deploy_module_as(&self, module: &Path, toml: &str) {
+        let dir = self.cluster.dir.path().join(format!("manifest-{}", chain::now_ms()));
         std::fs::create_dir_all(&dir).expect("manifest dir");
-        std::fs::copy(repo().join("examples/hello/hello.wasm"), dir.join("hello.wasm")).expect("hello.wasm");
+        let name = module.file_name().expect("a file");
+        std::fs::copy(module, dir.join(name)).expect("module");
         std::fs::write(dir.join("fluxapp.toml"), toml).expect("manifest");
         self.deploy_manifest(&dir.join("fluxapp.toml"));
     }
@@ -129,7 +137,13 @@ impl Cloud {
         assert!(out.status.success(), "deploy: {}\n{}", text(&out.stderr), self.logs());
         // --wait returned only once the gateway routes the app.
         assert!(text(&out.stderr).contains("routed by 1 gateway(s)"), "{}", text(&out.stderr));
-        assert!(self.serves(), "not served right after deploy --wait:\n{}", self.logs());
+    }
+
+    /// `GET path` on app `app` through the gateway.
+    pub(crate) fn get_app(&self, app: &str, path: &str, timeout: Duration) -> Option<reqwest::blocking::Response> {
+        let client = reqwest::blocking::Client::builder().timeout(timeout).build().ok()?;
+        let url = format!("http://{}{path}", self.gateway);
+        client.get(url).header("host", format!("{app}.app.localhost")).send().ok()
     }
 }
 

@@ -243,3 +243,67 @@ fn a_lost_region_spills_to_the_nearest_region_and_moves_back_when_it_returns() {
         served_from(&cloud).as_deref() == Some("eu")
     });
 }
+
+/// Times `n` GETs of hello through the gateway, one after another; panics on any failure.
+fn hello_latencies(cloud: &Cloud, n: usize) -> Vec<Duration> {
+    let mut times: Vec<Duration> = (0..n)
+        .map(|i| {
+            let sent = Instant::now();
+            let status = cloud.get().map(|r| r.status().as_u16());
+            assert_eq!(status, Some(200), "hello request {i}:\n{}", cloud.logs());
+            sent.elapsed()
+        })
+        .collect();
+    times.sort();
+    times
+}
+
+#[test]
+fn twenty_looping_requests_neither_down_the_node_nor_slow_another_app_on_it() {
+    let cloud = Cloud::with_nodes(1);
+    let app = |name: &str, wasm: &str| {
+        format!(
+            "name = \"{name}\"\ninstances = 1\n[[component]]\nname = \"web\"\nwasm = \"{wasm}\"\ncpu = 0.5\nram = 64\nhdd = 1\n"
+        )
+    };
+    cloud.deploy_hello_as(&app("hello", "hello.wasm"));
+    let misbehave = crate::util::repo().join("tests/guests/misbehave/misbehave.wasm");
+    cloud.deploy_module_as(&misbehave, &app("misbehave", "misbehave.wasm"));
+    let usual = hello_latencies(&cloud, 40);
+    let start_ms = chain::now_ms();
+
+    // 20 requests that loop until the node's request deadline, all at once, on the same node.
+    let answers = std::thread::scope(|s| {
+        let loops: Vec<_> = (0..20)
+            .map(|_| {
+                s.spawn(|| cloud.get_app("misbehave", "/loop", Duration::from_secs(30)).map(|r| r.status().as_u16()))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs(1));
+        let loaded = hello_latencies(&cloud, 40);
+        let answers: Vec<Option<u16>> = loops.into_iter().map(|l| l.join().unwrap_or(None)).collect();
+        (loaded, answers)
+    });
+    let (loaded, loops) = answers;
+    let p50 = |t: &[Duration]| t[t.len() / 2];
+    let max = |t: &[Duration]| t[t.len() - 1];
+    eprintln!(
+        "hello alone: p50 {:?} max {:?}; beside 20 looping requests: p50 {:?} max {:?}; loops answered {loops:?}",
+        p50(&usual),
+        max(&usual),
+        p50(&loaded),
+        max(&loaded)
+    );
+    // The loops end at the deadline with 504, not by hanging or by taking the node down.
+    assert!(loops.iter().all(|s| *s == Some(504)), "{loops:?}");
+    let downs: Vec<serde_json::Value> = events(&cloud)
+        .into_iter()
+        .filter(|e| e["event"] == "node_down" && e["at_ms"].as_u64() > Some(start_ms))
+        .collect();
+    assert!(downs.is_empty(), "a node was declared down: {downs:?}");
+    assert_eq!(cloud.nodes_up(), 1);
+    // hello keeps its usual latency: its median within 3x (plus 20 ms of noise), and no request
+    // waits behind the loops (each would hold a guest thread for the 10 s deadline).
+    assert!(p50(&loaded) <= p50(&usual) * 3 + Duration::from_millis(20), "{:?} vs {:?}", loaded, usual);
+    assert!(max(&loaded) < Duration::from_millis(250), "{loaded:?}");
+}
