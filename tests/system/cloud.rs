@@ -12,8 +12,8 @@ pub(crate) struct Cloud {
     pub(crate) cluster: Cluster,
     /// Node processes, in the order of `node_ids`.
     pub(crate) nodes: Vec<Proc>,
-    /// `(region, i)` of each node: its id is `<region>-n<i>`.
-    node_ids: Vec<(String, usize)>,
+    /// Where each node runs, in the order of `nodes`.
+    spots: Vec<NodeSpot>,
     _gateway: Proc,
     gateway: String,
 }
@@ -40,14 +40,18 @@ impl Cloud {
         Cloud::around(cluster, regions)
     }
 
-    /// Starts the nodes and a gateway (in Frankfurt) around `cluster`.
+    /// Starts the nodes (on loopback) and a gateway (in Frankfurt) around `cluster`.
     fn around(cluster: Cluster, regions: &[(&str, usize)]) -> Cloud {
+        let spots = regions.iter().flat_map(|(r, n)| (1..=*n).map(|i| NodeSpot::loopback(r, i))).collect();
+        Cloud::with_spots(cluster, spots)
+    }
+
+    /// Starts nodes where `spots` say, and a gateway (in Frankfurt), around `cluster`.
+    pub(crate) fn with_spots(cluster: Cluster, spots: Vec<NodeSpot>) -> Cloud {
         let dir = cluster.dir.path();
         let urls = cluster.urls();
-        let node_ids: Vec<(String, usize)> =
-            regions.iter().flat_map(|(r, n)| (1..=*n).map(|i| (r.to_string(), i))).collect();
-        let nodes = node_ids.iter().map(|(r, i)| spawn_node(&cluster, r, *i, &urls)).collect();
-        let n = node_ids.len();
+        let nodes = spots.iter().map(|spot| spawn_node(&cluster, spot, &urls)).collect();
+        let n = spots.len();
         let gateway = format!("127.0.0.1:{}", free_port("127.0.0.1"));
         let gw = Proc::spawn(
             "gateway",
@@ -65,7 +69,7 @@ impl Cloud {
             ]),
             dir.join("gateway.log"),
         );
-        let cloud = Cloud { cluster, nodes, node_ids, _gateway: gw, gateway };
+        let cloud = Cloud { cluster, nodes, spots, _gateway: gw, gateway };
         eventually(Duration::from_secs(60), "every node registered and up", || cloud.nodes_up() == n);
         cloud
     }
@@ -77,14 +81,14 @@ impl Cloud {
 
     /// The index in `nodes` of node `<region>-n<i>`.
     pub(crate) fn node_index(&self, region: &str, i: usize) -> usize {
-        self.node_ids.iter().position(|(r, k)| r == region && *k == i).expect("a node of this cloud")
+        self.spots.iter().position(|s| s.region == region && s.i == i).expect("a node of this cloud")
     }
 
     /// Starts node `<region>-n<i>` again, with its data dir (so it is the same node).
     pub(crate) fn restart(&mut self, region: &str, i: usize) {
         let urls = self.cluster.urls();
         let index = self.node_index(region, i);
-        self.nodes[index] = spawn_node(&self.cluster, region, i, &urls);
+        self.nodes[index] = spawn_node(&self.cluster, &self.spots[index], &urls);
     }
 
     pub(crate) fn nodes_up(&self) -> usize {
@@ -104,8 +108,8 @@ impl Cloud {
 
     pub(crate) fn logs(&self) -> String {
         let mut out = self.cluster.logs();
-        for ((region, i), n) in self.node_ids.iter().zip(&self.nodes) {
-            out.push_str(&format!("--- node {region}-n{i}\n{}", tail(&n.output())));
+        for (spot, n) in self.spots.iter().zip(&self.nodes) {
+            out.push_str(&format!("--- node {}\n{}", spot.id(), tail(&n.output())));
         }
         out.push_str(&format!("--- gateway\n{}", tail(&self._gateway.output())));
         out
@@ -147,20 +151,43 @@ impl Cloud {
     }
 }
 
-/// Node `i` of `region` in `cluster`: id `<region>-n<i>`, data in `<region>-n<i>`, log in
-/// `<region>-n<i>.log` (a restart starts the log anew).
-fn spawn_node(cluster: &Cluster, region: &str, i: usize, urls: &str) -> Proc {
+/// Where a node runs: node `i` of `region` (id `<region>-n<i>`), listening on `ip`, started
+/// behind `prefix` (a network namespace, say).
+pub(crate) struct NodeSpot {
+    pub(crate) region: String,
+    pub(crate) i: usize,
+    pub(crate) ip: String,
+    pub(crate) prefix: Vec<String>,
+}
+
+impl NodeSpot {
+    pub(crate) fn loopback(region: &str, i: usize) -> NodeSpot {
+        NodeSpot { region: region.into(), i, ip: "127.0.0.1".into(), prefix: Vec::new() }
+    }
+
+    fn id(&self) -> String {
+        format!("{}-n{}", self.region, self.i)
+    }
+}
+
+/// A node of `cluster` where `spot` says: data in `<id>`, log in `<id>.log` (a restart starts
+/// the log anew).
+fn spawn_node(cluster: &Cluster, spot: &NodeSpot, urls: &str) -> Proc {
     let dir = cluster.dir.path();
-    let name = format!("{region}-n{i}");
+    let (region, name) = (spot.region.as_str(), spot.id());
     let geo = match region {
         "na" => "39.0,-77.4",
         "as" => "1.3,103.8",
         _ => "50.1,8.6",
     };
-    Proc::spawn(
-        &format!("node {name}"),
-        fluxplane(),
-        &strings(&[
+    let (program, prefix) = match spot.prefix.split_first() {
+        Some((program, rest)) => (program.as_str(), [rest, &[fluxplane().to_string()]].concat()),
+        None => (fluxplane(), Vec::new()),
+    };
+    let listen = format!("{}:0", spot.ip);
+    let args: Vec<String> = prefix
+        .into_iter()
+        .chain(strings(&[
             "node",
             "--region",
             region,
@@ -169,7 +196,7 @@ fn spawn_node(cluster: &Cluster, region: &str, i: usize, urls: &str) -> Proc {
             "--control",
             urls,
             "--listen",
-            "127.0.0.1:0",
+            &listen,
             "--data-dir",
             &path_str(&dir.join(&name)),
             "--wallet",
@@ -178,9 +205,9 @@ fn spawn_node(cluster: &Cluster, region: &str, i: usize, urls: &str) -> Proc {
             "cumulus",
             "--id",
             &name,
-        ]),
-        dir.join(format!("{name}.log")),
-    )
+        ]))
+        .collect();
+    Proc::spawn(&format!("node {name}"), program, &args, dir.join(format!("{name}.log")))
 }
 
 #[test]

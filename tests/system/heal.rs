@@ -4,8 +4,9 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::cloud::Cloud;
+use crate::cloud::{Cloud, NodeSpot};
 use crate::cluster::*;
+use crate::partition::Netns;
 
 /// Every event of region eu, from `fluxctl events --output json`.
 fn events(cloud: &Cloud) -> Vec<serde_json::Value> {
@@ -306,4 +307,116 @@ fn twenty_looping_requests_neither_down_the_node_nor_slow_another_app_on_it() {
     // waits behind the loops (each would hold a guest thread for the 10 s deadline).
     assert!(p50(&loaded) <= p50(&usual) * 3 + Duration::from_millis(20), "{:?} vs {:?}", loaded, usual);
     assert!(max(&loaded) < Duration::from_millis(250), "{loaded:?}");
+}
+
+/// Every process on the host, at one address (a namespace bridge's, so that nodes in namespaces
+/// reach the control plane).
+struct OnHost(String);
+
+impl crate::cluster::Placement for OnHost {
+    fn replica_ip(&self, _: u64) -> String {
+        self.0.clone()
+    }
+    fn chain_ip(&self) -> String {
+        self.0.clone()
+    }
+    fn prefix(&self, _: u64) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+#[test]
+fn an_instance_that_cannot_start_is_placed_elsewhere_and_never_routed_or_counted() {
+    // Node eu-n1 lives in a network namespace where every module download is reset: it beats
+    // and is placed on, but cannot fetch what it is asked to run. eu-n2 is healthy.
+    let net = Netns::new(&[1]);
+    let reset_downloads = [
+        "iptables",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-m",
+        "string",
+        "--string",
+        "GET /v1/blobs/",
+        "--algo",
+        "bm",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ];
+    let out = net.exec(1, &reset_downloads);
+    assert!(out.status.success(), "iptables in the namespace: {}", text(&out.stderr));
+    let host = net.chain_ip();
+    let cluster = Cluster::start(&OnHost(host.clone()), &[1], &[1], TEST_CONFIG);
+    let spots = vec![
+        NodeSpot { region: REGION.into(), i: 1, ip: net.replica_ip(1), prefix: net.prefix(1) },
+        NodeSpot { region: REGION.into(), i: 2, ip: host, prefix: Vec::new() },
+    ];
+    let cloud = Cloud::with_spots(cluster, spots);
+
+    // Deploy one instance (both nodes are empty: eu-n1 comes first), and watch the status and
+    // the gateway all along.
+    let done = AtomicBool::new(false);
+    let mut counted_on_n1 = Vec::new();
+    let mut served_by = std::collections::BTreeSet::new();
+    std::thread::scope(|s| {
+        let deploy = s.spawn(|| {
+            let _done = SetOnDrop(&done);
+            cloud.deploy_hello_as(
+                "name = \"hello\"\ninstances = 1\n[[component]]\nname = \"web\"\nwasm = \"hello.wasm\"\n",
+            );
+        });
+        while !done.load(Ordering::Relaxed) {
+            if let Some(app) = app_status(&cloud) {
+                let running: Vec<&str> = app
+                    .placements
+                    .iter()
+                    .filter(|p| p.state == model::api::InstanceState::Running)
+                    .map(|p| p.node.as_str())
+                    .collect();
+                if running.contains(&"eu-n1") || app.running() > 1 {
+                    counted_on_n1.push(format!("{running:?}"));
+                }
+            }
+            if let Some(resp) = cloud.get().filter(|r| r.status() == 200) {
+                let node = resp.headers().get("x-fluxplane-node").and_then(|v| v.to_str().ok()).unwrap_or("?");
+                served_by.insert(node.to_string());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if let Err(panic) = deploy.join() {
+            std::panic::resume_unwind(panic);
+        }
+    });
+    assert!(counted_on_n1.is_empty(), "eu-n1's instance was counted running: {counted_on_n1:?}");
+    assert_eq!(served_by, ["eu-n2".to_string()].into(), "routed to");
+
+    let log = events(&cloud);
+    let at = |event: &str, instance: &str| {
+        log.iter().find(|e| e["event"] == event && e["instance"] == instance).and_then(|e| e["at_ms"].as_u64())
+    };
+    let failed = log.iter().find(|e| e["event"] == "instance_failed" && e["instance"] == "hello@eu-n1");
+    assert!(failed.is_some_and(|e| e["reason"].as_str().is_some_and(|r| r.contains("fetching module"))), "{log:?}");
+    let replaced = log.iter().find(|e| e["event"] == "instance_replaced" && e["instance"] == "hello@eu-n1");
+    assert!(replaced.is_some_and(|e| e["reason"].as_str().is_some_and(|r| r.contains("failed to start"))), "{log:?}");
+    assert_eq!(at("instance_started", "hello@eu-n1"), None, "{log:?}");
+    let (placed, started) = (at("instance_placed", "hello@eu-n1"), at("instance_started", "hello@eu-n2"));
+    let within = started.zip(placed).map(|(s, p)| s.saturating_sub(p));
+    eprintln!("the failed instance was serving on eu-n2 {within:?} ms after it was first placed");
+    assert!(within.is_some_and(|ms| ms <= 10_000), "not re-placed within the 10 s lease: {log:?}");
+    let nodes: Vec<String> =
+        app_status(&cloud).map(|a| a.placements.iter().map(|p| p.node.clone()).collect()).unwrap_or_default();
+    assert_eq!(nodes, vec!["eu-n2".to_string()]);
+}
+
+/// Sets the flag when dropped (also by a panic).
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }

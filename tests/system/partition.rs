@@ -14,7 +14,7 @@ use crate::cluster::*;
 
 /// Namespaces `fp<k>r<id>`, a bridge `fp<k>br` at 10.77.<k>.1 with the chain behind it, replica
 /// `id` at 10.77.<k>.(10+id).
-struct Netns {
+pub(crate) struct Netns {
     k: u32,
     ids: Vec<u64>,
     accept_rule: bool,
@@ -30,7 +30,7 @@ fn ip(args: &[&str]) -> Result<(), String> {
 }
 
 impl Netns {
-    fn new(ids: &[u64]) -> Netns {
+    pub(crate) fn new(ids: &[u64]) -> Netns {
         let k = std::process::id() % 250;
         let mut net = Netns { k, ids: Vec::new(), accept_rule: false };
         let bridge = net.bridge();
@@ -85,7 +85,7 @@ impl Netns {
     }
 
     /// Runs `args` inside replica `id`'s namespace.
-    fn exec(&self, id: u64, args: &[&str]) -> std::process::Output {
+    pub(crate) fn exec(&self, id: u64, args: &[&str]) -> std::process::Output {
         Command::new("ip").args(["netns", "exec", &self.ns(id)]).args(args).output().expect("ip netns exec")
     }
 }
