@@ -97,6 +97,11 @@ impl Cloud {
             .map_or(0, |n| n.iter().filter(|n| n.up).count())
     }
 
+    /// The gateway's `host:port`.
+    pub(crate) fn gateway_addr(&self) -> String {
+        self.gateway.clone()
+    }
+
     pub(crate) fn get(&self) -> Option<reqwest::blocking::Response> {
         let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().ok()?;
         client.get(format!("http://{}/", self.gateway)).header("host", "hello.app.localhost").send().ok()

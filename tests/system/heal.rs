@@ -420,3 +420,77 @@ impl Drop for SetOnDrop<'_> {
         self.0.store(true, Ordering::Relaxed);
     }
 }
+
+/// Percentiles of `ms`: min, p50, p90, max.
+fn spread(ms: &mut [u64]) -> String {
+    ms.sort_unstable();
+    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    format!("min {} p50 {} p90 {} max {} ms", at(0.0), at(0.5), at(0.9), at(1.0))
+}
+
+/// Measurement, not a check (run by hand: `--run-ignored only -E 'test(distribution)'`): ten
+/// node kills under a steady load, one after another; prints the distributions of detection
+/// (node_down after the kill) and replacement (a new instance started after the kill), and
+/// the failed requests.
+#[test]
+#[ignore]
+fn node_kill_distribution() {
+    let mut cloud = Cloud::with_nodes(4);
+    cloud.deploy();
+    let stop = AtomicBool::new(false);
+    let (sent, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let (mut detected, mut replaced) = (Vec::new(), Vec::new());
+    let gateway = cloud.gateway_addr();
+    std::thread::scope(|s| {
+        let _stop = SetOnDrop(&stop);
+        s.spawn(|| {
+            let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
+            let get = || http.get(format!("http://{gateway}/")).header("host", "hello.app.localhost").send();
+            while !stop.load(Ordering::Relaxed) {
+                if get().map(|r| r.status().as_u16()).ok() != Some(200) {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        for kill in 0..10 {
+            let status = app_status(&cloud).expect("app status");
+            let victim = status.placements[kill % status.placements.len()].node.clone();
+            let index: usize = victim.trim_start_matches("eu-n").parse().expect("node index");
+            let kill_ms = chain::now_ms();
+            cloud.nodes[index - 1].sigkill();
+            let log = eventually_value(Duration::from_secs(30), "a replacement started", || {
+                let log = events(&cloud);
+                let started =
+                    log.iter().any(|e| e["event"] == "instance_started" && e["at_ms"].as_u64() > Some(kill_ms));
+                started.then_some(log)
+            });
+            let after = |event: &str| {
+                log.iter()
+                    .find(|e| e["event"] == event && e["at_ms"].as_u64() > Some(kill_ms))
+                    .and_then(|e| e["at_ms"].as_u64())
+                    .map_or(u64::MAX, |t| t - kill_ms)
+            };
+            let (down, started) = (after("node_down"), after("instance_started"));
+            eprintln!("kill {kill}: {victim} down after {down} ms, replacement serving after {started} ms");
+            detected.push(down);
+            replaced.push(started);
+            let restarted_ms = chain::now_ms();
+            cloud.restart_node(index);
+            eventually(Duration::from_secs(30), "the node is up again", || {
+                events(&cloud).iter().any(|e| {
+                    e["event"] == "node_up" && e["node"] == victim.as_str() && e["at_ms"].as_u64() > Some(restarted_ms)
+                })
+            });
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    eprintln!(
+        "10 node kills: detection {}; replacement {}; {} of {} requests failed",
+        spread(&mut detected),
+        spread(&mut replaced),
+        failed.load(Ordering::Relaxed),
+        sent.load(Ordering::Relaxed)
+    );
+}
