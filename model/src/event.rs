@@ -140,6 +140,9 @@ impl EventKind {
     }
 }
 
+/// Most events one page of `GET /v1/events/{region}` holds: a full page means there may be more.
+pub const EVENTS_PAGE: usize = 1000;
+
 /// One page of a region's log, as `GET /v1/events/{region}` answers.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct EventPage {

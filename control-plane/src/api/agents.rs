@@ -65,7 +65,8 @@ pub(super) async fn heartbeat(State(api): State<Arc<Api>>, body: Bytes) -> Json<
         Assignments { instances, stop }
     });
     for order in &answer.stop {
-        tracing::info!(region = %shard.region, node = %node_id, instance = %order.id, "told to stop: {}", order.reason);
+        // Debug: a node that keeps reporting instances it should not run would flood the log.
+        tracing::debug!(region = %shard.region, node = %node_id, instance = %order.id, "told to stop: {}", order.reason);
     }
     Ok(axum::Json(answer))
 }

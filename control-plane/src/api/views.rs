@@ -361,9 +361,6 @@ pub(super) struct EventsQuery {
     stale: bool,
 }
 
-/// Most events in one answer.
-const EVENTS_PAGE: usize = 1000;
-
 /// A region's event log after `after`, oldest first; with `wait_ms`, waits (at most 30 s) for
 /// an event when there is none yet. Linearizable unless `stale=true`.
 pub(super) async fn events(
@@ -394,7 +391,7 @@ pub(super) async fn events(
     }
     Ok(axum::Json(shard.read(|s| model::event::EventPage {
         region: s.region.clone(),
-        events: s.events.iter().filter(|e| e.seq > q.after).take(EVENTS_PAGE).cloned().collect(),
+        events: s.events.iter().filter(|e| e.seq > q.after).take(model::event::EVENTS_PAGE).cloned().collect(),
         first_kept: s.events.front().map_or(s.next_event, |e| e.seq),
     })))
 }

@@ -57,7 +57,7 @@ pub(super) async fn run(cli: &Cli, api: &Client, args: &EventsArgs) -> anyhow::R
                         );
                     }
                     cursor.failing = false;
-                    more |= page.events.len() >= 1000;
+                    more |= page.events.len() >= model::event::EVENTS_PAGE;
                     if let Some(last) = page.events.last() {
                         cursor.after = last.seq;
                     }
