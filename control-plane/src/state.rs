@@ -1,6 +1,7 @@
 //! The replicated state of one regional shard, and the pure function that applies commands.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::OnceLock;
 
 use model::capacity::RegionReport;
 use model::chain::ChainState;
@@ -39,6 +40,67 @@ pub struct ShardState {
     /// report counts as whole.
     #[serde(default)]
     pub region_reports: BTreeMap<String, RegionReport>,
+    /// Lookups derived from the fields above, never stored: built on first use (so also after
+    /// a state is loaded or installed from a snapshot) and kept up to date by [`Self::apply`],
+    /// their only writer.
+    #[serde(skip)]
+    index: OnceLock<Index>,
+}
+
+/// What the control loop looks up per node, so that it never walks every placement.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Index {
+    /// This region's nodes.
+    region_nodes: BTreeSet<NodeId>,
+    /// The apps placed on each node.
+    apps_on: HashMap<NodeId, BTreeSet<AppName>>,
+    /// The resources placed on each node.
+    used: HashMap<NodeId, Resources>,
+}
+
+impl Index {
+    /// The index of `state`, computed from scratch.
+    pub fn build(state: &ShardState) -> Index {
+        let mut index = Index {
+            region_nodes: state
+                .chain
+                .nodes
+                .values()
+                .filter(|n| n.start.region == state.region)
+                .map(|n| n.start.node_id.clone())
+                .collect(),
+            ..Default::default()
+        };
+        for (app, nodes) in &state.placements {
+            for node in nodes.keys() {
+                index.add(state, app, node);
+            }
+        }
+        index
+    }
+
+    fn add(&mut self, state: &ShardState, app: &str, node: &str) {
+        self.apps_on.entry(node.to_string()).or_default().insert(app.to_string());
+        if let Some(record) = state.chain.apps.get(app) {
+            let used = self.used.entry(node.to_string()).or_default();
+            *used = used.add(&record.spec.instance_resources());
+        }
+    }
+
+    fn remove(&mut self, state: &ShardState, app: &str, node: &str) {
+        if let Some(apps) = self.apps_on.get_mut(node) {
+            apps.remove(app);
+            if apps.is_empty() {
+                self.apps_on.remove(node);
+            }
+        }
+        if let (Some(record), Some(used)) = (state.chain.apps.get(app), self.used.get_mut(node)) {
+            *used = used.saturating_sub(&record.spec.instance_resources());
+            if *used == Resources::default() {
+                self.used.remove(node);
+            }
+        }
+    }
 }
 
 /// Events a shard keeps; older ones are dropped.
@@ -63,6 +125,8 @@ impl ShardState {
                     return CommandResult::Rejected { reason: e.to_string() };
                 }
                 self.chain.apply_block(block);
+                // Nodes, apps and their specs may have changed: rebuilt on next use.
+                self.index = OnceLock::new();
                 // Apps that left the chain (removed or expired) lose their placements at once.
                 let chain = &self.chain;
                 self.placements.retain(|app, _| chain.apps.contains_key(app));
@@ -82,11 +146,14 @@ impl ShardState {
                     }
                 }
                 let mut events = Vec::new();
+                let mut index = self.index.take();
                 let entry = self.placements.entry(app.clone()).or_default();
+                let (mut removed, mut added) = (Vec::new(), Vec::new());
                 for node in remove {
                     if entry.remove(node).is_none() {
                         continue;
                     }
+                    removed.push(node);
                     let instance = format!("{app}@{node}");
                     let removal = why.get(node);
                     let reason = removal.map_or_else(|| "no longer wanted".to_string(), |r| r.reason.clone());
@@ -107,10 +174,23 @@ impl ShardState {
                         node: placed.node.clone(),
                         reason: reason.into(),
                     });
-                    entry.insert(p.node.clone(), placed);
+                    if entry.insert(p.node.clone(), placed).is_none() {
+                        added.push(&p.node);
+                    }
                 }
                 if entry.is_empty() {
                     self.placements.remove(app);
+                }
+                if let Some(index) = index.as_mut() {
+                    for node in removed {
+                        index.remove(self, app, node);
+                    }
+                    for node in added {
+                        index.add(self, app, node);
+                    }
+                }
+                if let Some(index) = index {
+                    let _ = self.index.set(index);
                 }
                 if let Some(avoided) = self.avoid.get_mut(app) {
                     avoided.retain(|_, until| *until > *at_ms);
@@ -259,23 +339,25 @@ impl ShardState {
             .collect()
     }
 
+    /// The index, built now if it is not yet.
+    pub fn index(&self) -> &Index {
+        self.index.get_or_init(|| Index::build(self))
+    }
+
     /// The nodes of this region, by id.
     pub fn region_nodes(&self) -> impl Iterator<Item = &model::chain::NodeRecord> {
-        self.chain.nodes.values().filter(|n| n.start.region == self.region)
+        self.index().region_nodes.iter().filter_map(|id| self.chain.nodes.get(id))
     }
 
     /// Resources placed on `node` by every app.
     pub fn used_on(&self, node: &str) -> Resources {
-        self.placements
-            .iter()
-            .filter(|(_, nodes)| nodes.contains_key(node))
-            .filter_map(|(app, _)| self.chain.apps.get(app))
-            .fold(Resources::default(), |acc, a| acc.add(&a.spec.instance_resources()))
+        self.index().used.get(node).copied().unwrap_or_default()
     }
 
     /// Instances placed on `node`.
     pub fn placements_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Placement> + 'a {
-        self.placements.values().filter_map(move |nodes| nodes.get(node))
+        let apps = self.index().apps_on.get(node).into_iter().flatten();
+        apps.filter_map(move |app| self.placements.get(app).and_then(|nodes| nodes.get(node)))
     }
 }
 
@@ -376,6 +458,62 @@ mod tests {
         };
         state.apply(&later);
         assert!(!state.avoid.contains_key("hello"));
+    }
+
+    /// `with_app`, plus apps `a0`..`a2` of different sizes and nodes `eu-3`..`eu-6`.
+    fn with_apps() -> ShardState {
+        let mut state = with_app();
+        let template = state.chain.nodes["eu-1"].clone();
+        for i in 3..=6 {
+            let mut node = template.clone();
+            node.start.node_id = format!("eu-{i}");
+            state.chain.nodes.insert(node.start.node_id.clone(), node);
+        }
+        for (i, ram) in [64u32, 128, 256].into_iter().enumerate() {
+            let mut record = state.chain.apps["hello"].clone();
+            record.spec.name = format!("a{i}");
+            record.spec.components[0].ram_mb = ram;
+            state.chain.apps.insert(record.spec.name.clone(), record);
+        }
+        state
+    }
+
+    proptest::proptest! {
+        /// Whatever the commands, the index the state machine keeps equals one built from
+        /// scratch (an empty block in between makes it rebuild).
+        #[test]
+        fn the_index_always_equals_a_recomputation(
+            ops in proptest::collection::vec((0u8..5, 0usize..3, 1usize..=6, 1usize..=6), 1..80),
+        ) {
+            let mut state = with_apps();
+            // Built before the first command, so the commands update it in place.
+            proptest::prop_assert_eq!(state.region_nodes().count(), 6);
+            for (op, app, node, other) in ops {
+                let (app, node, other) = (format!("a{app}"), format!("eu-{node}"), format!("eu-{other}"));
+                let p = |n: &str| Placement { app: app.clone(), node: n.into(), ..placement(n) };
+                let (place, remove) = match op {
+                    0 => (vec![p(&node)], vec![]),
+                    1 => (vec![], vec![node.clone()]),
+                    2 => (vec![p(&other)], vec![node.clone()]),
+                    3 => (vec![p(&node), p(&other)], vec![]),
+                    _ => {
+                        let (height, tip) = (state.chain.height.unwrap_or(0), state.chain.tip_hash.clone());
+                        let block = model::chain::Block::new(height + 1, tip, height + 1, None, vec![]);
+                        proptest::prop_assert_eq!(state.apply(&Command::ApplyBlock(block)), CommandResult::Applied);
+                        (vec![], vec![])
+                    }
+                };
+                if !place.is_empty() || !remove.is_empty() {
+                    let at_ms = 1;
+                    let cmd = Command::Reconcile { app, place, remove, shortfall: None, at_ms, why: BTreeMap::new() };
+                    state.apply(&cmd);
+                }
+                proptest::prop_assert_eq!(state.index(), &Index::build(&state));
+                let walked: usize = state.placements.values().map(|p| p.len()).sum();
+                let indexed: usize = state.region_nodes().map(|n| state.placements_on(&n.start.node_id).count()).sum();
+                proptest::prop_assert_eq!(walked, indexed);
+            }
+        }
     }
 
     #[test]
