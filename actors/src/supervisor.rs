@@ -86,6 +86,7 @@ impl SupervisorState {
                 self.spawn(myself, child.clone()).await?;
             }
         }
+        let wanted: std::collections::HashSet<&Child> = wanted.iter().collect();
         let gone: Vec<Child> = self.children.keys().filter(|c| !wanted.contains(c)).cloned().collect();
         for child in gone {
             if let Some(cell) = self.children.remove(&child) {

@@ -191,10 +191,12 @@ pub fn place(spec: &AppSpec, quota: Quota, candidates: &[Candidate<'_>], current
     let need = spec.instance_resources();
     let (quota, keep_up_to) = (quota.place as usize, quota.keep.max(quota.place) as usize);
     let usable = |c: &Candidate<'_>| c.up && eligible(spec, c.node);
+    let by_id: std::collections::HashMap<&str, &Candidate<'_>> =
+        candidates.iter().map(|c| (c.node.start.node_id.as_str(), c)).collect();
     let mut keep: Vec<&NodeId> = Vec::new();
     let mut remove = Vec::new();
     for node in current {
-        match candidates.iter().find(|c| &c.node.start.node_id == node) {
+        match by_id.get(node.as_str()) {
             Some(c) if usable(c) && keep.len() < keep_up_to => keep.push(node),
             _ => remove.push(node.clone()),
         }
@@ -203,13 +205,20 @@ pub fn place(spec: &AppSpec, quota: Quota, candidates: &[Candidate<'_>], current
         .iter()
         .filter(|c| usable(c) && !c.cordoned && !current.contains(&c.node.start.node_id) && c.free.fits(&need))
         .collect();
-    // Emptiest first (by memory, then cpu), then by id so the choice is deterministic.
-    open.sort_by(|a, b| {
+    // Emptiest first (by memory, then cpu), then by id so the choice is deterministic. Only the
+    // `want` best are needed: select them, then sort just those.
+    let emptiest_first = |a: &&Candidate<'_>, b: &&Candidate<'_>| {
         (b.free.ram_mb, b.free.cpu_tenths)
             .cmp(&(a.free.ram_mb, a.free.cpu_tenths))
             .then(a.node.start.node_id.cmp(&b.node.start.node_id))
-    });
+    };
     let want = quota.saturating_sub(keep.len());
+    let open_count = open.len();
+    if want > 0 && want < open.len() {
+        open.select_nth_unstable_by(want - 1, emptiest_first);
+        open.truncate(want);
+    }
+    open.sort_by(emptiest_first);
     let place: Vec<NodeId> = open.iter().take(want).map(|c| c.node.start.node_id.clone()).collect();
     let placed = keep.len() + place.len();
     let shortfall = (placed < quota).then(|| {
@@ -217,7 +226,7 @@ pub fn place(spec: &AppSpec, quota: Quota, candidates: &[Candidate<'_>], current
         let down = candidates.iter().filter(|c| !c.up && eligible(spec, c.node)).count();
         format!(
             "{placed} of {quota} placed: {eligible_up} eligible node(s) up, {down} down, {} with room for cpu {} ram {} MB hdd {} GB",
-            keep.len() + open.len(),
+            keep.len() + open_count,
             need.cpu_tenths as f64 / 10.0,
             need.ram_mb,
             need.hdd_gb
