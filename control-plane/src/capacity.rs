@@ -20,12 +20,11 @@ const ASK_EVERY: Duration = Duration::from_millis(500);
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// This region's capacity as its leader sees it: the nodes that take new instances, and the
-/// apps it runs fewer instances of than its base quota. Within a new leader's grace a silent
-/// node counts as up, as it does for placement, so a leader change spills nothing.
+/// apps it runs fewer instances of than its base quota. Asked only of a leader past its grace
+/// (the API answers `warming_up` before), so that it has heard every live node.
 pub fn report(shard: &Shard) -> RegionReport {
-    let settled = shard.past_leader_grace();
     shard.read(|s| {
-        let up = |node: &str| !s.down.contains(node) && (!settled || shard.is_fresh(node));
+        let up = |node: &str| !s.down.contains(node) && shard.is_fresh(node);
         let open =
             s.region_nodes().map(|n| &n.start.node_id).filter(|n| up(n) && !s.cordoned.contains(*n)).cloned().collect();
         let mut short = BTreeMap::new();

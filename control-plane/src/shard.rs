@@ -156,6 +156,14 @@ pub enum SoftError {
         /// Since when it leads.
         since: Duration,
     },
+    /// A bounded list of soft state is full.
+    #[error("the leader of region {region} tracks as many {what} as it can; try again later")]
+    Busy {
+        /// Region.
+        region: String,
+        /// What it tracks.
+        what: String,
+    },
 }
 
 /// The answer a leader gives a follower's read-index request.
@@ -175,6 +183,9 @@ struct Soft {
 const MAX_GATEWAYS: usize = 1024;
 /// A gateway that has not asked for the feed for this long no longer counts as following it.
 pub const GATEWAY_QUIET: Duration = Duration::from_secs(30);
+/// How long a gateway may take to find a new leader: its long poll on the old one ends within
+/// the 20 s feed wait (plus the client's margin).
+const GATEWAY_FIND_LEADER: Duration = Duration::from_secs(25);
 
 /// A running shard replica.
 pub struct Shard {
@@ -734,29 +745,37 @@ impl Shard {
         soft.beats.insert(node.to_string(), Instant::now());
         let changed = soft.reports.get(node) != Some(&reports);
         soft.reports.insert(node.to_string(), reports);
-        drop(soft);
+        // Bumped before the lock is released: a view that sees the new reports also sees a feed
+        // version that carries them (`deploy --wait` relies on it).
         if changed || !was_fresh {
             self.bump();
         }
+        drop(soft);
         Ok(())
     }
 
     /// Records that gateway `id` holds feed `version` (it asked for what comes after it).
-    /// Leader only; a version newer than this leader's is taken as this leader's.
+    /// Leader only. A version this leader has not reached is not believed (it is recorded as
+    /// 0); a full list takes no new id until an entry goes quiet, so a flood of ids cannot push
+    /// out the gateways that follow the feed.
     pub fn record_gateway(&self, id: &str, version: u64) -> Result<(), SoftError> {
         self.soft_leader()?;
-        let version = version.min(self.version());
+        let version = if version > self.version() { 0 } else { version };
         let mut soft = self.soft();
         if soft.gateways.len() >= MAX_GATEWAYS && !soft.gateways.contains_key(id) {
             soft.gateways.retain(|_, (_, at)| at.elapsed() < GATEWAY_QUIET);
-            if soft.gateways.len() >= MAX_GATEWAYS
-                && let Some(quietest) = soft.gateways.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| k.clone())
-            {
-                soft.gateways.remove(&quietest);
+            if soft.gateways.len() >= MAX_GATEWAYS {
+                return Err(SoftError::Busy { region: self.region.clone(), what: "gateways".into() });
             }
         }
         soft.gateways.insert(id.to_string(), (version, Instant::now()));
         Ok(())
+    }
+
+    /// Whether this leader's list of gateways is complete: it has led long enough for every
+    /// gateway's long poll on the previous leader to have ended, or some gateway found it.
+    pub fn gateways_known(&self) -> bool {
+        self.leading_for().is_some_and(|t| t >= GATEWAY_FIND_LEADER) || !self.gateways().is_empty()
     }
 
     /// The gateways that asked for the feed within [`GATEWAY_QUIET`]: id and the version each

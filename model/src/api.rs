@@ -181,6 +181,10 @@ pub struct Routing {
     pub feed_version: u64,
     /// Gateways that followed the region's feed in the last 30 s.
     pub gateways: Vec<GatewayFeed>,
+    /// Whether the list is complete: false while a new leader may not have heard from every
+    /// gateway yet.
+    #[serde(default)]
+    pub complete: bool,
 }
 
 /// One gateway following a region's feed.
@@ -190,6 +194,12 @@ pub struct GatewayFeed {
     pub id: String,
     /// The feed version it holds.
     pub version: u64,
+}
+
+/// Whether `id` can name a gateway: 1 to 64 letters, digits, `-`, `_`, `.` or `:`.
+pub fn valid_gateway_id(id: &str) -> bool {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"-_.:".contains(&b);
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(plain)
 }
 
 impl Routing {

@@ -266,7 +266,7 @@ fn the_multi_process_cloud_deploys_and_serves_end_to_end() {
     let manifest = "name = \"second\"\ninstances = 1\n[[component]]\nname = \"web\"\nwasm = \"hello.wasm\"\n";
     std::fs::write(dir.join("fluxapp.toml"), manifest).expect("manifest");
     let out =
-        cloud.cluster.fluxctl(&["app", "deploy", &path_str(&dir.join("fluxapp.toml")), "--wait", "--timeout", "8"]);
+        cloud.cluster.fluxctl(&["app", "deploy", &path_str(&dir.join("fluxapp.toml")), "--wait", "--timeout", "5"]);
     cloud._gateway.thaw();
     let err = text(&out.stderr);
     assert!(!out.status.success(), "deploy --wait returned with the gateway frozen: {err}");

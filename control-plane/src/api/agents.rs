@@ -112,7 +112,13 @@ pub(super) async fn routes(
     if let Some(id) = q.gateway.as_deref() {
         // Known from its first ask on, so that `deploy --wait` waits for it too.
         check_gateway_id(id)?;
-        shard.record_gateway(id, q.after.unwrap_or(0))?;
+        match shard.record_gateway(id, q.after.unwrap_or(0)) {
+            // The feed is served all the same: only `deploy --wait` does not know this one.
+            Err(crate::SoftError::Busy { .. }) => {
+                tracing::debug!(region = %shard.region, "gateway {id} not tracked: list full")
+            }
+            other => other?,
+        }
     }
     if let Some(after) = q.after {
         // Fails fast on a follower or a warming leader.
@@ -133,8 +139,7 @@ pub(super) async fn routes(
 
 /// A gateway id is short and plain, so that it can be shown as it is.
 fn check_gateway_id(id: &str) -> Result<(), ApiError> {
-    let plain = |b: u8| b.is_ascii_alphanumeric() || b"-_.:".contains(&b);
-    if id.is_empty() || id.len() > 64 || !id.bytes().all(plain) {
+    if !model::api::valid_gateway_id(id) {
         return Err(ApiError::bad_request("`gateway` is 1 to 64 letters, digits, `-`, `_`, `.` or `:`"));
     }
     Ok(())

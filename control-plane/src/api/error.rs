@@ -113,6 +113,7 @@ impl From<SoftError> for ApiError {
         match e {
             SoftError::NotLeader { region, leader_api } => Self::not_leader(&region, leader_api),
             SoftError::WarmingUp { .. } => Self::new("warming_up", e.to_string()),
+            SoftError::Busy { .. } => Self::new("busy", e.to_string()),
         }
     }
 }

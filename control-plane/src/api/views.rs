@@ -117,6 +117,14 @@ pub(super) async fn capacity(
         ));
     }
     api.leader_view(&ReadOpts::default()).await?;
+    // A new leader has not heard its nodes yet: asked now, it would report every node open and
+    // nothing short, and other regions would drop the stand-ins they run for it.
+    if !api.shard.past_leader_grace() {
+        return Err(ApiError::new(
+            "warming_up",
+            format!("region {}'s leader is new and has not heard from every node yet", api.shard.region),
+        ));
+    }
     Ok(axum::Json(crate::capacity::report(&api.shard)))
 }
 
@@ -217,7 +225,8 @@ fn local_app_view(api: &Api, name: &str) -> Result<AppView, ApiError> {
     // Read after the instance states, so that a gateway holding this version routes them.
     let routing = if leads {
         let gateways = shard.gateways().into_iter().map(|(id, version)| GatewayFeed { id, version }).collect();
-        BTreeMap::from([(shard.region.clone(), Routing { feed_version: shard.version(), gateways })])
+        let complete = shard.gateways_known();
+        BTreeMap::from([(shard.region.clone(), Routing { feed_version: shard.version(), gateways, complete })])
     } else {
         BTreeMap::new()
     };

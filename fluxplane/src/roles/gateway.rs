@@ -72,9 +72,14 @@ impl Config {
                 .collect::<anyhow::Result<Vec<_>>>()?,
             None => vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)],
         };
+        let id = args.id.unwrap_or_else(gateway::random_id);
+        anyhow::ensure!(
+            model::api::valid_gateway_id(&id),
+            "--id: `{id}` is not a gateway name: 1 to 64 letters, digits, `-`, `_`, `.` or `:`"
+        );
         Ok(Config {
             inner: gateway::GatewayConfig {
-                id: args.id.unwrap_or_else(gateway::random_id),
+                id,
                 listen: config::required(args.listen, "--listen", "gateway.listen")?,
                 domain: args.domain.unwrap_or_else(|| "localhost".into()),
                 control: client::Client::from_list(&control)?,

@@ -138,7 +138,9 @@ async fn deploy(cli: &Cli, api: &Client, file: &Path, wait: bool, timeout: Durat
             Err(e) => return Err(e.into()),
         };
         if let Some(app) = app {
-            let want: u32 = app.quotas.values().sum();
+            // While a region's quota spills, it and its stand-in both count it: never more than
+            // the app asks for.
+            let want: u32 = app.quotas.values().sum::<u32>().min(app.instances);
             let placed = app.placements.len();
             let running = app.running();
             if (placed, running) != (last_placed, last_running) {
@@ -180,14 +182,30 @@ async fn wait_routed(api: &Client, app: &AppView, deadline: Instant, started: In
         .filter(|p| p.state == model::api::InstanceState::Running)
         .map(|p| p.region.as_str())
         .collect();
-    let targets: Vec<(String, Option<u64>)> =
+    // The version each region's feed had when its instances were seen running; a region whose
+    // leader did not answer for itself gets its target from a later view.
+    let mut targets: Vec<(String, Option<u64>)> =
         regions.iter().map(|r| (r.to_string(), app.routing.get(*r).map(|x| x.feed_version))).collect();
     let mut last_behind = None;
     loop {
-        let now = api.app(&app.name).await?;
+        let now = match api.app(&app.name).await {
+            Ok(now) => now,
+            // A passing failure (an election, say): ask again until the deadline.
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let (mut behind, mut unfollowed, mut gateways) = (Vec::new(), Vec::new(), std::collections::BTreeSet::new());
-        for (region, target) in &targets {
-            match (now.routing.get(region), target) {
+        for (region, target) in targets.iter_mut() {
+            let routing = now.routing.get(region.as_str());
+            if target.is_none() {
+                *target = routing.map(|r| r.feed_version);
+            }
+            match (routing, target) {
+                // A new leader that may not have heard from every gateway yet.
+                (Some(r), _) if !r.complete => behind.push(format!("region {region}'s gateways (new leader)")),
                 (Some(r), _) if r.gateways.is_empty() => unfollowed.push(region.as_str()),
                 (Some(r), Some(target)) => {
                     gateways.extend(r.gateways.iter().map(|g| g.id.clone()));
@@ -215,7 +233,7 @@ async fn wait_routed(api: &Client, app: &AppView, deadline: Instant, started: In
             "timed out: every instance runs, but {} do not route it yet",
             behind.join(", ")
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
