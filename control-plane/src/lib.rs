@@ -16,6 +16,7 @@ pub mod capacity;
 pub mod log_store;
 pub mod network;
 pub mod openapi;
+pub mod reconcile;
 pub mod scheduler;
 pub mod shard;
 pub mod state;

@@ -220,6 +220,12 @@ pub struct Shard {
     election_max: Duration,
 }
 
+impl crate::reconcile::Liveness for Shard {
+    fn is_fresh(&self, node: &str) -> bool {
+        Shard::is_fresh(self, node)
+    }
+}
+
 impl Shard {
     /// Opens the shard's store and starts its Raft replica. A new replica is not initialized: it
     /// waits to be made a member ([`Shard::initialize`], or a leader adding it).

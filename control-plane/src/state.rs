@@ -42,7 +42,8 @@ pub struct ShardState {
     pub region_reports: BTreeMap<String, RegionReport>,
     /// Lookups derived from the fields above, never stored: built on first use (so also after
     /// a state is loaded or installed from a snapshot) and kept up to date by [`Self::apply`],
-    /// their only writer.
+    /// their only writer. Code that sets fields directly (tests, benchmarks) does so before the
+    /// first lookup.
     #[serde(skip)]
     index: OnceLock<Index>,
 }

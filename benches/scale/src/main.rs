@@ -1,0 +1,128 @@
+//! The control loop at scale, in process: the reconcile path (`control_plane::reconcile::decide`
+//! and `ShardState::apply`) of three regional shards over synthetic nodes and apps, without
+//! actors, Raft or I/O, so the figures are an upper bound for the real loop. Prints the time to
+//! place every instance (placements/s), and the cost of one steady-state reconcile of every
+//! app.
+//!
+//! `cargo run --release -p bench-scale -- --nodes 15000 --apps 25000`
+
+use std::time::Instant;
+
+use control_plane::reconcile::{Judgement, Liveness, decide};
+use control_plane::state::ShardState;
+use model::chain::{AppRecord, Capability, ChainState, NodeRecord, NodeStart};
+use model::geo::{GeoPoint, default_regions};
+use model::keys::Keypair;
+use model::spec::{AppSpec, ComponentSpec};
+use model::tier::Tier;
+
+/// Every node beats.
+struct AllFresh;
+
+impl Liveness for AllFresh {
+    fn is_fresh(&self, _: &str) -> bool {
+        true
+    }
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name} takes a number, not `{v}`")))
+        .unwrap_or(default)
+}
+
+/// `nodes` nodes spread over the default regions, and `apps` apps of 4 instances allowed
+/// anywhere.
+fn chain(nodes: usize, apps: usize) -> ChainState {
+    let regions = default_regions();
+    let mut chain = ChainState { regions: regions.clone(), height: Some(0), ..Default::default() };
+    let (operator, node_key) = (Keypair::from_seed([1; 32]).public(), Keypair::from_seed([2; 32]).public());
+    for i in 0..nodes {
+        let r = &regions[i % regions.len()];
+        let id = format!("{}-{i}", r.name);
+        let start = NodeStart {
+            node_id: id.clone(),
+            collateral: Tier::Cumulus.collateral(),
+            region: r.name.clone(),
+            continent: r.continent.clone(),
+            country: "XX".into(),
+            geo: GeoPoint { lat: r.center.lat, lon: r.center.lon },
+            capabilities: vec![Capability::Wasm],
+            node_key: node_key.clone(),
+        };
+        chain
+            .nodes
+            .insert(id, NodeRecord { start, operator: operator.clone(), tier: Tier::Cumulus, started_height: 0 });
+    }
+    for a in 0..apps {
+        let spec = AppSpec {
+            name: format!("app{a}"),
+            description: String::new(),
+            instances: 4,
+            geolocation: vec![],
+            expire: 100_000,
+            components: vec![ComponentSpec {
+                name: "web".into(),
+                wasm: "blake3:00".into(),
+                cpu_tenths: 1,
+                ram_mb: 64,
+                hdd_gb: 1,
+                env: Default::default(),
+            }],
+        };
+        let record = AppRecord {
+            spec,
+            owner: operator.clone(),
+            registered_height: 0,
+            updated_height: 0,
+            expires_height: 100_000,
+        };
+        chain.apps.insert(format!("app{a}"), record);
+    }
+    chain
+}
+
+fn main() {
+    let (nodes, apps) = (arg("--nodes", 1_500), arg("--apps", 2_500));
+    let chain = chain(nodes, apps);
+    let mut shards: Vec<ShardState> = chain
+        .regions
+        .iter()
+        .map(|r| {
+            let mut shard = ShardState::new(&r.name);
+            shard.chain = chain.clone();
+            shard
+        })
+        .collect();
+    let names: Vec<String> = chain.apps.keys().cloned().collect();
+    let judgement = Judgement { now_ms: 1, lease_ms: 10_000, settled: true };
+
+    let started = Instant::now();
+    for shard in &mut shards {
+        for app in &names {
+            if let Some(cmd) = decide(shard, app, &AllFresh, judgement) {
+                shard.apply(&cmd);
+            }
+        }
+    }
+    let place_s = started.elapsed().as_secs_f64();
+    let placed: usize = shards.iter().map(|s| s.placements.values().map(|p| p.len()).sum::<usize>()).sum();
+
+    let started = Instant::now();
+    let mut changes = 0;
+    for shard in &shards {
+        for app in &names {
+            changes += usize::from(decide(shard, app, &AllFresh, judgement).is_some());
+        }
+    }
+    let steady_s = started.elapsed().as_secs_f64();
+    println!("{nodes} nodes, {apps} apps of 4 instances: {placed} placed in {place_s:.2} s");
+    println!("one reconcile of every app at steady state: {steady_s:.2} s ({changes} changes)");
+    println!(
+        "placements_per_s={:.0} steady_reconcile_all_s={steady_s:.3} target_placements_per_s=20000",
+        placed as f64 / place_s
+    );
+}
