@@ -11,7 +11,6 @@ use model::capacity::{RegionReport, Shortage};
 use model::command::Command;
 use tokio::sync::watch;
 
-use crate::scheduler::region_quotas;
 use crate::shard::Shard;
 
 /// How often the leader asks the other regions.
@@ -29,7 +28,7 @@ pub fn report(shard: &Shard) -> RegionReport {
             s.region_nodes().map(|n| &n.start.node_id).filter(|n| up(n) && !s.cordoned.contains(*n)).cloned().collect();
         let mut short = BTreeMap::new();
         for (name, app) in &s.chain.apps {
-            let base = region_quotas(&app.spec, &s.chain).get(&s.region).copied().unwrap_or(0);
+            let base = s.quotas(&app.spec).get(&s.region).copied().unwrap_or(0);
             if base == 0 {
                 continue;
             }

@@ -34,7 +34,7 @@ pub struct Judgement {
 /// The command that brings `app`'s placements in this region to its quota, if anything changes.
 pub fn decide(s: &ShardState, app: &str, live: &dyn Liveness, j: Judgement) -> Option<Command> {
     let record = s.chain.apps.get(app)?;
-    let quota = spill_quota(&record.spec, &s.chain, &s.capacity());
+    let quota = spill_quota(&record.spec, &s.capacity());
     let placed = s.placements.get(app);
     // Placements that failed to start, or outlived their lease without starting, go elsewhere;
     // their nodes are avoided for a while.

@@ -20,32 +20,92 @@ pub fn eligible(spec: &AppSpec, node: &NodeRecord) -> bool {
         && geo_allows(&spec.geolocation, &node.start.continent, &node.start.country)
 }
 
-/// Instances per region: spread over the regions that have eligible nodes, round-robin in the
-/// chain's region order, at most one per eligible node; what cannot fit anywhere is left out
-/// (the region shards report the shortfall).
-pub fn region_quotas(spec: &AppSpec, chain: &ChainState) -> BTreeMap<String, u32> {
-    let mut room: Vec<(String, u32)> = chain
-        .regions
-        .iter()
-        .map(|r| {
-            let n = chain.nodes.values().filter(|n| n.start.region == r.name && eligible(spec, n)).count();
-            (r.name.clone(), u32::try_from(n).unwrap_or(u32::MAX))
-        })
-        .filter(|(_, n)| *n > 0)
-        .collect();
-    let mut quotas: BTreeMap<String, u32> = room.iter().map(|(r, _)| (r.clone(), 0)).collect();
-    let mut left = spec.instances;
-    while left > 0 && room.iter().any(|(_, n)| *n > 0) {
-        for (region, n) in room.iter_mut() {
-            if left == 0 {
-                break;
-            }
-            if *n > 0 {
-                *n -= 1;
-                left -= 1;
-                *quotas.entry(region.clone()).or_default() += 1;
+/// Nodes that can run WASM, counted by region and by `(continent, country)`: all a quota
+/// depends on, so that quotas never walk every node (countries are few, nodes many).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeCounts(BTreeMap<String, BTreeMap<(String, String), u32>>);
+
+impl NodeCounts {
+    /// Counts `nodes`.
+    pub fn of<'a>(nodes: impl IntoIterator<Item = &'a NodeRecord>) -> NodeCounts {
+        let mut counts = NodeCounts::default();
+        for n in nodes {
+            counts.add(n);
+        }
+        counts
+    }
+
+    /// Counts one more node (if it can run WASM).
+    pub fn add(&mut self, node: &NodeRecord) {
+        if node.start.capabilities.contains(&Capability::Wasm) {
+            let place = (node.start.continent.clone(), node.start.country.clone());
+            *self.0.entry(node.start.region.clone()).or_default().entry(place).or_default() += 1;
+        }
+    }
+
+    /// Counts one node fewer.
+    pub fn remove(&mut self, node: &NodeRecord) {
+        if !node.start.capabilities.contains(&Capability::Wasm) {
+            return;
+        }
+        let Some(region) = self.0.get_mut(&node.start.region) else { return };
+        let place = (node.start.continent.clone(), node.start.country.clone());
+        if let Some(n) = region.get_mut(&place) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                region.remove(&place);
             }
         }
+        if region.is_empty() {
+            self.0.remove(&node.start.region);
+        }
+    }
+
+    /// Forgets every node of `region`.
+    pub fn clear(&mut self, region: &str) {
+        self.0.remove(region);
+    }
+
+    /// Nodes of `region` that `spec`'s geolocation allows.
+    pub fn eligible(&self, spec: &AppSpec, region: &str) -> u32 {
+        self.0.get(region).map_or(0, |places| {
+            places
+                .iter()
+                .filter(|((continent, country), _)| geo_allows(&spec.geolocation, continent, country))
+                .fold(0u32, |sum, (_, n)| sum.saturating_add(*n))
+        })
+    }
+}
+
+/// Instances per region: spread over the regions that have eligible nodes (counted in
+/// `eligible`), round-robin in the chain's region order, at most one per eligible node; what
+/// cannot fit anywhere is left out (the region shards report the shortfall).
+pub fn region_quotas(spec: &AppSpec, regions: &[model::Region], eligible: &NodeCounts) -> BTreeMap<String, u32> {
+    let mut room: Vec<(String, u32)> =
+        regions.iter().map(|r| (r.name.clone(), eligible.eligible(spec, &r.name))).filter(|(_, n)| *n > 0).collect();
+    let mut quotas: BTreeMap<String, u32> = room.iter().map(|(r, _)| (r.clone(), 0)).collect();
+    // Round robin, a whole round at a time: every region with room left takes one per round.
+    let mut left = spec.instances;
+    loop {
+        let open: Vec<usize> = (0..room.len()).filter(|i| room[*i].1 > 0).collect();
+        let Some(fewest) = open.iter().map(|i| room[*i].1).min() else { break };
+        if left == 0 {
+            break;
+        }
+        let width = u32::try_from(open.len()).unwrap_or(u32::MAX);
+        let rounds = fewest.min(left / width);
+        if rounds == 0 {
+            // Less than a round left: the first regions in order take one each.
+            for i in open.into_iter().take(left as usize) {
+                *quotas.entry(room[i].0.clone()).or_default() += 1;
+            }
+            break;
+        }
+        for i in open {
+            room[i].1 -= rounds;
+            *quotas.entry(room[i].0.clone()).or_default() += rounds;
+        }
+        left -= rounds * width;
     }
     quotas.retain(|_, q| *q > 0);
     quotas
@@ -74,12 +134,44 @@ impl Quota {
 pub struct Capacity<'a> {
     /// The region asking.
     pub region: &'a str,
-    /// Its nodes committed down.
-    pub down: &'a BTreeSet<NodeId>,
-    /// Its cordoned nodes.
-    pub cordoned: &'a BTreeSet<NodeId>,
-    /// The other regions' reports; a region without one counts as whole.
+    /// The regions, in chain order.
+    pub regions: &'a [model::Region],
+    /// Every region's nodes, live or not.
+    pub eligible: &'a NodeCounts,
+    /// Every region's open nodes: here, up and not cordoned; elsewhere, as its report says (a
+    /// region without one counts as whole, an unreachable one as empty).
+    pub open: &'a NodeCounts,
+    /// The other regions' reports.
     pub reports: &'a BTreeMap<String, RegionReport>,
+}
+
+/// Counts for a [`Capacity`] from scratch: every node, and the open ones as seen from `region`
+/// (its own `down` and `cordoned` nodes, the other regions' `reports`).
+pub fn count_nodes(
+    chain: &ChainState,
+    region: &str,
+    down: &BTreeSet<NodeId>,
+    cordoned: &BTreeSet<NodeId>,
+    reports: &BTreeMap<String, RegionReport>,
+) -> (NodeCounts, NodeCounts) {
+    let eligible = NodeCounts::of(chain.nodes.values());
+    let open = NodeCounts::of(chain.nodes.values().filter(|n| is_open(n, region, down, cordoned, reports)));
+    (eligible, open)
+}
+
+/// Whether `node` takes new instances, as seen from `region`.
+pub fn is_open(
+    node: &NodeRecord,
+    region: &str,
+    down: &BTreeSet<NodeId>,
+    cordoned: &BTreeSet<NodeId>,
+    reports: &BTreeMap<String, RegionReport>,
+) -> bool {
+    let id = &node.start.node_id;
+    if node.start.region == region {
+        return !down.contains(id) && !cordoned.contains(id);
+    }
+    reports.get(&node.start.region).is_none_or(|r| r.reachable && r.open.contains(id))
 }
 
 /// This region's quota for `spec`: its base quota, plus what it takes over from regions that
@@ -89,29 +181,12 @@ pub struct Capacity<'a> {
 /// so every shard with the same reports computes the same split. A deficit that was placed
 /// elsewhere shrinks as the region's own instances come back, so the quota moves back by
 /// itself; `keep` holds a stand-in until the instance it replaces has started.
-pub fn spill_quota(spec: &AppSpec, chain: &ChainState, capacity: &Capacity<'_>) -> Quota {
-    let base = region_quotas(spec, chain);
+pub fn spill_quota(spec: &AppSpec, capacity: &Capacity<'_>) -> Quota {
+    let base = region_quotas(spec, capacity.regions, capacity.eligible);
     let base_of = |region: &str| base.get(region).copied().unwrap_or(0);
     let me = capacity.region;
-    let is_open = |region: &str, node: &NodeRecord| {
-        let id = &node.start.node_id;
-        if region == me {
-            return !capacity.down.contains(id) && !capacity.cordoned.contains(id);
-        }
-        capacity.reports.get(region).is_none_or(|r| r.reachable && r.open.contains(id))
-    };
-    let open: BTreeMap<&str, u32> = chain
-        .regions
-        .iter()
-        .map(|r| {
-            let n = chain
-                .nodes
-                .values()
-                .filter(|n| n.start.region == r.name && eligible(spec, n) && is_open(&r.name, n))
-                .count();
-            (r.name.as_str(), u32::try_from(n).unwrap_or(u32::MAX))
-        })
-        .collect();
+    let open: BTreeMap<&str, u32> =
+        capacity.regions.iter().map(|r| (r.name.as_str(), capacity.open.eligible(spec, &r.name))).collect();
     let short = |origin: &str, of: fn(&Shortage) -> u32| -> u32 {
         if origin == me {
             return 0;
@@ -124,12 +199,12 @@ pub fn spill_quota(spec: &AppSpec, chain: &ChainState, capacity: &Capacity<'_>) 
     };
     let taken_by_me = |of: fn(&Shortage) -> u32| -> u32 {
         let mut taken: BTreeMap<&str, u32> = BTreeMap::new();
-        for origin in &chain.regions {
+        for origin in capacity.regions {
             let mut deficit = short(&origin.name, of);
             if deficit == 0 {
                 continue;
             }
-            let mut targets: Vec<&model::Region> = chain.regions.iter().filter(|t| t.name != origin.name).collect();
+            let mut targets: Vec<&model::Region> = capacity.regions.iter().filter(|t| t.name != origin.name).collect();
             targets.sort_by(|a, b| {
                 let (da, db) = (origin.center.distance_km(&a.center), origin.center.distance_km(&b.center));
                 da.total_cmp(&db).then_with(|| a.name.cmp(&b.name))

@@ -8,6 +8,8 @@ use model::chain::ChainState;
 use model::command::{Command, CommandResult, Placement};
 use model::event::{Event, EventKind};
 use model::tier::Resources;
+
+use crate::scheduler::{Capacity, NodeCounts, count_nodes, is_open};
 use model::{AppName, NodeId};
 use serde::{Deserialize, Serialize};
 
@@ -57,12 +59,20 @@ pub struct Index {
     apps_on: HashMap<NodeId, BTreeSet<AppName>>,
     /// The resources placed on each node.
     used: HashMap<NodeId, Resources>,
+    /// Every region's nodes, counted for quotas.
+    eligible: NodeCounts,
+    /// Every region's open nodes as this shard sees them (see [`Capacity::open`]).
+    open: NodeCounts,
 }
 
 impl Index {
     /// The index of `state`, computed from scratch.
     pub fn build(state: &ShardState) -> Index {
+        let (eligible, open) =
+            count_nodes(&state.chain, &state.region, &state.down, &state.cordoned, &state.region_reports);
         let mut index = Index {
+            eligible,
+            open,
             region_nodes: state
                 .chain
                 .nodes
@@ -85,6 +95,27 @@ impl Index {
         if let Some(record) = state.chain.apps.get(app) {
             let used = self.used.entry(node.to_string()).or_default();
             *used = used.add(&record.spec.instance_resources());
+        }
+    }
+
+    /// Counts `node` open or not, as `state` now says.
+    fn reopen(&mut self, state: &ShardState, node: &str, was_open: bool) {
+        let Some(record) = state.chain.nodes.get(node) else { return };
+        let open = is_open(record, &state.region, &state.down, &state.cordoned, &state.region_reports);
+        match (was_open, open) {
+            (false, true) => self.open.add(record),
+            (true, false) => self.open.remove(record),
+            _ => {}
+        }
+    }
+
+    /// Counts the open nodes of `region` again from its report.
+    fn recount(&mut self, state: &ShardState, region: &str) {
+        self.open.clear(region);
+        for n in state.chain.nodes.values().filter(|n| n.start.region == region) {
+            if is_open(n, &state.region, &state.down, &state.cordoned, &state.region_reports) {
+                self.open.add(n);
+            }
         }
     }
 
@@ -222,8 +253,10 @@ impl ShardState {
                         reason: format!("node `{node}` is not in region {}", self.region),
                     };
                 }
+                let was_open = self.open_here(node);
                 let changed = if *cordoned { self.cordoned.insert(node.clone()) } else { self.cordoned.remove(node) };
                 if changed {
+                    self.reindex(|index, state| index.reopen(state, node, was_open));
                     CommandResult::Applied
                 } else {
                     CommandResult::Skipped {
@@ -232,8 +265,10 @@ impl ShardState {
                 }
             }
             Command::SetLiveness { node, up, at_ms } => {
+                let was_open = self.open_here(node);
                 let changed = if *up { self.down.remove(node) } else { self.down.insert(node.clone()) };
                 if changed {
+                    self.reindex(|index, state| index.reopen(state, node, was_open));
                     let node = node.clone();
                     self.record(
                         *at_ms,
@@ -260,6 +295,7 @@ impl ShardState {
                     short_apps: report.short.len(),
                 };
                 self.region_reports.insert(region.clone(), report.clone());
+                self.reindex(|index, state| index.recount(state, region));
                 self.record(*at_ms, vec![event]);
                 CommandResult::Applied
             }
@@ -317,11 +353,13 @@ impl ShardState {
     }
 
     /// Every region's capacity as this shard knows it, for [`crate::scheduler::spill_quota`].
-    pub fn capacity(&self) -> crate::scheduler::Capacity<'_> {
-        crate::scheduler::Capacity {
+    pub fn capacity(&self) -> Capacity<'_> {
+        let index = self.index();
+        Capacity {
             region: &self.region,
-            down: &self.down,
-            cordoned: &self.cordoned,
+            regions: &self.chain.regions,
+            eligible: &index.eligible,
+            open: &index.open,
             reports: &self.region_reports,
         }
     }
@@ -338,6 +376,27 @@ impl ShardState {
                 (r.name.clone(), urls)
             })
             .collect()
+    }
+
+    /// Updates the index in place with `f`, if it is built (else it is built on first use).
+    fn reindex(&mut self, f: impl FnOnce(&mut Index, &ShardState)) {
+        if let Some(mut index) = self.index.take() {
+            f(&mut index, self);
+            let _ = self.index.set(index);
+        }
+    }
+
+    /// Whether `node` is one of this region's open nodes (up and not cordoned).
+    fn open_here(&self, node: &str) -> bool {
+        self.chain
+            .nodes
+            .get(node)
+            .is_some_and(|n| is_open(n, &self.region, &self.down, &self.cordoned, &self.region_reports))
+    }
+
+    /// This region's base quota and every region's, for `spec`.
+    pub fn quotas(&self, spec: &model::AppSpec) -> BTreeMap<String, u32> {
+        crate::scheduler::region_quotas(spec, &self.chain.regions, &self.index().eligible)
     }
 
     /// The index, built now if it is not yet.
@@ -484,19 +543,38 @@ mod tests {
         /// scratch (an empty block in between makes it rebuild).
         #[test]
         fn the_index_always_equals_a_recomputation(
-            ops in proptest::collection::vec((0u8..5, 0usize..3, 1usize..=6, 1usize..=6), 1..80),
+            ops in proptest::collection::vec((0u8..8, 0usize..3, 1usize..=6, 1usize..=6), 1..80),
         ) {
             let mut state = with_apps();
             // Built before the first command, so the commands update it in place.
             proptest::prop_assert_eq!(state.region_nodes().count(), 6);
-            for (op, app, node, other) in ops {
-                let (app, node, other) = (format!("a{app}"), format!("eu-{node}"), format!("eu-{other}"));
+            for (op, app, node, k) in ops {
+                let (app, node, other) = (format!("a{app}"), format!("eu-{node}"), format!("eu-{k}"));
                 let p = |n: &str| Placement { app: app.clone(), node: n.into(), ..placement(n) };
                 let (place, remove) = match op {
                     0 => (vec![p(&node)], vec![]),
                     1 => (vec![], vec![node.clone()]),
                     2 => (vec![p(&other)], vec![node.clone()]),
                     3 => (vec![p(&node), p(&other)], vec![]),
+                    5 => {
+                        state.apply(&Command::SetLiveness { node: node.clone(), up: k % 2 == 0, at_ms: 1 });
+                        (vec![], vec![])
+                    }
+                    6 => {
+                        state.apply(&Command::SetCordon { node: node.clone(), cordoned: k % 2 == 0 });
+                        (vec![], vec![])
+                    }
+                    7 => {
+                        // Region na reports some of its nodes open, or is lost.
+                        let open = ["na-1", "na-2"].iter().take(k % 3).map(|n| n.to_string()).collect();
+                        let report = if k == 6 {
+                            RegionReport::unreachable("gone".into())
+                        } else {
+                            RegionReport { reachable: true, open, ..Default::default() }
+                        };
+                        state.apply(&Command::SetRegionReport { region: "na".into(), report, at_ms: 1 });
+                        (vec![], vec![])
+                    }
                     _ => {
                         let (height, tip) = (state.chain.height.unwrap_or(0), state.chain.tip_hash.clone());
                         let block = model::chain::Block::new(height + 1, tip, height + 1, None, vec![]);

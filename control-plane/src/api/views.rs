@@ -8,7 +8,7 @@ use futures::future::join_all;
 use model::api::*;
 
 use super::{Api, ApiError, ReadOpts};
-use crate::scheduler::{region_quotas, spill_quota};
+use crate::scheduler::spill_quota;
 
 type Json<T> = Result<axum::Json<T>, ApiError>;
 
@@ -158,9 +158,9 @@ fn local_app_view(api: &Api, name: &str) -> Result<AppView, ApiError> {
     let leads = shard.is_leader();
     let (record, quotas, placed, short, down) = shard.read(|s| {
         let record = s.chain.apps.get(name).cloned();
-        let quotas = record.as_ref().map(|r| region_quotas(&r.spec, &s.chain)).unwrap_or_default();
+        let quotas = record.as_ref().map(|r| s.quotas(&r.spec)).unwrap_or_default();
         // This region's own entry counts what it takes over from regions that are short.
-        let here = record.as_ref().map_or(0, |r| spill_quota(&r.spec, &s.chain, &s.capacity()).place);
+        let here = record.as_ref().map_or(0, |r| spill_quota(&r.spec, &s.capacity()).place);
         (
             record,
             (quotas, here),

@@ -57,14 +57,14 @@ fn chain(nodes_per_region: usize) -> ChainState {
 #[test]
 fn quotas_spread_over_allowed_regions_first() {
     let c = chain(2);
-    let q = region_quotas(&app(3, &["acEU", "acNA", "acAS"], 64), &c);
+    let q = quotas(&app(3, &["acEU", "acNA", "acAS"], 64), &c);
     assert_eq!(q.values().copied().collect::<Vec<_>>(), vec![1, 1, 1]);
-    let q = region_quotas(&app(4, &["acEU", "acNA"], 64), &c);
+    let q = quotas(&app(4, &["acEU", "acNA"], 64), &c);
     assert_eq!((q["eu"], q["na"], q.get("as")), (2, 2, None));
     // Five wanted, four eligible nodes: one is left out.
-    let q = region_quotas(&app(5, &["acEU", "acNA"], 64), &c);
+    let q = quotas(&app(5, &["acEU", "acNA"], 64), &c);
     assert_eq!(q.values().sum::<u32>(), 4);
-    let q = region_quotas(&app(2, &["a!cEU"], 64), &c);
+    let q = quotas(&app(2, &["a!cEU"], 64), &c);
     assert!(!q.contains_key("eu"));
 }
 
@@ -121,7 +121,14 @@ fn quota_in(spec: &AppSpec, c: &ChainState, region: &str, down: &[&str], reports
     let down: BTreeSet<NodeId> = down.iter().map(|d| d.to_string()).collect();
     let reports: BTreeMap<String, RegionReport> = reports.iter().map(|(r, rep)| (r.to_string(), rep.clone())).collect();
     let none = BTreeSet::new();
-    spill_quota(spec, c, &Capacity { region, down: &down, cordoned: &none, reports: &reports })
+    let (eligible, open) = count_nodes(c, region, &down, &none, &reports);
+    let capacity = Capacity { region, regions: &c.regions, eligible: &eligible, open: &open, reports: &reports };
+    spill_quota(spec, &capacity)
+}
+
+/// Base quotas over every node of `c`.
+fn quotas(spec: &AppSpec, c: &ChainState) -> BTreeMap<String, u32> {
+    region_quotas(spec, &c.regions, &NodeCounts::of(c.nodes.values()))
 }
 
 /// A region that answers, with `open` nodes and `app` short as given.
@@ -210,6 +217,36 @@ fn place_keeps_stand_ins_up_to_keep_but_adds_only_up_to_place() {
 }
 
 proptest! {
+    /// Whole rounds at a time give what one instance at a time gave.
+    #[test]
+    fn quotas_equal_one_at_a_time_round_robin(
+        rooms in proptest::collection::vec(0usize..5, 3),
+        instances in 0u32..40,
+    ) {
+        let mut c = ChainState { regions: default_regions(), ..Default::default() };
+        for (r, n) in default_regions().iter().zip(&rooms) {
+            for i in 0..*n {
+                let id = format!("{}-{i}", r.name);
+                c.nodes.insert(id.clone(), node(&id, &r.name, &r.continent, Tier::Cumulus));
+            }
+        }
+        let spec = app(instances, &[], 64);
+        let mut room: Vec<(String, u32)> =
+            default_regions().iter().zip(&rooms).map(|(r, n)| (r.name.clone(), *n as u32)).collect();
+        let mut want: BTreeMap<String, u32> = BTreeMap::new();
+        let mut left = instances;
+        while left > 0 && room.iter().any(|(_, n)| *n > 0) {
+            for (region, n) in room.iter_mut() {
+                if left > 0 && *n > 0 {
+                    *n -= 1;
+                    left -= 1;
+                    *want.entry(region.clone()).or_default() += 1;
+                }
+            }
+        }
+        prop_assert_eq!(quotas(&spec, &c), want);
+    }
+
     #[test]
     fn placements_respect_every_rule(
         quota in 0u32..8,
