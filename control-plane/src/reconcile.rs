@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use model::chain::NodeRecord;
 use model::command::{Command, Placement, Removal};
 
 use crate::scheduler::{Candidate, eligible, place, spill_quota};
@@ -32,7 +33,7 @@ pub struct Judgement {
 }
 
 /// The command that brings `app`'s placements in this region to its quota, if anything changes.
-pub fn decide(s: &ShardState, app: &str, live: &dyn Liveness, j: Judgement) -> Option<Command> {
+pub fn decide<'a>(s: &'a ShardState, app: &str, live: &dyn Liveness, j: Judgement) -> Option<Command> {
     let record = s.chain.apps.get(app)?;
     let quota = spill_quota(&record.spec, &s.capacity());
     let placed = s.placements.get(app);
@@ -54,18 +55,41 @@ pub fn decide(s: &ShardState, app: &str, live: &dyn Liveness, j: Judgement) -> O
         why.contains_key(node) || s.avoid.get(app).and_then(|a| a.get(node)).is_some_and(|until| *until > j.now_ms)
     };
     let current: BTreeSet<String> = placed.map(|p| p.keys().cloned().collect()).unwrap_or_default();
-    let candidates: Vec<Candidate<'_>> = s
-        .region_nodes()
-        .filter(|n| !avoided(&n.start.node_id))
-        .map(|n| Candidate {
-            node: n,
-            up: !s.down.contains(&n.start.node_id)
-                && (live.is_fresh(&n.start.node_id) || (!j.settled && current.contains(&n.start.node_id))),
-            cordoned: s.cordoned.contains(&n.start.node_id),
-            free: n.resources().saturating_sub(&s.used_on(&n.start.node_id)),
-        })
+    let candidate = |n: &'a NodeRecord| Candidate {
+        node: n,
+        up: !s.down.contains(&n.start.node_id)
+            && (live.is_fresh(&n.start.node_id) || (!j.settled && current.contains(&n.start.node_id))),
+        cordoned: s.cordoned.contains(&n.start.node_id),
+        free: n.resources().saturating_sub(&s.used_on(&n.start.node_id)),
+    };
+    // The nodes that hold an instance, then new ones walked from the emptiest open node: only as
+    // many as could be placed, each filtered as `place` would. So `place` sees a handful of
+    // nodes, not the region, and picks what it would have picked from all of them.
+    let need = record.spec.instance_resources();
+    let mut candidates: Vec<Candidate<'a>> = current
+        .iter()
+        .filter(|id| !avoided(id))
+        .filter_map(|id| s.chain.nodes.get(id))
+        .filter(|n| n.start.region == s.region)
+        .map(candidate)
         .collect();
-    let decision = place(&record.spec, quota, &candidates, &current);
+    let fresh = s
+        .open_by_free()
+        .filter(|n| {
+            let id = &n.start.node_id;
+            !current.contains(id) && !avoided(id) && eligible(&record.spec, n) && live.is_fresh(id)
+        })
+        .map(candidate)
+        .filter(|c| c.free.fits(&need))
+        .take(quota.place as usize);
+    candidates.extend(fresh);
+    let mut decision = place(&record.spec, quota, &candidates, &current);
+    if decision.shortfall.is_some() {
+        // Short of nodes: the shortfall names how many eligible nodes are up, down and with room,
+        // which takes every node of the region (only for apps that cannot be placed).
+        candidates = s.region_nodes().filter(|n| !avoided(&n.start.node_id)).map(candidate).collect();
+        decision = place(&record.spec, quota, &candidates, &current);
+    }
     if !decision.changes(s.shortfall.get(app)) {
         return None;
     }
@@ -115,5 +139,133 @@ fn removal_reason(
         None => format!("node {node} left the region"),
         Some(c) if !eligible(spec, c.node) => format!("node {node} no longer fits the app's rules"),
         Some(_) => "over the region's quota".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use model::command::CommandResult;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Nodes in this set beat.
+    struct Fresh(BTreeSet<String>);
+
+    impl Liveness for Fresh {
+        fn is_fresh(&self, node: &str) -> bool {
+            self.0.contains(node)
+        }
+    }
+
+    /// Region eu with nodes eu-1..eu-8 of two tiers, and apps a0..a3 of different sizes.
+    fn state() -> ShardState {
+        let wallet = model::keys::Keypair::from_seed([3; 32]);
+        let mut state = ShardState::new("eu");
+        let genesis = chain::dev_genesis(&wallet, &chain::dev_nodes(), 0);
+        assert_eq!(state.apply(&Command::ApplyBlock(genesis)), CommandResult::Applied);
+        for i in 3..=8 {
+            let mut node = state.chain.nodes[if i % 2 == 0 { "eu-1" } else { "eu-2" }].clone();
+            node.start.node_id = format!("eu-{i}");
+            state.chain.nodes.insert(node.start.node_id.clone(), node);
+        }
+        for (i, (ram, instances)) in [(64u32, 2u32), (512, 3), (2048, 4), (128, 1)].into_iter().enumerate() {
+            let spec = model::AppSpec::from_toml(&format!(
+                "name = \"a{i}\"\ninstances = {instances}\n[[component]]\nname = \"web\"\nwasm = \"x.wasm\"\nram = {ram}\n"
+            ))
+            .expect("spec");
+            let record = model::chain::AppRecord {
+                spec,
+                owner: wallet.public(),
+                registered_height: 0,
+                updated_height: 0,
+                expires_height: 1000,
+            };
+            state.chain.apps.insert(format!("a{i}"), record);
+        }
+        state
+    }
+
+    /// `decide` as it was: every node of the region a candidate.
+    fn decide_over_all(s: &ShardState, app: &str, live: &dyn Liveness, j: Judgement) -> Option<Command> {
+        let record = s.chain.apps.get(app)?;
+        let quota = spill_quota(&record.spec, &s.capacity());
+        let current: BTreeSet<String> = s.placements.get(app).map(|p| p.keys().cloned().collect()).unwrap_or_default();
+        let avoided = |node: &str| s.avoid.get(app).and_then(|a| a.get(node)).is_some_and(|until| *until > j.now_ms);
+        let candidates: Vec<Candidate<'_>> = s
+            .region_nodes()
+            .filter(|n| !avoided(&n.start.node_id))
+            .map(|n| Candidate {
+                node: n,
+                up: !s.down.contains(&n.start.node_id)
+                    && (live.is_fresh(&n.start.node_id) || (!j.settled && current.contains(&n.start.node_id))),
+                cordoned: s.cordoned.contains(&n.start.node_id),
+                free: n.resources().saturating_sub(&s.used_on(&n.start.node_id)),
+            })
+            .collect();
+        let d = place(&record.spec, quota, &candidates, &current);
+        d.changes(s.shortfall.get(app)).then(|| Command::Reconcile {
+            app: app.into(),
+            place: d.place.into_iter().map(|node| Placement { app: app.into(), node, ..placement() }).collect(),
+            remove: d.remove,
+            shortfall: d.shortfall,
+            at_ms: j.now_ms,
+            why: BTreeMap::new(),
+        })
+    }
+
+    fn placement() -> Placement {
+        Placement {
+            app: String::new(),
+            node: String::new(),
+            region: "eu".into(),
+            placed_at_ms: 5,
+            started_at_ms: None,
+            failed: None,
+        }
+    }
+
+    /// The parts of a reconcile that say where instances go.
+    fn where_to(cmd: Option<Command>) -> Option<(Vec<String>, Vec<String>, Option<String>)> {
+        match cmd? {
+            Command::Reconcile { place, remove, shortfall, .. } => {
+                Some((place.into_iter().map(|p| p.node).collect(), remove, shortfall))
+            }
+            _ => None,
+        }
+    }
+
+    proptest! {
+        /// Walking the emptiest open nodes picks what looking at every node picked, through any
+        /// sequence of reconciles, node failures and cordons.
+        #[test]
+        fn walking_the_emptiest_nodes_decides_as_every_node_would(
+            steps in proptest::collection::vec((0u8..4, 0usize..4, 1usize..=8, any::<bool>()), 1..60),
+            stale in proptest::collection::btree_set(1usize..=8, 0..3),
+        ) {
+            let mut s = state();
+            let live = Fresh((1..=8).filter(|i| !stale.contains(i)).map(|i| format!("eu-{i}")).collect());
+            let j = Judgement { now_ms: 5, lease_ms: 10_000, settled: true };
+            for (op, app, node, flag) in steps {
+                let (app, node) = (format!("a{app}"), format!("eu-{node}"));
+                match op {
+                    0 | 1 => {
+                        let fast = decide(&s, &app, &live, j);
+                        prop_assert_eq!(where_to(fast.clone()), where_to(decide_over_all(&s, &app, &live, j)));
+                        if let Some(cmd) = fast {
+                            s.apply(&cmd);
+                        }
+                    }
+                    2 => {
+                        s.apply(&Command::SetLiveness { node, up: flag, at_ms: 5 });
+                    }
+                    _ => {
+                        s.apply(&Command::SetCordon { node, cordoned: flag });
+                    }
+                }
+            }
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The replicated state of one regional shard, and the pure function that applies commands.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::OnceLock;
 
@@ -63,7 +64,13 @@ pub struct Index {
     eligible: NodeCounts,
     /// Every region's open nodes as this shard sees them (see [`Capacity::open`]).
     open: NodeCounts,
+    /// This region's open nodes, emptiest first (most free memory, then cpu, then by id): new
+    /// instances are placed by walking it from the front.
+    by_free: BTreeSet<FreeKey>,
 }
+
+/// A node's place in [`Index::by_free`].
+type FreeKey = (Reverse<u32>, Reverse<u32>, NodeId);
 
 impl Index {
     /// The index of `state`, computed from scratch.
@@ -87,14 +94,40 @@ impl Index {
                 index.add(state, app, node);
             }
         }
+        let open: Vec<FreeKey> = index
+            .region_nodes
+            .iter()
+            .filter(|id| state.open_here(id))
+            .filter_map(|id| index.free_key(state, id))
+            .collect();
+        index.by_free.extend(open);
         index
+    }
+
+    /// Where `node` sorts in [`Index::by_free`] with its usage now.
+    fn free_key(&self, state: &ShardState, node: &str) -> Option<FreeKey> {
+        let record = state.chain.nodes.get(node)?;
+        let free = record.resources().saturating_sub(&self.used.get(node).copied().unwrap_or_default());
+        Some((Reverse(free.ram_mb), Reverse(free.cpu_tenths), node.to_string()))
+    }
+
+    /// Changes `node`'s usage with `change`, keeping its place in `by_free`.
+    fn requeue(&mut self, state: &ShardState, node: &str, change: impl FnOnce(&mut Index)) {
+        let listed = self.free_key(state, node).is_some_and(|key| self.by_free.remove(&key));
+        change(self);
+        if listed && let Some(key) = self.free_key(state, node) {
+            self.by_free.insert(key);
+        }
     }
 
     fn add(&mut self, state: &ShardState, app: &str, node: &str) {
         self.apps_on.entry(node.to_string()).or_default().insert(app.to_string());
         if let Some(record) = state.chain.apps.get(app) {
-            let used = self.used.entry(node.to_string()).or_default();
-            *used = used.add(&record.spec.instance_resources());
+            let need = record.spec.instance_resources();
+            self.requeue(state, node, |index| {
+                let used = index.used.entry(node.to_string()).or_default();
+                *used = used.add(&need);
+            });
         }
     }
 
@@ -102,9 +135,20 @@ impl Index {
     fn reopen(&mut self, state: &ShardState, node: &str, was_open: bool) {
         let Some(record) = state.chain.nodes.get(node) else { return };
         let open = is_open(record, &state.region, &state.down, &state.cordoned, &state.region_reports);
+        let here = record.start.region == state.region;
         match (was_open, open) {
-            (false, true) => self.open.add(record),
-            (true, false) => self.open.remove(record),
+            (false, true) => {
+                self.open.add(record);
+                if here && let Some(key) = self.free_key(state, node) {
+                    self.by_free.insert(key);
+                }
+            }
+            (true, false) => {
+                self.open.remove(record);
+                if here && let Some(key) = self.free_key(state, node) {
+                    self.by_free.remove(&key);
+                }
+            }
             _ => {}
         }
     }
@@ -126,11 +170,16 @@ impl Index {
                 self.apps_on.remove(node);
             }
         }
-        if let (Some(record), Some(used)) = (state.chain.apps.get(app), self.used.get_mut(node)) {
-            *used = used.saturating_sub(&record.spec.instance_resources());
-            if *used == Resources::default() {
-                self.used.remove(node);
-            }
+        if let Some(record) = state.chain.apps.get(app) {
+            let need = record.spec.instance_resources();
+            self.requeue(state, node, |index| {
+                if let Some(used) = index.used.get_mut(node) {
+                    *used = used.saturating_sub(&need);
+                    if *used == Resources::default() {
+                        index.used.remove(node);
+                    }
+                }
+            });
         }
     }
 }
@@ -392,6 +441,12 @@ impl ShardState {
             .nodes
             .get(node)
             .is_some_and(|n| is_open(n, &self.region, &self.down, &self.cordoned, &self.region_reports))
+    }
+
+    /// This region's open nodes (up and not cordoned), emptiest first: most free memory, then
+    /// cpu, then by id.
+    pub fn open_by_free(&self) -> impl Iterator<Item = &model::chain::NodeRecord> {
+        self.index().by_free.iter().filter_map(|(_, _, id)| self.chain.nodes.get(id))
     }
 
     /// This region's base quota and every region's, for `spec`.
