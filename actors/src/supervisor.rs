@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chain::SharedChainSource;
@@ -49,6 +50,10 @@ pub struct SupervisorState {
     chain: SharedChainSource,
     fatal: Fatal,
     children: HashMap<Child, ActorCell>,
+    /// Per app: set while a Reconcile is queued, so that a burst of changes queues one.
+    queued: HashMap<String, Arc<AtomicBool>>,
+    /// Set while a Sync is queued, for the same reason.
+    sync_queued: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -68,7 +73,11 @@ impl SupervisorState {
             }
             Child::App(app) => {
                 let name = actor_name(&region, "app", Some(app));
-                Actor::spawn_linked(Some(name), AppActor, (self.shard.clone(), app.clone()), sup).await?.0.get_cell()
+                let queued = self.queued.entry(app.clone()).or_default().clone();
+                // A restarted actor starts with a reconcile of its own.
+                queued.store(true, Ordering::Relaxed);
+                let args = (self.shard.clone(), app.clone(), queued);
+                Actor::spawn_linked(Some(name), AppActor, args, sup).await?.0.get_cell()
             }
         };
         self.children.insert(child, cell);
@@ -92,9 +101,15 @@ impl SupervisorState {
             if let Some(cell) = self.children.remove(&child) {
                 cell.stop(Some("removed from the chain".into()));
             }
+            if let Child::App(app) = &child {
+                self.queued.remove(app);
+            }
         }
         for (child, cell) in &self.children {
-            if let Child::App(_) = child {
+            if let Child::App(app) = child
+                && let Some(queued) = self.queued.get(app)
+                && !queued.swap(true, Ordering::Relaxed)
+            {
                 let _ = cell.send_message(AppMsg::Reconcile);
             }
         }
@@ -112,18 +127,36 @@ impl Actor for RegionSupervisor {
         myself: ActorRef<SupervisorMsg>,
         (shard, chain, fatal): Self::Arguments,
     ) -> Result<SupervisorState, ActorProcessingErr> {
+        let sync_queued = Arc::new(AtomicBool::new(false));
         let mut changes = shard.subscribe();
-        let me = myself.clone();
+        let (me, queued) = (myself.clone(), sync_queued.clone());
         let watcher = tokio::spawn(async move {
             while changes.changed().await.is_ok() {
-                if me.cast(SupervisorMsg::Sync).is_err() {
+                if !queued.swap(true, Ordering::Relaxed) && me.cast(SupervisorMsg::Sync).is_err() {
                     return;
                 }
             }
         });
-        let ticker = myself.send_interval(RESYNC_EVERY, || SupervisorMsg::Sync);
+        let (me, queued) = (myself.clone(), sync_queued.clone());
+        let ticker = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RESYNC_EVERY).await;
+                if !queued.swap(true, Ordering::Relaxed) && me.cast(SupervisorMsg::Sync).is_err() {
+                    return;
+                }
+            }
+        });
+        sync_queued.store(true, Ordering::Relaxed);
         myself.cast(SupervisorMsg::Sync)?;
-        Ok(SupervisorState { shard, chain, fatal, children: HashMap::new(), tasks: vec![watcher, ticker] })
+        Ok(SupervisorState {
+            shard,
+            chain,
+            fatal,
+            children: HashMap::new(),
+            queued: HashMap::new(),
+            sync_queued,
+            tasks: vec![watcher, ticker],
+        })
     }
 
     async fn post_stop(
@@ -147,6 +180,8 @@ impl Actor for RegionSupervisor {
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         let SupervisorMsg::Sync = msg;
+        // Cleared before reading the state: a change from here on queues another Sync.
+        state.sync_queued.store(false, Ordering::Relaxed);
         state.sync(&myself).await
     }
 
