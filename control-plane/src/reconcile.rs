@@ -269,3 +269,119 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod convergence {
+    use std::collections::BTreeSet;
+
+    use model::chain::{AppRecord, Capability, ChainState, NodeStart};
+    use model::geo::{GeoPoint, default_regions};
+    use model::keys::Keypair;
+    use model::tier::Tier;
+
+    use super::*;
+
+    struct Fresh(BTreeSet<String>);
+
+    impl Liveness for Fresh {
+        fn is_fresh(&self, node: &str) -> bool {
+            self.0.contains(node)
+        }
+    }
+
+    /// `nodes` nodes over the three default regions and `apps` apps of 4 instances.
+    fn chain(nodes: usize, apps: usize) -> ChainState {
+        let regions = default_regions();
+        let mut chain = ChainState { regions: regions.clone(), height: Some(0), ..Default::default() };
+        let key = Keypair::from_seed([1; 32]).public();
+        for i in 0..nodes {
+            let r = &regions[i % regions.len()];
+            let start = NodeStart {
+                node_id: format!("{}-{i}", r.name),
+                collateral: Tier::Cumulus.collateral(),
+                region: r.name.clone(),
+                continent: r.continent.clone(),
+                country: "XX".into(),
+                geo: GeoPoint { lat: r.center.lat, lon: r.center.lon },
+                capabilities: vec![Capability::Wasm],
+                node_key: key.clone(),
+            };
+            let record = NodeRecord { start, operator: key.clone(), tier: Tier::Cumulus, started_height: 0 };
+            chain.nodes.insert(record.start.node_id.clone(), record);
+        }
+        for a in 0..apps {
+            let spec = model::AppSpec::from_toml(&format!(
+                "name = \"app{a}\"\ninstances = 4\n[[component]]\nname = \"web\"\nwasm = \"x.wasm\"\n"
+            ))
+            .expect("spec");
+            let record =
+                AppRecord { spec, owner: key.clone(), registered_height: 0, updated_height: 0, expires_height: 1000 };
+            chain.apps.insert(format!("app{a}"), record);
+        }
+        chain
+    }
+
+    /// Reconciles every app of every shard until nothing changes; the rounds it took.
+    fn settle(shards: &mut [ShardState], live: &Fresh) -> usize {
+        let j = Judgement { now_ms: 1, lease_ms: 10_000, settled: true };
+        for round in 1..=5 {
+            let mut changed = false;
+            for s in shards.iter_mut() {
+                let apps: Vec<String> = s.chain.apps.keys().cloned().collect();
+                for app in apps {
+                    if let Some(cmd) = decide(s, &app, live, j) {
+                        s.apply(&cmd);
+                        changed = true;
+                    }
+                }
+            }
+            if !changed {
+                return round;
+            }
+        }
+        panic!("no convergence in 5 rounds");
+    }
+
+    /// Every app has exactly its 4 instances across the regions, and none is on a down node.
+    fn check(shards: &[ShardState], down: &BTreeSet<String>) {
+        let apps: Vec<&String> = shards[0].chain.apps.keys().collect();
+        for app in apps {
+            let nodes: Vec<&String> =
+                shards.iter().flat_map(|s| s.placements.get(app).into_iter().flat_map(|p| p.keys())).collect();
+            assert_eq!(nodes.len(), 4, "{app}: {nodes:?}");
+            assert!(nodes.iter().all(|n| !down.contains(*n)), "{app} on a down node: {nodes:?}");
+        }
+    }
+
+    /// 1,500 nodes, 10,000 instances: all placed, none over its count; then 150 nodes go down and
+    /// every instance they held is placed again elsewhere.
+    #[test]
+    fn ten_thousand_instances_converge_and_heal() {
+        let chain = chain(1_500, 2_500);
+        let mut shards: Vec<ShardState> = chain
+            .regions
+            .iter()
+            .map(|r| {
+                let mut s = ShardState::new(&r.name);
+                s.chain = chain.clone();
+                s
+            })
+            .collect();
+        let mut live = Fresh(chain.nodes.keys().cloned().collect());
+        settle(&mut shards, &live);
+        check(&shards, &BTreeSet::new());
+
+        let down: BTreeSet<String> = chain.nodes.keys().step_by(10).cloned().collect();
+        for s in shards.iter_mut() {
+            let region = format!("{}-", s.region);
+            for node in down.iter().filter(|n| n.starts_with(&region)) {
+                s.apply(&Command::SetLiveness { node: node.clone(), up: false, at_ms: 1 });
+            }
+        }
+        live.0.retain(|n| !down.contains(n));
+        let moved: usize = shards.iter().map(|s| down.iter().map(|n| s.placements_on(n).count()).sum::<usize>()).sum();
+        assert!(moved > 0);
+        settle(&mut shards, &live);
+        check(&shards, &down);
+    }
+}
