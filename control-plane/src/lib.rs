@@ -21,6 +21,7 @@ pub mod scheduler;
 pub mod shard;
 pub mod state;
 pub mod state_machine;
+pub mod synthetic;
 pub mod typ;
 
 pub use shard::{ProposeError, RaftTiming, ReadError, Shard, ShardConfig, SoftError};

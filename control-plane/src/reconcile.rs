@@ -152,7 +152,7 @@ mod tests {
     use super::*;
 
     /// Nodes in this set beat.
-    struct Fresh(BTreeSet<String>);
+    pub(super) struct Fresh(pub(super) BTreeSet<String>);
 
     impl Liveness for Fresh {
         fn is_fresh(&self, node: &str) -> bool {
@@ -274,52 +274,8 @@ mod tests {
 mod convergence {
     use std::collections::BTreeSet;
 
-    use model::chain::{AppRecord, Capability, ChainState, NodeStart};
-    use model::geo::{GeoPoint, default_regions};
-    use model::keys::Keypair;
-    use model::tier::Tier;
-
+    use super::tests::Fresh;
     use super::*;
-
-    struct Fresh(BTreeSet<String>);
-
-    impl Liveness for Fresh {
-        fn is_fresh(&self, node: &str) -> bool {
-            self.0.contains(node)
-        }
-    }
-
-    /// `nodes` nodes over the three default regions and `apps` apps of 4 instances.
-    fn chain(nodes: usize, apps: usize) -> ChainState {
-        let regions = default_regions();
-        let mut chain = ChainState { regions: regions.clone(), height: Some(0), ..Default::default() };
-        let key = Keypair::from_seed([1; 32]).public();
-        for i in 0..nodes {
-            let r = &regions[i % regions.len()];
-            let start = NodeStart {
-                node_id: format!("{}-{i}", r.name),
-                collateral: Tier::Cumulus.collateral(),
-                region: r.name.clone(),
-                continent: r.continent.clone(),
-                country: "XX".into(),
-                geo: GeoPoint { lat: r.center.lat, lon: r.center.lon },
-                capabilities: vec![Capability::Wasm],
-                node_key: key.clone(),
-            };
-            let record = NodeRecord { start, operator: key.clone(), tier: Tier::Cumulus, started_height: 0 };
-            chain.nodes.insert(record.start.node_id.clone(), record);
-        }
-        for a in 0..apps {
-            let spec = model::AppSpec::from_toml(&format!(
-                "name = \"app{a}\"\ninstances = 4\n[[component]]\nname = \"web\"\nwasm = \"x.wasm\"\n"
-            ))
-            .expect("spec");
-            let record =
-                AppRecord { spec, owner: key.clone(), registered_height: 0, updated_height: 0, expires_height: 1000 };
-            chain.apps.insert(format!("app{a}"), record);
-        }
-        chain
-    }
 
     /// Reconciles every app of every shard until nothing changes; the rounds it took.
     fn settle(shards: &mut [ShardState], live: &Fresh) -> usize {
@@ -357,7 +313,7 @@ mod convergence {
     /// every instance they held is placed again elsewhere.
     #[test]
     fn ten_thousand_instances_converge_and_heal() {
-        let chain = chain(1_500, 2_500);
+        let chain = crate::synthetic::cloud(1_500, 2_500);
         let mut shards: Vec<ShardState> = chain
             .regions
             .iter()

@@ -10,11 +10,6 @@ use std::time::Instant;
 
 use control_plane::reconcile::{Judgement, Liveness, decide};
 use control_plane::state::ShardState;
-use model::chain::{AppRecord, Capability, ChainState, NodeRecord, NodeStart};
-use model::geo::{GeoPoint, default_regions};
-use model::keys::Keypair;
-use model::spec::{AppSpec, ComponentSpec};
-use model::tier::Tier;
 
 /// Every node beats.
 struct AllFresh;
@@ -34,60 +29,9 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// `nodes` nodes spread over the default regions, and `apps` apps of 4 instances allowed
-/// anywhere.
-fn chain(nodes: usize, apps: usize) -> ChainState {
-    let regions = default_regions();
-    let mut chain = ChainState { regions: regions.clone(), height: Some(0), ..Default::default() };
-    let (operator, node_key) = (Keypair::from_seed([1; 32]).public(), Keypair::from_seed([2; 32]).public());
-    for i in 0..nodes {
-        let r = &regions[i % regions.len()];
-        let id = format!("{}-{i}", r.name);
-        let start = NodeStart {
-            node_id: id.clone(),
-            collateral: Tier::Cumulus.collateral(),
-            region: r.name.clone(),
-            continent: r.continent.clone(),
-            country: "XX".into(),
-            geo: GeoPoint { lat: r.center.lat, lon: r.center.lon },
-            capabilities: vec![Capability::Wasm],
-            node_key: node_key.clone(),
-        };
-        chain
-            .nodes
-            .insert(id, NodeRecord { start, operator: operator.clone(), tier: Tier::Cumulus, started_height: 0 });
-    }
-    for a in 0..apps {
-        let spec = AppSpec {
-            name: format!("app{a}"),
-            description: String::new(),
-            instances: 4,
-            geolocation: vec![],
-            expire: 100_000,
-            components: vec![ComponentSpec {
-                name: "web".into(),
-                wasm: "blake3:00".into(),
-                cpu_tenths: 1,
-                ram_mb: 64,
-                hdd_gb: 1,
-                env: Default::default(),
-            }],
-        };
-        let record = AppRecord {
-            spec,
-            owner: operator.clone(),
-            registered_height: 0,
-            updated_height: 0,
-            expires_height: 100_000,
-        };
-        chain.apps.insert(format!("app{a}"), record);
-    }
-    chain
-}
-
 fn main() {
     let (nodes, apps) = (arg("--nodes", 1_500), arg("--apps", 2_500));
-    let chain = chain(nodes, apps);
+    let chain = control_plane::synthetic::cloud(nodes, apps);
     let mut shards: Vec<ShardState> = chain
         .regions
         .iter()

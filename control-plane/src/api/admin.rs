@@ -34,7 +34,7 @@ fn check_admin(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn check_region(api: &Api, region: &str) -> Result<(), ApiError> {
+pub(super) fn check_region(api: &Api, region: &str) -> Result<(), ApiError> {
     if region == api.shard.region {
         return Ok(());
     }

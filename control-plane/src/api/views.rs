@@ -110,12 +110,7 @@ pub(super) async fn capacity(
     State(api): State<Arc<Api>>,
     Path(region): Path<String>,
 ) -> Json<model::capacity::RegionReport> {
-    if region != api.shard.region {
-        return Err(ApiError::new(
-            "wrong_region",
-            format!("this replica serves region {}, not {region}", api.shard.region),
-        ));
-    }
+    super::admin::check_region(&api, &region)?;
     api.leader_view(&ReadOpts::default()).await?;
     // A new leader has not heard its nodes yet: asked now, it would report every node open and
     // nothing short, and other regions would drop the stand-ins they run for it.
