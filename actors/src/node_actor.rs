@@ -1,5 +1,9 @@
 //! Watches one node's heartbeats (soft state on the leader): commits liveness changes, and
 //! records when each of the node's placed instances first reports healthy, or fails to start.
+//!
+//! It looks when its node's agent reports something new (the supervisor forwards it) and
+//! when the node's deadline passes (its last beat plus the node timeout), not on a fixed tick:
+//! a node that beats steadily costs one wake-up per timeout.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,14 +14,14 @@ use model::command::Command;
 use model::event::EventKind;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-/// A NodeActor checks its node this many times per node timeout (every 100 ms at the default
-/// 3 s), so a silent node is declared down at most a thirtieth of a timeout late.
-const CHECKS_PER_TIMEOUT: u32 = 30;
+/// How late after its deadline a NodeActor looks: a beat that arrives right at the deadline
+/// still counts.
+const SLACK: Duration = Duration::from_millis(5);
 
 /// Messages to a NodeActor.
 #[derive(Debug)]
 pub enum NodeMsg {
-    /// Check the node's last heartbeat.
+    /// Check the node's last heartbeat and reports.
     Check,
 }
 
@@ -27,7 +31,8 @@ pub(crate) struct NodeState {
     shard: Arc<Shard>,
     node: String,
     started: Instant,
-    timer: tokio::task::JoinHandle<()>,
+    /// The next deadline check.
+    timer: Option<tokio::task::AbortHandle>,
 }
 
 impl Actor for NodeActor {
@@ -40,24 +45,31 @@ impl Actor for NodeActor {
         myself: ActorRef<NodeMsg>,
         (shard, node): Self::Arguments,
     ) -> Result<NodeState, ActorProcessingErr> {
-        let every = (shard.node_timeout() / CHECKS_PER_TIMEOUT).max(Duration::from_millis(20));
-        let timer = myself.send_interval(every, || NodeMsg::Check);
-        Ok(NodeState { shard, node, started: Instant::now(), timer })
+        myself.cast(NodeMsg::Check)?;
+        Ok(NodeState { shard, node, started: Instant::now(), timer: None })
     }
 
     async fn post_stop(&self, _: ActorRef<NodeMsg>, state: &mut NodeState) -> Result<(), ActorProcessingErr> {
-        state.timer.abort();
+        if let Some(timer) = state.timer.take() {
+            timer.abort();
+        }
         Ok(())
     }
 
     async fn handle(
         &self,
-        _: ActorRef<NodeMsg>,
+        myself: ActorRef<NodeMsg>,
         msg: NodeMsg,
         state: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
         let NodeMsg::Check = msg;
-        let shard = &state.shard;
+        let shard = state.shard.clone();
+        let shard = &shard;
+        if let Some(timer) = state.timer.take() {
+            timer.abort();
+        }
+        let wait = next_check(shard, &state.node, state.started);
+        state.timer = Some(myself.send_after(wait, || NodeMsg::Check).abort_handle());
         if !shard.is_leader() {
             return Ok(());
         }
@@ -92,6 +104,23 @@ impl Actor for NodeActor {
         }
         Ok(())
     }
+}
+
+/// When to look next without news: at the node's deadline (its last beat plus the timeout),
+/// or, for a node this leader never heard from, when the leader's grace for it ends; and at
+/// least once per node timeout.
+fn next_check(shard: &Shard, node: &str, started: Instant) -> Duration {
+    let timeout = shard.node_timeout();
+    let wait = match shard.since_heartbeat(node) {
+        Some(since) => timeout.saturating_sub(since),
+        None => {
+            let grace = shard.leader_grace();
+            let leader_left = grace.saturating_sub(shard.leading_for().unwrap_or_default());
+            grace.saturating_sub(started.elapsed()).max(leader_left)
+        }
+    };
+    // Past its deadline already (declared down, or the change is being retried): once a timeout.
+    if wait.is_zero() { timeout } else { wait.min(timeout) + SLACK }
 }
 
 /// Placed instances on `node` that have not started yet and that its last report shows started

@@ -1,29 +1,43 @@
 //! The RegionSupervisor: keeps one NodeActor per node and one AppActor per app of its region's
-//! shard, restarts any child that fails or is killed, and fans state changes out to the apps.
+//! shard, restarts any child that fails or is killed, and tells each app when something it
+//! depends on changed (see `control_plane::touched`). A sweep reconciles every app in turn at a
+//! bounded rate, as a backstop for anything the changes miss.
 
 use std::collections::HashMap;
+use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chain::SharedChainSource;
 use control_plane::Shard;
+use control_plane::touched::Cause;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::watch;
 
 use crate::Fatal;
 use crate::app_actor::{AppActor, AppMsg};
 use crate::chain_actor::ChainActor;
-use crate::node_actor::NodeActor;
+use crate::node_actor::{NodeActor, NodeMsg};
 
-/// How often every app is reconciled even without a change (self-healing backstop).
-const RESYNC_EVERY: Duration = Duration::from_secs(2);
+/// How often the sweep takes its next apps.
+const SWEEP_TICK: Duration = Duration::from_secs(1);
+/// The sweep aims to reconcile every app once in this many ticks (30 s) ...
+const SWEEP_TICKS: usize = 30;
+/// ... but takes at most this many apps a tick, so its cost stays bounded (a few ms a second
+/// at 25,000 apps); past 30,000 apps a sweep takes longer than 30 s.
+const SWEEP_MAX_PER_TICK: usize = 1000;
 
 /// Messages to a RegionSupervisor.
 #[derive(Debug)]
 pub enum SupervisorMsg {
-    /// The shard's state changed: match children to it and reconcile every app.
+    /// The shard's state changed: match children to it if nodes or apps came or went, and
+    /// reconcile the apps the change touched.
     Sync,
+    /// Reconcile the sweep's next apps.
+    Sweep,
+    /// The leader's grace ended: reconcile every app (leases and silent nodes are judged now).
+    Settled,
 }
 
 /// The registered name of a child: `<region>/chain`, `<region>/node/<id>`, `<region>/app/<name>`.
@@ -54,6 +68,10 @@ pub struct SupervisorState {
     queued: HashMap<String, Arc<AtomicBool>>,
     /// Set while a Sync is queued, for the same reason.
     sync_queued: Arc<AtomicBool>,
+    /// Whether the children were matched to the state once.
+    matched: bool,
+    /// The last app the sweep reached, and when the sweep began.
+    sweep: (Option<String>, std::time::Instant),
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -84,7 +102,71 @@ impl SupervisorState {
         Ok(())
     }
 
+    /// Matches children to the state (when nodes or apps came or went), then reconciles the apps
+    /// the changes touched.
     async fn sync(&mut self, myself: &ActorRef<SupervisorMsg>) -> Result<(), ActorProcessingErr> {
+        let mut touched = self.shard.take_touched();
+        if touched.members_changed() || !self.matched {
+            self.match_children(myself).await?;
+            self.matched = true;
+        }
+        for node in touched.take_reported() {
+            if let Some(cell) = self.children.get(&Child::Node(node)) {
+                let _ = cell.send_message(NodeMsg::Check);
+            }
+        }
+        if touched.is_empty() {
+            return Ok(());
+        }
+        let apps = self.shard.read(|s| touched.resolve(s));
+        for (app, cause) in apps {
+            self.reconcile(&app, cause);
+        }
+        Ok(())
+    }
+
+    /// Queues a reconcile of `app`, unless one is queued already.
+    fn reconcile(&self, app: &str, cause: Cause) {
+        if let Some(queued) = self.queued.get(app)
+            && let Some(cell) = self.children.get(&Child::App(app.to_string()))
+            && !queued.swap(true, Ordering::Relaxed)
+        {
+            let _ = cell.send_message(AppMsg::Reconcile(cause));
+        }
+    }
+
+    /// Reconciles the next apps in name order after the last one the sweep reached.
+    fn sweep(&mut self) {
+        let (from, _) = &self.sweep;
+        let (mut apps, total) = self.shard.read(|s| {
+            let total = s.chain.apps.len();
+            let take = total.div_ceil(SWEEP_TICKS).clamp(1, SWEEP_MAX_PER_TICK);
+            let after = from.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+            let apps: Vec<String> =
+                s.chain.apps.range::<str, _>((after, Bound::Unbounded)).take(take).map(|(a, _)| a.clone()).collect();
+            (apps, (total, take))
+        });
+        for app in &apps {
+            self.reconcile(app, Cause::Sweep);
+        }
+        let (_, take) = total;
+        if apps.len() < take {
+            let (_, began) = std::mem::replace(&mut self.sweep, (None, std::time::Instant::now()));
+            self.shard.loop_stats().count_sweep(began.elapsed().as_millis() as u64);
+        } else {
+            self.sweep.0 = apps.pop();
+        }
+    }
+
+    /// Reconciles every app.
+    fn reconcile_all(&self, cause: Cause) {
+        let apps: Vec<String> = self.shard.read(|s| s.chain.apps.keys().cloned().collect());
+        for app in &apps {
+            self.reconcile(app, cause);
+        }
+    }
+
+    async fn match_children(&mut self, myself: &ActorRef<SupervisorMsg>) -> Result<(), ActorProcessingErr> {
         let (nodes, apps): (Vec<String>, Vec<String>) = self.shard.read(|s| {
             (s.region_nodes().map(|n| n.start.node_id.clone()).collect(), s.chain.apps.keys().cloned().collect())
         });
@@ -103,14 +185,6 @@ impl SupervisorState {
             }
             if let Child::App(app) = &child {
                 self.queued.remove(app);
-            }
-        }
-        for (child, cell) in &self.children {
-            if let Child::App(app) = child
-                && let Some(queued) = self.queued.get(app)
-                && !queued.swap(true, Ordering::Relaxed)
-            {
-                let _ = cell.send_message(AppMsg::Reconcile);
             }
         }
         Ok(())
@@ -137,15 +211,29 @@ impl Actor for RegionSupervisor {
                 }
             }
         });
-        let (me, queued) = (myself.clone(), sync_queued.clone());
-        let ticker = tokio::spawn(async move {
+        let me = myself.clone();
+        let sweeper = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(SWEEP_TICK);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
             loop {
-                tokio::time::sleep(RESYNC_EVERY).await;
-                if !queued.swap(true, Ordering::Relaxed) && me.cast(SupervisorMsg::Sync).is_err() {
+                ticks.tick().await;
+                if me.cast(SupervisorMsg::Sweep).is_err() {
                     return;
                 }
             }
         });
+        let mut tasks = vec![watcher, sweeper];
+        if !shard.past_leader_grace() {
+            let (me, grace) = (myself.clone(), shard.leader_grace());
+            let wait = grace.saturating_sub(shard.leading_for().unwrap_or_default());
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                let _ = me.cast(SupervisorMsg::Settled);
+            }));
+        }
+        // What changed while this replica followed is moot: every app reconciles as it starts.
+        let _ = shard.take_touched();
         sync_queued.store(true, Ordering::Relaxed);
         myself.cast(SupervisorMsg::Sync)?;
         Ok(SupervisorState {
@@ -155,7 +243,9 @@ impl Actor for RegionSupervisor {
             children: HashMap::new(),
             queued: HashMap::new(),
             sync_queued,
-            tasks: vec![watcher, ticker],
+            matched: false,
+            sweep: (None, std::time::Instant::now()),
+            tasks,
         })
     }
 
@@ -179,10 +269,21 @@ impl Actor for RegionSupervisor {
         msg: SupervisorMsg,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        let SupervisorMsg::Sync = msg;
-        // Cleared before reading the state: a change from here on queues another Sync.
-        state.sync_queued.store(false, Ordering::Relaxed);
-        state.sync(&myself).await
+        match msg {
+            SupervisorMsg::Sync => {
+                // Cleared before reading the state: a change from here on queues another Sync.
+                state.sync_queued.store(false, Ordering::Relaxed);
+                state.sync(&myself).await
+            }
+            SupervisorMsg::Sweep => {
+                state.sweep();
+                Ok(())
+            }
+            SupervisorMsg::Settled => {
+                state.reconcile_all(Cause::Timer);
+                Ok(())
+            }
+        }
     }
 
     async fn handle_supervisor_evt(

@@ -125,10 +125,9 @@ impl Devnet {
             return Err(SubmitError::Busy);
         }
         let next_height = s.tip.height + 1;
-        let mut next = s.pending_state.clone();
-        next.apply_tx(&stx, next_height)?;
+        // In place: a transaction that does not apply changes nothing (`ChainState::apply_tx`).
+        s.pending_state.apply_tx(&stx, next_height)?;
         let id = stx.id();
-        s.pending_state = next;
         s.mempool.push(stx);
         s.statuses.insert(id.clone(), TxStatus::Pending);
         Ok(id)

@@ -15,7 +15,7 @@ mod source;
 
 pub use devnet::now_ms;
 pub use devnet::{Devnet, SubmitError};
-pub use genesis::{DevNode, chain_genesis, dev_genesis, dev_node_key, dev_nodes};
+pub use genesis::{DevNode, chain_genesis, dev_genesis, dev_node_key, dev_nodes, funded_genesis};
 pub use source::{ChainError, ChainSource, HttpChain, SharedChainSource};
 
 #[cfg(test)]

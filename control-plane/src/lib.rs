@@ -22,6 +22,7 @@ pub mod shard;
 pub mod state;
 pub mod state_machine;
 pub mod synthetic;
+pub mod touched;
 pub mod typ;
 
 pub use shard::{ProposeError, RaftTiming, ReadError, Shard, ShardConfig, SoftError};

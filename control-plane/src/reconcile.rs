@@ -121,6 +121,30 @@ pub fn decide<'a>(s: &'a ShardState, app: &str, live: &dyn Liveness, j: Judgemen
     })
 }
 
+/// When `app`'s decision may next change with nothing else changing (ms since the epoch): the
+/// earliest placement lease to run out, or, for an app short of nodes, the earliest avoidance
+/// to end. The loop reconciles it again then. Within the leader's grace no lease is judged (the
+/// loop reconciles every app when the grace ends).
+pub fn next_deadline(s: &ShardState, app: &str, j: Judgement) -> Option<u64> {
+    let leases = s
+        .placements
+        .get(app)
+        .into_iter()
+        .flatten()
+        .filter(|_| j.settled)
+        .filter(|(_, p)| p.started_at_ms.is_none() && p.failed.is_none())
+        .map(|(_, p)| p.placed_at_ms.saturating_add(j.lease_ms).saturating_add(1));
+    let avoids = s
+        .shortfall
+        .contains_key(app)
+        .then(|| s.avoid.get(app))
+        .flatten()
+        .into_iter()
+        .flat_map(|a| a.values().copied())
+        .filter(|until| *until > j.now_ms);
+    leases.chain(avoids).min()
+}
+
 /// Why `place` took an instance off `node`.
 fn removal_reason(
     s: &ShardState,

@@ -25,6 +25,7 @@ use crate::log_store::LogStore;
 use crate::network::{Contacts, Network};
 use crate::state::ShardState;
 use crate::state_machine::{Applied, StateMachine};
+use crate::touched::{LoopStats, Touched};
 use crate::typ::{Raft, RaftMetrics};
 use proposer::Proposer;
 
@@ -204,6 +205,10 @@ pub struct Shard {
     snapshots_installed: Arc<AtomicU64>,
     soft: Mutex<Soft>,
     changed: watch::Sender<u64>,
+    /// What changed since the control loop last looked (applied entries and soft state).
+    touched: Arc<Mutex<Touched>>,
+    /// What the control loop did.
+    loop_stats: LoopStats,
     /// `Some((term, since))` while this replica leads.
     leading: watch::Sender<Option<(u64, Instant)>>,
     /// Set while leadership is being handed off: the replica acts as if it did not lead.
@@ -238,7 +243,8 @@ impl Shard {
         let (changed, _) = watch::channel(0u64);
         let log_store = LogStore::new(db.clone())?;
         let committed = log_store.committed();
-        let sm = StateMachine::open(db, &config.region, changed.clone())?;
+        let touched = Arc::new(Mutex::new(Touched::default()));
+        let sm = StateMachine::open(db, &config.region, changed.clone(), touched.clone())?;
         let applied = sm.applied();
         let snapshots_installed = sm.installed();
         let t = &config.raft;
@@ -272,6 +278,8 @@ impl Shard {
             snapshots_installed,
             soft: Mutex::new(Soft::default()),
             changed,
+            touched,
+            loop_stats: LoopStats::default(),
             leading: watch::channel(None).0,
             handing_off: AtomicBool::new(false),
             leader_contact: Mutex::new(None),
@@ -716,6 +724,7 @@ impl Shard {
             last_contact_ms,
             chain_height,
             genesis_hash,
+            control_loop: self.loop_stats.view(),
             error: None,
         }
     }
@@ -753,6 +762,11 @@ impl Shard {
         soft.reports.insert(node.to_string(), reports);
         // Bumped before the lock is released: a view that sees the new reports also sees a feed
         // version that carries them (`deploy --wait` relies on it).
+        if !was_fresh {
+            self.touched().fresh_node(node);
+        } else if changed {
+            self.touched().reported(node);
+        }
         if changed || !was_fresh {
             self.bump();
         }
@@ -816,6 +830,20 @@ impl Shard {
     /// How long a placed instance has to report healthy before it is placed elsewhere.
     pub fn placement_lease(&self) -> Duration {
         self.placement_lease
+    }
+
+    fn touched(&self) -> std::sync::MutexGuard<'_, Touched> {
+        self.touched.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes what changed since the last call (see [`Touched`]).
+    pub fn take_touched(&self) -> Touched {
+        std::mem::take(&mut *self.touched())
+    }
+
+    /// What the control loop did.
+    pub fn loop_stats(&self) -> &LoopStats {
+        &self.loop_stats
     }
 
     /// Signals a soft-state change, so feed followers re-read.

@@ -11,6 +11,7 @@ use model::event::{Event, EventKind};
 use model::tier::Resources;
 
 use crate::scheduler::{Capacity, NodeCounts, count_nodes, is_open};
+use crate::touched::{Cause, Touched};
 use model::{AppName, NodeId};
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +50,10 @@ pub struct ShardState {
     /// first lookup.
     #[serde(skip)]
     index: OnceLock<Index>,
+    /// What applied commands changed, for the control loop; taken after each batch of entries
+    /// ([`Self::take_touched`]). Never stored: a loaded or installed state counts as all changed.
+    #[serde(skip)]
+    touched: Touched,
 }
 
 /// What the control loop looks up per node, so that it never walks every placement.
@@ -205,9 +210,11 @@ impl ShardState {
                 if let Err(e) = self.chain.check_block(block) {
                     return CommandResult::Rejected { reason: e.to_string() };
                 }
+                let (apps_before, nodes_before) = (self.chain.apps.len(), self.chain.nodes.len());
                 self.chain.apply_block(block);
                 // Nodes, apps and their specs may have changed: rebuilt on next use.
                 self.index = OnceLock::new();
+                self.touch_block(block.height, apps_before, nodes_before);
                 // Apps that left the chain (removed or expired) lose their placements at once.
                 let chain = &self.chain;
                 self.placements.retain(|app, _| chain.apps.contains_key(app));
@@ -273,6 +280,10 @@ impl ShardState {
                 if let Some(index) = index {
                     let _ = self.index.set(index);
                 }
+                // The app's own decision was whole; what it freed may let a short app place.
+                if !remove.is_empty() {
+                    self.touched.freed();
+                }
                 if let Some(avoided) = self.avoid.get_mut(app) {
                     avoided.retain(|_, until| *until > *at_ms);
                     if avoided.is_empty() {
@@ -290,6 +301,12 @@ impl ShardState {
                 // Instance observations also mark their placement; one that is already marked
                 // (a leader that observed it twice) is not recorded again.
                 let fresh: Vec<EventKind> = events.iter().filter(|e| self.observe(*at_ms, e)).cloned().collect();
+                for event in &fresh {
+                    if let EventKind::InstanceFailed { instance, .. } = event {
+                        let app = instance.split_once('@').map_or(instance.as_str(), |(a, _)| a);
+                        self.touched.app(app, Cause::Instance);
+                    }
+                }
                 if fresh.is_empty() {
                     return CommandResult::Skipped { reason: "recorded already".into() };
                 }
@@ -306,6 +323,10 @@ impl ShardState {
                 let changed = if *cordoned { self.cordoned.insert(node.clone()) } else { self.cordoned.remove(node) };
                 if changed {
                     self.reindex(|index, state| index.reopen(state, node, was_open));
+                    if !*cordoned {
+                        self.touched.freed();
+                    }
+                    self.touched.spill();
                     CommandResult::Applied
                 } else {
                     CommandResult::Skipped {
@@ -318,6 +339,15 @@ impl ShardState {
                 let changed = if *up { self.down.remove(node) } else { self.down.insert(node.clone()) };
                 if changed {
                     self.reindex(|index, state| index.reopen(state, node, was_open));
+                    // Down: its instances move. Up: it has room for short apps.
+                    let apps: Vec<AppName> = self.placements_on(node).map(|p| p.app.clone()).collect();
+                    for app in apps {
+                        self.touched.app(&app, Cause::Node);
+                    }
+                    if *up {
+                        self.touched.freed();
+                    }
+                    self.touched.spill();
                     let node = node.clone();
                     self.record(
                         *at_ms,
@@ -343,7 +373,14 @@ impl ShardState {
                     open_nodes: report.open.len(),
                     short_apps: report.short.len(),
                 };
-                self.region_reports.insert(region.clone(), report.clone());
+                let old = self.region_reports.insert(region.clone(), report.clone());
+                if old.as_ref().is_none_or(|o| o.reachable != report.reachable) {
+                    self.touched.all(Cause::Capacity);
+                }
+                for app in old.iter().chain([report]).flat_map(|r| r.short.keys()) {
+                    self.touched.app(app, Cause::Capacity);
+                }
+                self.touched.spill();
                 self.reindex(|index, state| index.recount(state, region));
                 self.record(*at_ms, vec![event]);
                 CommandResult::Applied
@@ -358,6 +395,30 @@ impl ShardState {
                     .collect(),
             },
         }
+    }
+
+    /// Notes what a block changed: apps registered or updated at `height`; apps removed or
+    /// expired (their actors stop); nodes that joined, which change every app's quota.
+    fn touch_block(&mut self, height: u64, apps_before: usize, nodes_before: usize) {
+        let mut registered = 0;
+        for (name, app) in &self.chain.apps {
+            if app.registered_height == height || app.updated_height == height {
+                self.touched.app(name, Cause::Spec);
+                registered += usize::from(app.registered_height == height);
+            }
+        }
+        if self.chain.nodes.len() != nodes_before {
+            self.touched.all(Cause::Capacity);
+            self.touched.members();
+        }
+        if registered > 0 || apps_before + registered != self.chain.apps.len() {
+            self.touched.members();
+        }
+    }
+
+    /// What applied commands changed since the last call.
+    pub fn take_touched(&mut self) -> Touched {
+        std::mem::take(&mut self.touched)
     }
 
     /// Appends events to the log, dropping the oldest past [`MAX_EVENTS`].

@@ -5,7 +5,7 @@
 
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use model::command::CommandResult;
 use openraft::storage::RaftStateMachine;
@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::TypeConfig;
 use crate::state::ShardState;
+use crate::touched::{Cause, Touched};
 use crate::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
 
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
@@ -46,6 +47,8 @@ pub struct StateMachine {
     changed: watch::Sender<u64>,
     /// Snapshots installed from a leader since start (shown in `fluxctl shard status`).
     installed: Arc<AtomicU64>,
+    /// What applied entries changed, for the control loop to take.
+    touched: Arc<Mutex<Touched>>,
 }
 
 fn storage_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
@@ -54,7 +57,12 @@ fn storage_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
 
 impl StateMachine {
     /// Opens the state machine for `region`, restoring the last snapshot if there is one.
-    pub fn open(db: Arc<Database>, region: &str, changed: watch::Sender<u64>) -> anyhow::Result<Self> {
+    pub fn open(
+        db: Arc<Database>,
+        region: &str,
+        changed: watch::Sender<u64>,
+        touched: Arc<Mutex<Touched>>,
+    ) -> anyhow::Result<Self> {
         let tx = db.begin_write()?;
         tx.open_table(SNAPSHOT)?;
         tx.commit()?;
@@ -63,6 +71,7 @@ impl StateMachine {
             db,
             changed,
             installed: Arc::default(),
+            touched,
         };
         if let Some(stored) = sm.read_snapshot()? {
             let applied: Applied = serde_json::from_slice(&stored.data)?;
@@ -152,6 +161,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 };
                 results.push(result);
             }
+            let touched = a.state.take_touched();
+            // Noted before the bump, so a loop woken by it finds what changed.
+            self.touched.lock().unwrap_or_else(|e| e.into_inner()).merge(touched);
         }
         self.changed.send_modify(|v| *v += 1);
         Ok(results)
@@ -175,6 +187,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.save_snapshot(&StoredSnapshot { meta: meta.clone(), data })
             .map_err(|e| storage_err(ErrorVerb::Write, e))?;
         *self.write() = applied;
+        {
+            let mut touched = self.touched.lock().unwrap_or_else(|e| e.into_inner());
+            touched.all(Cause::Start);
+            touched.members();
+        }
         self.installed.fetch_add(1, Ordering::Relaxed);
         self.changed.send_modify(|v| *v += 1);
         Ok(())

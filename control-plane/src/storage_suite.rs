@@ -24,7 +24,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Red
         let dir = tempfile::tempdir().map_err(|e| fail(&e))?;
         let db = Arc::new(redb::Database::create(dir.path().join("suite.redb")).map_err(|e| fail(&e))?);
         let log = LogStore::new(db.clone()).map_err(|e| fail(&e))?;
-        let sm = StateMachine::open(db, "eu", watch::channel(0).0).map_err(|e| fail(&e))?;
+        let sm = StateMachine::open(db, "eu", watch::channel(0).0, Default::default()).map_err(|e| fail(&e))?;
         Ok((dir, log, sm))
     }
 }

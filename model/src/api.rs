@@ -373,9 +373,35 @@ pub struct ReplicaStatus {
     pub chain_height: Option<u64>,
     /// The genesis its state is pinned to.
     pub genesis_hash: String,
+    /// What its control loop did while it led, since it started (absent if it never led).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_loop: Option<LoopView>,
     /// Why it could not be asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// What a replica's control loop did while it led, counted by the loop since the replica
+/// started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoopView {
+    /// Reconciles per cause (`start`, `spec`, `instance`, `node`, `capacity`, `timer`,
+    /// `sweep`): how many ran, and how many of them committed a change. A sweep that changes
+    /// something found what the change tracking missed.
+    pub reconciles: BTreeMap<String, ReconcileCount>,
+    /// Full sweeps over every app finished.
+    pub sweeps: u64,
+    /// How long the last full sweep took, ms.
+    pub last_sweep_ms: u64,
+}
+
+/// Reconciles of one cause.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconcileCount {
+    /// Ran.
+    pub ran: u64,
+    /// Committed a change.
+    pub changed: u64,
 }
 
 /// `GET /v1/shards/{region}/identity`: who a replica is. Signed with the admin token, so that a

@@ -89,6 +89,11 @@ fn a_killed_node_is_replaced_with_no_failed_request_and_its_return_adds_nothing(
     let nodes: Vec<&str> = status.placements.iter().map(|p| p.node.as_str()).collect();
     assert_eq!(nodes.len(), 3, "{status:?}");
     assert!(!nodes.contains(&victim.as_str()), "{victim} still holds an instance: {status:?}");
+    // The leader's loop counted the move under its cause, and SREs see it.
+    let out = cloud.cluster.fluxctl(&["shard", "status", "eu"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let counts = text.lines().find(|l| l.starts_with("control loop on")).unwrap_or_else(|| panic!("{text}"));
+    assert!(counts.contains("node 1 (1 changed)"), "the node down moved the app once: {counts}");
 
     // The node returns: it is declared up, and the app keeps exactly its three instances, none
     // of them on the returned node.

@@ -161,4 +161,17 @@ fn print_status(view: &ShardView) {
         ]);
     }
     println!("{t}");
+    for r in &view.replicas {
+        let Some(l) = &r.control_loop else { continue };
+        let counts: Vec<String> = l
+            .reconciles
+            .iter()
+            .filter(|(_, c)| c.ran > 0)
+            .map(|(cause, c)| format!("{cause} {} ({} changed)", c.ran, c.changed))
+            .collect();
+        println!("control loop on {}: reconciles by cause: {}", r.id, counts.join(", "));
+        if l.sweeps > 0 {
+            println!("  {} full sweeps, the last in {:.1} s", l.sweeps, l.last_sweep_ms as f64 / 1000.0);
+        }
+    }
 }
