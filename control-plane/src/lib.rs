@@ -19,6 +19,7 @@ pub mod openapi;
 pub mod reconcile;
 pub mod scheduler;
 pub mod shard;
+pub mod signatures;
 pub mod state;
 pub mod state_machine;
 pub mod synthetic;

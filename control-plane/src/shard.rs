@@ -23,6 +23,7 @@ use crate::Replica;
 use crate::auth::AdminToken;
 use crate::log_store::LogStore;
 use crate::network::{Contacts, Network};
+use crate::signatures::{CheckError, SignatureChecker};
 use crate::state::ShardState;
 use crate::state_machine::{Applied, StateMachine};
 use crate::touched::{LoopStats, Touched};
@@ -174,10 +175,44 @@ pub struct ReadIndexError(pub String);
 
 #[derive(Default)]
 struct Soft {
-    beats: HashMap<NodeId, Instant>,
-    reports: HashMap<NodeId, Vec<InstanceReport>>,
     /// Gateways following the feed: the version each holds, and when it last asked.
     gateways: HashMap<String, (u64, Instant)>,
+}
+
+/// A node's soft state on the leader: its last beat and what it reported.
+struct NodeSoft {
+    beat: Instant,
+    reports: Vec<InstanceReport>,
+}
+
+/// Stripes of [`Beats`]: enough that heartbeats of different nodes rarely meet on a lock.
+const BEAT_STRIPES: usize = 64;
+
+/// Every node's soft state, in stripes by node id, so that heartbeats take no lock shared by
+/// the whole region.
+struct Beats {
+    stripes: Vec<Mutex<HashMap<NodeId, NodeSoft>>>,
+    hasher: std::hash::RandomState,
+}
+
+impl Default for Beats {
+    fn default() -> Self {
+        Self { stripes: (0..BEAT_STRIPES).map(|_| Mutex::default()).collect(), hasher: Default::default() }
+    }
+}
+
+impl Beats {
+    fn stripe(&self, node: &str) -> std::sync::MutexGuard<'_, HashMap<NodeId, NodeSoft>> {
+        use std::hash::BuildHasher;
+        let i = (self.hasher.hash_one(node) % BEAT_STRIPES as u64) as usize;
+        self.stripes[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn clear(&self) {
+        for stripe in &self.stripes {
+            stripe.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+    }
 }
 
 /// Gateways a leader keeps track of at most; past it, the quietest are forgotten.
@@ -204,6 +239,9 @@ pub struct Shard {
     committed: Arc<AtomicU64>,
     snapshots_installed: Arc<AtomicU64>,
     soft: Mutex<Soft>,
+    beats: Beats,
+    /// Checks heartbeat signatures off the async workers, in batches.
+    signatures: SignatureChecker,
     changed: watch::Sender<u64>,
     /// What changed since the control loop last looked (applied entries and soft state).
     touched: Arc<Mutex<Touched>>,
@@ -264,6 +302,8 @@ impl Shard {
         let network = Network::new(&config.region, config.raft_id, key.clone(), admin.clone(), contacts.clone());
         let raft = Raft::new(config.raft_id, Arc::new(raft_config), network.clone(), log_store, sm).await?;
         let proposer = Proposer::start(raft.clone(), config.region.clone(), config.write_timeout);
+        let signatures = SignatureChecker::start(&format!("signatures-{}", config.region))
+            .context("starting the signature checker")?;
         let shard = Arc::new(Shard {
             region: config.region,
             raft,
@@ -277,6 +317,8 @@ impl Shard {
             committed,
             snapshots_installed,
             soft: Mutex::new(Soft::default()),
+            beats: Beats::default(),
+            signatures,
             changed,
             touched,
             loop_stats: LoopStats::default(),
@@ -681,6 +723,7 @@ impl Shard {
                 tracing::info!(region = %self.region, term, "this replica leads");
             }
             *self.soft() = Soft::default();
+            self.beats.clear();
             self.leading.send_replace(now.map(|t| (t, Instant::now())));
             self.bump();
         }
@@ -752,14 +795,31 @@ impl Shard {
         }
     }
 
+    /// Checks a heartbeat's (or any agent message's) signature, batched with others.
+    pub async fn check_signature(&self, check: model::keys::SignatureCheck) -> Result<(), CheckError> {
+        self.signatures.check(check).await
+    }
+
     /// Records a verified heartbeat (soft state, leader only).
     pub fn record_heartbeat(&self, node: &str, reports: Vec<InstanceReport>) -> Result<(), SoftError> {
         self.soft_leader()?;
-        let mut soft = self.soft();
-        let was_fresh = soft.beats.get(node).is_some_and(|t| t.elapsed() < self.node_timeout);
-        soft.beats.insert(node.to_string(), Instant::now());
-        let changed = soft.reports.get(node) != Some(&reports);
-        soft.reports.insert(node.to_string(), reports);
+        let mut stripe = self.beats.stripe(node);
+        let now = Instant::now();
+        let (was_fresh, changed) = match stripe.get_mut(node) {
+            Some(known) => {
+                let was_fresh = known.beat.elapsed() < self.node_timeout;
+                let changed = known.reports != reports;
+                known.beat = now;
+                if changed {
+                    known.reports = reports;
+                }
+                (was_fresh, changed)
+            }
+            None => {
+                stripe.insert(node.to_string(), NodeSoft { beat: now, reports });
+                (false, true)
+            }
+        };
         // Bumped before the lock is released: a view that sees the new reports also sees a feed
         // version that carries them (`deploy --wait` relies on it).
         if !was_fresh {
@@ -770,7 +830,7 @@ impl Shard {
         if changed || !was_fresh {
             self.bump();
         }
-        drop(soft);
+        drop(stripe);
         Ok(())
     }
 
@@ -814,7 +874,7 @@ impl Shard {
 
     /// Time since `node`'s last heartbeat reached this replica.
     pub fn since_heartbeat(&self, node: &str) -> Option<Duration> {
-        self.soft().beats.get(node).map(|t| t.elapsed())
+        self.beats.stripe(node).get(node).map(|n| n.beat.elapsed())
     }
 
     /// Whether `node` beat within the timeout.
@@ -853,7 +913,7 @@ impl Shard {
 
     /// The last report for each instance placed on `node`.
     pub fn reports(&self, node: &str) -> Vec<InstanceReport> {
-        self.soft().reports.get(node).cloned().unwrap_or_default()
+        self.beats.stripe(node).get(node).map(|n| n.reports.clone()).unwrap_or_default()
     }
 
     /// The region's routes: placed instances on fresh, up nodes whose agent reports them healthy.
@@ -865,19 +925,21 @@ impl Shard {
             return Err(SoftError::WarmingUp { region: self.region.clone(), since });
         }
         let version = self.version();
-        let soft = self.soft();
         let routes = self.read(|s| {
             let mut routes = Vec::new();
             for (app, nodes) in &s.placements {
                 let Some(record) = s.chain.apps.get(app) else { continue };
                 for node_id in nodes.keys() {
-                    let fresh = soft.beats.get(node_id).is_some_and(|t| t.elapsed() < self.node_timeout);
                     let Some(node) = s.chain.nodes.get(node_id) else { continue };
-                    if !fresh || s.down.contains(node_id) {
+                    if s.down.contains(node_id) {
                         continue;
                     }
+                    let stripe = self.beats.stripe(node_id);
+                    let Some(known) = stripe.get(node_id).filter(|n| n.beat.elapsed() < self.node_timeout) else {
+                        continue;
+                    };
                     let id = format!("{app}@{node_id}");
-                    let Some(report) = soft.reports.get(node_id).and_then(|rs| rs.iter().find(|r| r.id == id)) else {
+                    let Some(report) = known.reports.iter().find(|r| r.id == id) else {
                         continue;
                     };
                     if !report.healthy || report.spec_height != record.updated_height {

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::ledger::parse_json;
 use super::{Api, ApiError};
+use crate::signatures::CheckError;
 
 type Json<T> = Result<axum::Json<T>, ApiError>;
 
@@ -24,9 +25,15 @@ pub(super) async fn heartbeat(State(api): State<Arc<Api>>, body: Bytes) -> Json<
     let record = shard
         .read(|s| s.chain.nodes.get(&node_id).cloned())
         .ok_or_else(|| ApiError::not_found(format!("node `{node_id}` is not started on chain")))?;
-    signed
-        .verify(&record.start.node_key)
-        .map_err(|e| ApiError::new("bad_signature", format!("heartbeat of `{node_id}`: {e}")))?;
+    let check = model::keys::SignatureCheck {
+        key: record.start.node_key.clone(),
+        message: SignedHeartbeat::signing_bytes(&signed.beat),
+        signature: signed.signature.clone(),
+    };
+    shard.check_signature(check).await.map_err(|e| match e {
+        CheckError::Invalid(e) => ApiError::new("bad_signature", format!("heartbeat of `{node_id}`: {e}")),
+        CheckError::Busy => ApiError::new("busy", format!("heartbeat of `{node_id}` not checked: {e}; beat again")),
+    })?;
     if chain::now_ms().abs_diff(signed.beat.at_ms) > HEARTBEAT_SKEW_MS {
         return Err(ApiError::bad_request("heartbeat timestamp is more than 30 s off; check the node's clock"));
     }
