@@ -73,6 +73,7 @@ pub fn decide<'a>(s: &'a ShardState, app: &str, live: &dyn Liveness, j: Judgemen
         .filter(|n| n.start.region == s.region)
         .map(candidate)
         .collect();
+    let from_current = candidates.len();
     let fresh = s
         .open_by_free()
         .filter(|n| {
@@ -85,10 +86,17 @@ pub fn decide<'a>(s: &'a ShardState, app: &str, live: &dyn Liveness, j: Judgemen
     candidates.extend(fresh);
     let mut decision = place(&record.spec, quota, &candidates, &current);
     if decision.shortfall.is_some() {
-        // Short of nodes: the shortfall names how many eligible nodes are up, down and with room,
-        // which takes every node of the region (only for apps that cannot be placed).
-        candidates = s.region_nodes().filter(|n| !avoided(&n.start.node_id)).map(candidate).collect();
+        // Short of room: every open node is a candidate (only a node that is up and not
+        // cordoned can take an instance), and the shortfall says how many have room. Down
+        // and cordoned nodes are counted from the index, so a region whose nodes all died
+        // costs nothing per app here.
+        candidates.truncate(from_current);
+        let open = s.open_by_free().filter(|n| !current.contains(&n.start.node_id) && !avoided(&n.start.node_id));
+        candidates.extend(open.map(candidate));
         decision = place(&record.spec, quota, &candidates, &current);
+        if decision.shortfall.is_some() {
+            decision.shortfall = Some(shortfall_message(s, &record.spec, quota, &decision, &candidates, &current));
+        }
     }
     if !decision.changes(s.shortfall.get(app)) {
         return None;
@@ -143,6 +151,40 @@ pub fn next_deadline(s: &ShardState, app: &str, j: Judgement) -> Option<u64> {
         .flat_map(|a| a.values().copied())
         .filter(|until| *until > j.now_ms);
     leases.chain(avoids).min()
+}
+
+/// Why an app has fewer instances than its quota: how many are placed, how many of the
+/// region's nodes it may use, how many of those are open (up, not cordoned), and how many have
+/// room for it. Counts come from the index, and rooms from the candidates `place` saw, which
+/// hold every open node.
+pub fn shortfall_message(
+    s: &ShardState,
+    spec: &model::AppSpec,
+    quota: crate::scheduler::Quota,
+    decision: &crate::scheduler::Decision,
+    candidates: &[Candidate<'_>],
+    current: &BTreeSet<String>,
+) -> String {
+    let need = spec.instance_resources();
+    let kept = current.len() - decision.remove.len();
+    let placed = kept + decision.place.len();
+    let capacity = s.capacity();
+    let (eligible_nodes, open) = (capacity.eligible.eligible(spec, &s.region), capacity.open.eligible(spec, &s.region));
+    let room = candidates
+        .iter()
+        .filter(|c| c.up && !c.cordoned && eligible(spec, c.node) && !current.contains(&c.node.start.node_id))
+        .filter(|c| c.free.fits(&need))
+        .count();
+    format!(
+        "{placed} of {} placed: {eligible_nodes} eligible node(s) in {}, {open} open (up, not cordoned), {} with room \
+         for cpu {} ram {} MB hdd {} GB",
+        quota.place,
+        s.region,
+        kept + room,
+        need.cpu_tenths as f64 / 10.0,
+        need.ram_mb,
+        need.hdd_gb
+    )
 }
 
 /// Why `place` took an instance off `node`.
@@ -229,7 +271,10 @@ mod tests {
                 free: n.resources().saturating_sub(&s.used_on(&n.start.node_id)),
             })
             .collect();
-        let d = place(&record.spec, quota, &candidates, &current);
+        let mut d = place(&record.spec, quota, &candidates, &current);
+        if d.shortfall.is_some() {
+            d.shortfall = Some(shortfall_message(s, &record.spec, quota, &d, &candidates, &current));
+        }
         d.changes(s.shortfall.get(app)).then(|| Command::Reconcile {
             app: app.into(),
             place: d.place.into_iter().map(|node| Placement { app: app.into(), node, ..placement() }).collect(),

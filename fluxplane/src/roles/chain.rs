@@ -27,6 +27,10 @@ pub struct ChainArgs {
     /// written to DIR/genesis.key.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// FLUX the genesis wallet gets when the chain is created (default 1,000,000): enough for
+    /// about 1,000 Cumulus nodes' collateral. Scale tests of many nodes need more.
+    #[arg(long)]
+    pub genesis_flux: Option<u64>,
 }
 
 impl ChainArgs {
@@ -36,6 +40,7 @@ impl ChainArgs {
             listen: self.listen.or(file.listen),
             block_time: self.block_time.or(file.block_time),
             data_dir: self.data_dir.or(file.data_dir),
+            genesis_flux: self.genesis_flux.or(file.genesis_flux),
         }
     }
 }
@@ -45,6 +50,7 @@ pub struct Config {
     listen: SocketAddr,
     block_time: Duration,
     data_dir: PathBuf,
+    genesis_flux: u64,
     limits: serve::Limits,
 }
 
@@ -56,6 +62,13 @@ impl Config {
             listen: config::required(args.listen, "--listen", "chain.listen")?,
             block_time: args.block_time.unwrap_or(Duration::from_secs(1)),
             data_dir: config::required(args.data_dir, "--data-dir", "chain.data_dir")?,
+            genesis_flux: match args.genesis_flux {
+                Some(0) => anyhow::bail!("--genesis-flux (chain.genesis_flux) must be above 0"),
+                Some(f) => f.checked_mul(model::tier::FLUX).ok_or_else(|| {
+                    anyhow::anyhow!("--genesis-flux (chain.genesis_flux) {f} is more FLUX than the chain can count")
+                })?,
+                None => 1_000_000 * model::tier::FLUX,
+            },
             limits: daemon.http.limits(),
         })
     }
@@ -77,7 +90,7 @@ impl Config {
                 key_path.display()
             );
             let key = load_or_create_key(&key_path)?;
-            Devnet::open(&chain_path, || chain::chain_genesis(&key, chain::now_ms()))?
+            Devnet::open(&chain_path, || chain::funded_genesis(&key, &[], self.genesis_flux, chain::now_ms()))?
         };
         let listener = bind(self.listen, "chain").await?;
         Ok(Built { config: self, devnet, listener, key_path })
