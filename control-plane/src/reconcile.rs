@@ -10,6 +10,12 @@ use model::command::{Command, Placement, Removal};
 use crate::scheduler::{Candidate, eligible, place, spill_quota};
 use crate::state::ShardState;
 
+/// The most silent nodes (open in the log, not beating yet not declared down) one reconcile
+/// walks past. Losing a region then costs each app a bounded walk, not the region. An app cut
+/// short this way (only when nearly every node it could use is silent) counts as short until a
+/// change touches it again or the sweep reaches it.
+pub const MAX_SILENT_WALKED: usize = 64;
+
 /// How long an app avoids a node that failed its instance.
 pub const AVOID_MS: u64 = 60_000;
 
@@ -74,11 +80,22 @@ pub fn decide<'a>(s: &'a ShardState, app: &str, live: &dyn Liveness, j: Judgemen
         .map(candidate)
         .collect();
     let from_current = candidates.len();
+    // Nodes still open in the log but silent (not yet declared down) are skipped, up to a
+    // limit: when a whole region falls silent, every app would otherwise walk every node.
+    let silent = std::cell::Cell::new(0usize);
+    let beats = |id: &str| {
+        let fresh = live.is_fresh(id);
+        if !fresh {
+            silent.set(silent.get() + 1);
+        }
+        fresh
+    };
     let fresh = s
         .open_by_free()
+        .take_while(|_| silent.get() < MAX_SILENT_WALKED)
         .filter(|n| {
             let id = &n.start.node_id;
-            !current.contains(id) && !avoided(id) && eligible(&record.spec, n) && live.is_fresh(id)
+            !current.contains(id) && !avoided(id) && eligible(&record.spec, n) && beats(id)
         })
         .map(candidate)
         .filter(|c| c.free.fits(&need))
@@ -91,11 +108,25 @@ pub fn decide<'a>(s: &'a ShardState, app: &str, live: &dyn Liveness, j: Judgemen
         // and cordoned nodes are counted from the index, so a region whose nodes all died
         // costs nothing per app here.
         candidates.truncate(from_current);
-        let open = s.open_by_free().filter(|n| !current.contains(&n.start.node_id) && !avoided(&n.start.node_id));
+        silent.set(0);
+        let open = s
+            .open_by_free()
+            .take_while(|_| silent.get() < MAX_SILENT_WALKED)
+            .filter(|n| !current.contains(&n.start.node_id) && !avoided(&n.start.node_id))
+            .inspect(|n| {
+                beats(&n.start.node_id);
+            });
         candidates.extend(open.map(candidate));
         decision = place(&record.spec, quota, &candidates, &current);
-        if decision.shortfall.is_some() {
-            decision.shortfall = Some(shortfall_message(s, &record.spec, quota, &decision, &candidates, &current));
+        if let Some(short) = decision.shortfall.is_some().then(|| {
+            let message = shortfall_message(s, &record.spec, quota, &decision, &candidates, &current);
+            if silent.get() >= MAX_SILENT_WALKED {
+                format!("{message} (looked no further than {MAX_SILENT_WALKED} silent nodes)")
+            } else {
+                message
+            }
+        }) {
+            decision.shortfall = Some(short);
         }
     }
     if !decision.changes(s.shortfall.get(app)) {
