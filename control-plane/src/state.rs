@@ -326,7 +326,7 @@ impl ShardState {
                     if !*cordoned {
                         self.touched.freed();
                     }
-                    self.touched.spill();
+                    self.touched.spare_changed(&self.region);
                     CommandResult::Applied
                 } else {
                     CommandResult::Skipped {
@@ -347,7 +347,7 @@ impl ShardState {
                     if *up {
                         self.touched.freed();
                     }
-                    self.touched.spill();
+                    self.touched.spare_changed(&self.region);
                     let node = node.clone();
                     self.record(
                         *at_ms,
@@ -374,13 +374,20 @@ impl ShardState {
                     short_apps: report.short.len(),
                 };
                 let old = self.region_reports.insert(region.clone(), report.clone());
-                if old.as_ref().is_none_or(|o| o.reachable != report.reachable) {
-                    self.touched.all(Cause::Capacity);
+                match &old {
+                    Some(old) if old.reachable == report.reachable => {
+                        // Only apps whose shortage there changed; and if its open nodes
+                        // changed, apps short elsewhere, whose deficits it may take.
+                        let apps = old.short.keys().chain(report.short.keys());
+                        for app in apps.filter(|app| old.short.get(*app) != report.short.get(*app)) {
+                            self.touched.app(app, Cause::Capacity);
+                        }
+                        if old.open != report.open {
+                            self.touched.spare_changed(region);
+                        }
+                    }
+                    _ => self.touched.all(Cause::Capacity),
                 }
-                for app in old.iter().chain([report]).flat_map(|r| r.short.keys()) {
-                    self.touched.app(app, Cause::Capacity);
-                }
-                self.touched.spill();
                 self.reindex(|index, state| index.recount(state, region));
                 self.record(*at_ms, vec![event]);
                 CommandResult::Applied

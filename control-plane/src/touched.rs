@@ -69,9 +69,10 @@ pub struct Touched {
     reported: BTreeSet<NodeId>,
     /// Room opened in this region: every app with a shortfall here.
     freed: bool,
-    /// A spill input changed: every app that some region reports short (all apps while a
-    /// region is unreachable, since each is short there by its whole quota).
-    spill: bool,
+    /// Regions whose spare room (open nodes) changed: every app that some *other* region
+    /// reports short, since its deficit may now go elsewhere (all apps while a region is
+    /// unreachable, since each is short there by its whole quota).
+    spare_changed: BTreeSet<String>,
     /// Every app: the region's nodes changed (so every quota may), or the state was replaced.
     all: Option<Cause>,
     /// The sets of nodes or apps changed: the supervisor matches its children again.
@@ -107,9 +108,11 @@ impl Touched {
         self.freed = true;
     }
 
-    /// Notes that a spill input changed.
-    pub fn spill(&mut self) {
-        self.spill = true;
+    /// Notes that `region`'s spare room changed.
+    pub fn spare_changed(&mut self, region: &str) {
+        if !self.spare_changed.contains(region) {
+            self.spare_changed.insert(region.to_string());
+        }
     }
 
     /// Notes that every app needs a look.
@@ -140,7 +143,7 @@ impl Touched {
         self.fresh_nodes.extend(other.fresh_nodes);
         self.reported.extend(other.reported);
         self.freed |= other.freed;
-        self.spill |= other.spill;
+        self.spare_changed.extend(other.spare_changed);
         if let Some(cause) = other.all {
             self.all(cause);
         }
@@ -174,15 +177,18 @@ impl Touched {
                 add(app, Cause::Capacity);
             }
         }
-        if self.spill {
+        if !self.spare_changed.is_empty() {
             if s.region_reports.values().any(|r| !r.reachable) {
                 for app in s.chain.apps.keys() {
                     add(app, Cause::Capacity);
                 }
             } else {
-                for report in s.region_reports.values() {
-                    for app in report.short.keys() {
-                        add(app, Cause::Capacity);
+                // A region's own deficit goes to the others: its own spare room is not part of it.
+                for (region, report) in &s.region_reports {
+                    if self.spare_changed.iter().any(|changed| changed != region) {
+                        for app in report.short.keys() {
+                            add(app, Cause::Capacity);
+                        }
                     }
                 }
             }
@@ -381,8 +387,14 @@ mod tests {
         assert_eq!(touched_by(&mut s, first).len(), 3);
         let short = Command::SetRegionReport { region: "na".into(), report: report(&["app1"]), at_ms: 5 };
         assert_eq!(touched_by(&mut s, short), apps(&[("app1", Cause::Capacity)]));
+        // na's open nodes change, its shortages do not: na's own deficit goes to other regions,
+        // so no app needs a look (another region's deficit could have gone to na).
+        let mut opened = report(&["app1"]);
+        opened.open.insert("na-1".into());
+        let opened = Command::SetRegionReport { region: "na".into(), report: opened, at_ms: 6 };
+        assert!(touched_by(&mut s, opened).is_empty());
         // While app1 is short in na, a node change here may change its share of na's deficit.
-        let down = Command::SetLiveness { node: "eu-3".into(), up: false, at_ms: 6 };
+        let down = Command::SetLiveness { node: "eu-3".into(), up: false, at_ms: 7 };
         assert_eq!(touched_by(&mut s, down), apps(&[("app1", Cause::Capacity)]));
         // A node beating again after silence (soft state): its apps and the short ones.
         let mut soft = Touched::default();
