@@ -435,29 +435,47 @@ async fn run(args: Args, d: &Path) -> anyhow::Result<()> {
         txs.push(Tx::AppRegister { spec, payment });
     }
     let want = args.apps * 4;
+    // Placements are counted while the apps are submitted: the chain delivers them a block a
+    // second, and the loop places each block's apps as it lands.
+    let poller = {
+        let clients = clients.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut samples: Vec<(Instant, usize)> = Vec::new();
+            while started.elapsed() < Duration::from_secs(900) {
+                let placed: usize = region_counts(&clients).await.values().map(|(_, p)| p).sum();
+                samples.push((Instant::now(), placed));
+                if placed >= want {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            samples
+        })
+    };
     let submitted = Instant::now();
     submit_all(&chain, &wallet, txs, "app registrations").await?;
     let submit_s = submitted.elapsed().as_secs_f64();
-    // From the first placement seen to the last.
-    let first_seen: Arc<Mutex<Option<Instant>>> = Arc::default();
-    let placed_in = wait_until(Duration::from_secs(600), "every instance placed", || {
-        let (clients, first) = (clients.clone(), first_seen.clone());
-        async move {
-            let placed: usize = region_counts(&clients).await.values().map(|(_, p)| p).sum();
-            let mut first = first.lock().unwrap_or_else(|e| e.into_inner());
-            if placed > 0 && first.is_none() {
-                *first = Some(Instant::now());
-            }
-            placed >= want
-        }
-    })
-    .await?;
-    let first_seen = *first_seen.lock().unwrap_or_else(|e| e.into_inner());
-    let placing_s = first_seen.map_or(placed_in.as_secs_f64(), |f| f.elapsed().as_secs_f64()).max(0.001);
+    let samples = poller.await?;
+    let Some(&(done, _)) = samples.iter().find(|(_, placed)| *placed >= want) else {
+        bail!("not every instance was placed within 15 minutes: {:?}", samples.last().map(|(_, p)| p));
+    };
+    let first = samples.iter().find(|(_, placed)| *placed > 0).map_or(done, |(at, _)| *at);
+    let placing_s = done.duration_since(first).as_secs_f64().max(0.001);
     let placements_per_s = want as f64 / placing_s;
+    // The fastest second: how fast the loop placed when a large block landed.
+    let peak = samples
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (at, placed))| {
+            let (then, before) =
+                samples[..i].iter().rev().find(|(t, _)| at.duration_since(*t) >= Duration::from_secs(1))?;
+            Some((placed - before) as f64 / at.duration_since(*then).as_secs_f64())
+        })
+        .fold(0.0, f64::max);
     eprintln!(
-        "{want} instances placed: apps submitted in {submit_s:.1} s; {placing_s:.2} s from the first placement to \
-         the last (the chain takes at most 10,000 transactions a block, one block a second)"
+        "{want} instances placed: apps submitted in {submit_s:.1} s (the chain takes them a block a second); \
+         {placing_s:.2} s from the first placement to the last; fastest second {peak:.0} placements/s"
     );
     procs.check()?;
 
@@ -545,7 +563,10 @@ async fn run(args: Args, d: &Path) -> anyhow::Result<()> {
         args.replicas,
         args.beat_every.as_millis()
     );
-    println!("  placements/s            {placements_per_s:>10.0}   target >= 20000");
+    println!(
+        "  placements/s            {placements_per_s:>10.0}   target >= 20000 (paced by the chain's blocks; fastest \
+         second {peak:.0}; the loop alone: bench-scale)"
+    );
     println!(
         "  steady leader cores     {steady_cores:>10.2}   target < 1 (heartbeats {per_leader_beats:.0}/s per leader; {cores_per_1000:.2} cores per 1,000 beats/s)"
     );
