@@ -9,6 +9,7 @@
 //! - the time to re-place every instance of region eu elsewhere after all its nodes stop.
 //!
 //! Run through `benches/scale/run.sh --nodes N --apps A`; the last line is machine-readable.
+//! `--log info --keep` keeps the processes' logs (and stores) for a closer look.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,10 @@ struct Args {
     beat_every: Duration,
     /// The control plane's node timeout (default 3 s); a slower beat needs a longer one.
     node_timeout: Duration,
+    /// `RUST_LOG` of the processes (`--log`, default `warn`).
+    log: String,
+    /// Keep the working directory (logs and stores) instead of removing it (`--keep`).
+    keep: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -63,6 +68,8 @@ fn parse_args() -> anyhow::Result<Args> {
         steady: Duration::from_secs(number("--steady-secs", 10)? as u64),
         beat_every: Duration::from_millis(number("--beat-ms", 500)? as u64),
         node_timeout: Duration::from_millis(number("--node-timeout-ms", 3000)? as u64),
+        log: value("--log").unwrap_or_else(|| "warn".into()),
+        keep: args.iter().any(|a| a == "--keep"),
     })
 }
 
@@ -71,11 +78,18 @@ fn parse_args() -> anyhow::Result<Args> {
 struct Procs(Vec<(String, Child)>);
 
 impl Procs {
-    fn spawn(&mut self, name: &str, program: &Path, args: &[String], log: &Path) -> anyhow::Result<u32> {
+    fn spawn(
+        &mut self,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        log_level: &str,
+    ) -> anyhow::Result<u32> {
         let out = std::fs::File::create(log)?;
         let child = Command::new(program)
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log_level)
             .stdout(out.try_clone()?)
             .stderr(out)
             .stdin(Stdio::null())
@@ -168,8 +182,12 @@ async fn run_agent(
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut running: Vec<InstanceReport> = Vec::new();
-    while !stop.load(Ordering::Relaxed) {
+    loop {
         ticks.tick().await;
+        // Looked at after the tick: the region's loss starts when `stop` turns, not a beat later.
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
         let beat = Heartbeat { node: agent.id.clone(), at_ms: chain::now_ms(), instances: running.clone() };
         let signed = SignedHeartbeat::sign(beat, &agent.key);
         let started = Instant::now();
@@ -236,7 +254,7 @@ async fn region_counts(regions: &BTreeMap<String, client::Client>) -> BTreeMap<S
 }
 
 /// Per region: reconciles (ran, changed) by cause, from its leader's replica status.
-async fn loop_counts(regions: &BTreeMap<String, client::Client>) -> BTreeMap<String, BTreeMap<String, (u64, u64)>> {
+async fn loop_counts(regions: &BTreeMap<String, client::Client>) -> LoopCounts {
     let mut counts = BTreeMap::new();
     for (name, c) in regions {
         if let Ok(status) = c.with_admin_token(Some(TOKEN.into())).replica_status(name).await
@@ -246,6 +264,25 @@ async fn loop_counts(regions: &BTreeMap<String, client::Client>) -> BTreeMap<Str
         }
     }
     counts
+}
+
+type LoopCounts = BTreeMap<String, BTreeMap<String, (u64, u64)>>;
+
+/// Prints, per region, the reconciles by cause between two [`loop_counts`].
+fn print_reconciles(during: &str, before: &LoopCounts, after: &LoopCounts) {
+    for (region, after) in after {
+        let line: Vec<String> = after
+            .iter()
+            .filter_map(|(cause, (ran, changed))| {
+                let (ran0, changed0) = before.get(region).and_then(|b| b.get(cause)).copied().unwrap_or_default();
+                (ran > &ran0).then(|| format!("{cause} {} ({} changed)", ran - ran0, changed - changed0))
+            })
+            .collect();
+        eprintln!(
+            "reconciles in {region} during {during}: {}",
+            if line.is_empty() { "none".into() } else { line.join(", ") }
+        );
+    }
 }
 
 async fn wait_until<F: std::future::Future<Output = bool>>(
@@ -267,6 +304,7 @@ async fn wait_until<F: std::future::Future<Output = bool>>(
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     let dir = tempfile::tempdir()?;
+    let keep = args.keep;
     let result = run(args, dir.path()).await;
     if result.is_err() {
         // The processes' last words, before their directory goes.
@@ -281,6 +319,9 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
+    }
+    if keep {
+        eprintln!("logs and stores kept in {}", dir.keep().display());
     }
     result
 }
@@ -307,7 +348,7 @@ async fn run(args: Args, d: &Path) -> anyhow::Result<()> {
         .into_iter()
         .chain([d.join("chain").display().to_string(), s("--genesis-flux"), flux])
         .collect::<Vec<_>>();
-    procs.spawn("chain", &args.fluxplane, &chain_args, &d.join("chain.log"))?;
+    procs.spawn("chain", &args.fluxplane, &chain_args, &d.join("chain.log"), &args.log)?;
     let key_path = d.join("chain").join("genesis.key");
     wait_until(Duration::from_secs(30), "the chain starts", || async { key_path.exists() }).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -348,7 +389,8 @@ async fn run(args: Args, d: &Path) -> anyhow::Result<()> {
                 s("--config"),
                 config.display().to_string(),
             ];
-            let pid = procs.spawn(&format!("control {id}"), &args.fluxplane, &a, &d.join(format!("c{id}.log")))?;
+            let pid =
+                procs.spawn(&format!("control {id}"), &args.fluxplane, &a, &d.join(format!("c{id}.log")), &args.log)?;
             leaders_pid.entry(region.name.clone()).or_default().push(pid);
             urls.push(format!("http://{addr}"));
         }
@@ -489,20 +531,7 @@ async fn run(args: Args, d: &Path) -> anyhow::Result<()> {
     tokio::time::sleep(args.steady).await;
     latencies.recording.store(false, Ordering::Relaxed);
     let secs = window.elapsed().as_secs_f64();
-    let loops_after = loop_counts(&clients).await;
-    for (region, after) in &loops_after {
-        let line: Vec<String> = after
-            .iter()
-            .filter_map(|(cause, (ran, changed))| {
-                let (ran0, changed0) = loops_before.get(region).and_then(|b| b.get(cause)).copied().unwrap_or_default();
-                (ran > &ran0).then(|| format!("{cause} {} ({} changed)", ran - ran0, changed - changed0))
-            })
-            .collect();
-        eprintln!(
-            "reconciles in {region} during the steady window: {}",
-            if line.is_empty() { "none".into() } else { line.join(", ") }
-        );
-    }
+    print_reconciles("the steady window", &loops_before, &loop_counts(&clients).await);
     let cores: Vec<f64> = leaders
         .iter()
         .zip(&cpu_before)
@@ -529,13 +558,27 @@ async fn run(args: Args, d: &Path) -> anyhow::Result<()> {
     // Region loss: every eu node stops beating.
     let before = region_counts(&clients).await;
     let eu_placed = before.get("eu").map_or(0, |(_, p)| *p);
+    let loops_before = loop_counts(&clients).await;
     stops["eu"].store(true, Ordering::Relaxed);
     let lost = Instant::now();
+    // A line a second: how the loss unfolds (eu's nodes up and instances placed; elsewhere).
+    let last_line = std::sync::Mutex::new(Instant::now());
     let replaced = wait_until(Duration::from_secs(300), "eu's instances re-placed in na and as", || {
         let clients = clients.clone();
+        let last_line = &last_line;
         async move {
             let counts = region_counts(&clients).await;
             let elsewhere: usize = counts.iter().filter(|(r, _)| r.as_str() != "eu").map(|(_, (_, p))| p).sum();
+            let mut last = last_line.lock().unwrap_or_else(|e| e.into_inner());
+            if last.elapsed() >= Duration::from_secs(1) {
+                *last = Instant::now();
+                let (eu_up, eu_now) = counts.get("eu").copied().unwrap_or_default();
+                eprintln!(
+                    "  {:>5.1} s after the loss: eu {eu_up} nodes up, {eu_now} instances placed; {elsewhere} of \
+                     {want} placed in na and as",
+                    lost.elapsed().as_secs_f64()
+                );
+            }
             counts.len() == 3 && elsewhere >= want
         }
     })
@@ -552,6 +595,7 @@ async fn run(args: Args, d: &Path) -> anyhow::Result<()> {
         "region eu lost ({per_region} nodes, {eu_placed} instances): all re-placed in na and as after \
          {region_replace_s:.2} s (node timeout {timeout_s:.1} s)"
     );
+    print_reconciles("the region loss", &loops_before, &loop_counts(&clients).await);
     procs.check()?;
 
     println!();
