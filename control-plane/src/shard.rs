@@ -223,6 +223,16 @@ pub const GATEWAY_QUIET: Duration = Duration::from_secs(30);
 /// the 20 s feed wait (plus the client's margin).
 const GATEWAY_FIND_LEADER: Duration = Duration::from_secs(25);
 
+/// The longest a built routing feed is served again for the same version.
+const FEED_MAX_AGE: Duration = Duration::from_millis(250);
+
+/// A routing feed as built for one version.
+struct CachedFeed {
+    version: u64,
+    built: Instant,
+    feed: Arc<RouteFeed>,
+}
+
 /// A running shard replica.
 pub struct Shard {
     /// Region served.
@@ -240,6 +250,8 @@ pub struct Shard {
     snapshots_installed: Arc<AtomicU64>,
     soft: Mutex<Soft>,
     beats: Beats,
+    /// The last routing feed built, reused while it is current (see [`Shard::feed`]).
+    feed_cache: Mutex<Option<CachedFeed>>,
     /// Checks heartbeat signatures off the async workers, in batches.
     signatures: SignatureChecker,
     changed: watch::Sender<u64>,
@@ -318,6 +330,7 @@ impl Shard {
             snapshots_installed,
             soft: Mutex::new(Soft::default()),
             beats: Beats::default(),
+            feed_cache: Mutex::new(None),
             signatures,
             changed,
             touched,
@@ -919,12 +932,35 @@ impl Shard {
     /// The region's routes: placed instances on fresh, up nodes whose agent reports them healthy.
     /// Served by the leader only, once it has led for a node timeout (until then it has not heard
     /// from every node, and an early feed would drop their routes).
-    pub fn feed(&self) -> Result<RouteFeed, SoftError> {
+    ///
+    /// Every gateway asks after each change, and status views count its routes: a feed is
+    /// built once per version and reused for at most [`FEED_MAX_AGE`], so that a node that
+    /// falls silent leaves it soon even before its down is committed.
+    pub fn feed(&self) -> Result<Arc<RouteFeed>, SoftError> {
+        self.feed_ready()?;
+        let version = self.version();
+        let mut cache = self.feed_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.as_ref()
+            && c.version == version
+            && c.built.elapsed() < FEED_MAX_AGE
+        {
+            return Ok(c.feed.clone());
+        }
+        let feed = Arc::new(self.build_feed(version));
+        *cache = Some(CachedFeed { version, built: Instant::now(), feed: feed.clone() });
+        Ok(feed)
+    }
+
+    /// Whether this replica serves the feed: the leader, once it has led for a node timeout.
+    pub fn feed_ready(&self) -> Result<(), SoftError> {
         let since = self.soft_leader()?.elapsed();
         if since < self.node_timeout {
             return Err(SoftError::WarmingUp { region: self.region.clone(), since });
         }
-        let version = self.version();
+        Ok(())
+    }
+
+    fn build_feed(&self, version: u64) -> RouteFeed {
         let routes = self.read(|s| {
             let mut routes = Vec::new();
             for (app, nodes) in &s.placements {
@@ -962,7 +998,7 @@ impl Shard {
             }
             routes
         });
-        Ok(RouteFeed { region: self.region.clone(), version, routes })
+        RouteFeed { region: self.region.clone(), version, routes }
     }
 
     /// Stops the Raft replica.

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use model::api::{Assignment, Assignments, RouteFeed, SignedHeartbeat, StopOrder};
+use axum::response::IntoResponse;
+use model::api::{Assignment, Assignments, SignedHeartbeat, StopOrder};
 use serde::Deserialize;
 
 use super::ledger::parse_json;
@@ -108,7 +109,7 @@ pub(super) async fn routes(
     State(api): State<Arc<Api>>,
     Path(region): Path<String>,
     Query(q): Query<FeedQuery>,
-) -> Json<RouteFeed> {
+) -> Result<axum::response::Response, ApiError> {
     let shard = &api.shard;
     if region != shard.region {
         return Err(ApiError::new(
@@ -129,7 +130,7 @@ pub(super) async fn routes(
     }
     if let Some(after) = q.after {
         // Fails fast on a follower or a warming leader.
-        shard.feed()?;
+        shard.feed_ready()?;
         let mut changes = shard.subscribe();
         let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(30_000));
         let _ = tokio::time::timeout(wait, async {
@@ -141,7 +142,10 @@ pub(super) async fn routes(
         })
         .await;
     }
-    Ok(axum::Json(shard.feed()?))
+    let feed = shard.feed()?;
+    // Serialized from the shared feed: cloning tens of thousands of routes per gateway is waste.
+    let body = serde_json::to_vec(&*feed).map_err(|e| ApiError::internal(format_args!("routing feed: {e}")))?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// A gateway id is short and plain, so that it can be shown as it is.
