@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use control_plane::Shard;
-use control_plane::reconcile::{Judgement, decide, next_deadline};
+use control_plane::reconcile::{decide, next_deadline};
 use control_plane::touched::Cause;
 use model::command::CommandResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -93,11 +93,7 @@ impl Actor for AppActor {
         if !shard.is_leader() {
             return Ok(());
         }
-        let judgement = Judgement {
-            now_ms: chain::now_ms(),
-            lease_ms: shard.placement_lease().as_millis() as u64,
-            settled: shard.past_leader_grace(),
-        };
+        let judgement = shard.judgement();
         let (command, deadline) = shard.read(|s| {
             let command = decide(s, &state.app, shard.as_ref(), judgement);
             (command, next_deadline(s, &state.app, judgement))

@@ -22,10 +22,16 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 /// apps it runs fewer instances of than its base quota. Asked only of a leader past its grace
 /// (the API answers `warming_up` before), so that it has heard every live node.
 pub fn report(shard: &Shard) -> RegionReport {
+    use crate::reconcile::Liveness;
     shard.read(|s| {
         let up = |node: &str| !s.down.contains(node) && shard.is_fresh(node);
-        let open =
-            s.region_nodes().map(|n| &n.start.node_id).filter(|n| up(n) && !s.cordoned.contains(*n)).cloned().collect();
+        // Open: where a new instance could go here (see `Liveness::is_steady`).
+        let open = s
+            .region_nodes()
+            .map(|n| &n.start.node_id)
+            .filter(|n| !s.down.contains(*n) && shard.is_steady(n) && !s.cordoned.contains(*n))
+            .cloned()
+            .collect();
         let mut short = BTreeMap::new();
         for (name, app) in &s.chain.apps {
             let base = s.quotas(&app.spec).get(&s.region).copied().unwrap_or(0);

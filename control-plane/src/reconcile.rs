@@ -21,8 +21,16 @@ pub const AVOID_MS: u64 = 60_000;
 
 /// What the leader knows beyond the replicated state.
 pub trait Liveness {
-    /// Whether `node` beat within the node timeout.
+    /// Whether `node` beat within the node timeout: it keeps the instances it runs.
     fn is_fresh(&self, node: &str) -> bool;
+
+    /// Whether `node` beat within half the node timeout: only such a node takes a new
+    /// instance. A node that missed beats keeps what it runs until its timeout, but nothing is
+    /// moved onto it: while a region dies node by node, instances would otherwise hop from
+    /// one dying node to the next.
+    fn is_steady(&self, node: &str) -> bool {
+        self.is_fresh(node)
+    }
 }
 
 /// When and how the leader judges.
@@ -39,7 +47,46 @@ pub struct Judgement {
 }
 
 /// The command that brings `app`'s placements in this region to its quota, if anything changes.
-pub fn decide<'a>(s: &'a ShardState, app: &str, live: &dyn Liveness, j: Judgement) -> Option<Command> {
+pub fn decide(s: &ShardState, app: &str, live: &dyn Liveness, j: Judgement) -> Option<Command> {
+    let (decision, mut why) = judge(s, app, live, j)?;
+    if !decision.changes(s.shortfall.get(app)) {
+        return None;
+    }
+    why.retain(|node, _| decision.remove.contains(node));
+    Some(Command::Reconcile {
+        app: app.to_string(),
+        place: decision
+            .place
+            .into_iter()
+            .map(|node| Placement {
+                app: app.to_string(),
+                node,
+                region: s.region.clone(),
+                placed_at_ms: j.now_ms,
+                started_at_ms: None,
+                failed: None,
+            })
+            .collect(),
+        remove: decision.remove,
+        shortfall: decision.shortfall,
+        at_ms: j.now_ms,
+        why,
+    })
+}
+
+/// Why `app` is short in this region as of now (the recorded shortfall keeps the counts of
+/// when it last changed in a way that matters; see [`crate::scheduler::Decision::changes`]).
+pub fn shortfall_now(s: &ShardState, app: &str, live: &dyn Liveness, j: Judgement) -> Option<String> {
+    judge(s, app, live, j).and_then(|(d, _)| d.shortfall)
+}
+
+/// What `app`'s placements here should be, and why each removal happens.
+fn judge<'a>(
+    s: &'a ShardState,
+    app: &str,
+    live: &dyn Liveness,
+    j: Judgement,
+) -> Option<(crate::scheduler::Decision, BTreeMap<String, Removal>)> {
     let record = s.chain.apps.get(app)?;
     let quota = spill_quota(&record.spec, &s.capacity());
     let placed = s.placements.get(app);
@@ -63,8 +110,7 @@ pub fn decide<'a>(s: &'a ShardState, app: &str, live: &dyn Liveness, j: Judgemen
     let current: BTreeSet<String> = placed.map(|p| p.keys().cloned().collect()).unwrap_or_default();
     let candidate = |n: &'a NodeRecord| Candidate {
         node: n,
-        up: !s.down.contains(&n.start.node_id)
-            && (live.is_fresh(&n.start.node_id) || (!j.settled && current.contains(&n.start.node_id))),
+        up: up(s, live, j, &current, &n.start.node_id),
         cordoned: s.cordoned.contains(&n.start.node_id),
         free: n.resources().saturating_sub(&s.used_on(&n.start.node_id)),
     };
@@ -84,11 +130,11 @@ pub fn decide<'a>(s: &'a ShardState, app: &str, live: &dyn Liveness, j: Judgemen
     // limit: when a whole region falls silent, every app would otherwise walk every node.
     let silent = std::cell::Cell::new(0usize);
     let beats = |id: &str| {
-        let fresh = live.is_fresh(id);
-        if !fresh {
+        let steady = live.is_steady(id);
+        if !steady {
             silent.set(silent.get() + 1);
         }
-        fresh
+        steady
     };
     let fresh = s
         .open_by_free()
@@ -129,35 +175,23 @@ pub fn decide<'a>(s: &'a ShardState, app: &str, live: &dyn Liveness, j: Judgemen
             decision.shortfall = Some(short);
         }
     }
-    if !decision.changes(s.shortfall.get(app)) {
-        return None;
-    }
     for node in &decision.remove {
         why.entry(node.clone()).or_insert_with(|| Removal {
             reason: removal_reason(s, live, node, &candidates, &record.spec),
             avoid_ms: 0,
         });
     }
-    why.retain(|node, _| decision.remove.contains(node));
-    Some(Command::Reconcile {
-        app: app.to_string(),
-        place: decision
-            .place
-            .into_iter()
-            .map(|node| Placement {
-                app: app.to_string(),
-                node,
-                region: s.region.clone(),
-                placed_at_ms: j.now_ms,
-                started_at_ms: None,
-                failed: None,
-            })
-            .collect(),
-        remove: decision.remove,
-        shortfall: decision.shortfall,
-        at_ms: j.now_ms,
-        why,
-    })
+    Some((decision, why))
+}
+
+/// Whether `node` counts as up for `app`: not down, and beating (within the node timeout for
+/// a node that holds one of its instances, or within the leader's grace not at all; within
+/// half of it for a node that would take a new one).
+pub fn up(s: &ShardState, live: &dyn Liveness, j: Judgement, current: &BTreeSet<String>, node: &str) -> bool {
+    if s.down.contains(node) {
+        return false;
+    }
+    if current.contains(node) { live.is_fresh(node) || !j.settled } else { live.is_steady(node) }
 }
 
 /// When `app`'s decision may next change with nothing else changing (ms since the epoch): the
@@ -257,6 +291,21 @@ mod tests {
         }
     }
 
+    /// Nodes in `fresh` beat; those of them not in `suspect` beat steadily.
+    struct Beating {
+        fresh: BTreeSet<String>,
+        suspect: BTreeSet<String>,
+    }
+
+    impl Liveness for Beating {
+        fn is_fresh(&self, node: &str) -> bool {
+            self.fresh.contains(node)
+        }
+        fn is_steady(&self, node: &str) -> bool {
+            self.fresh.contains(node) && !self.suspect.contains(node)
+        }
+    }
+
     /// Region eu with nodes eu-1..eu-8 of two tiers, and apps a0..a3 of different sizes.
     fn state() -> ShardState {
         let wallet = model::keys::Keypair::from_seed([3; 32]);
@@ -296,8 +345,7 @@ mod tests {
             .filter(|n| !avoided(&n.start.node_id))
             .map(|n| Candidate {
                 node: n,
-                up: !s.down.contains(&n.start.node_id)
-                    && (live.is_fresh(&n.start.node_id) || (!j.settled && current.contains(&n.start.node_id))),
+                up: up(s, live, j, &current, &n.start.node_id),
                 cordoned: s.cordoned.contains(&n.start.node_id),
                 free: n.resources().saturating_sub(&s.used_on(&n.start.node_id)),
             })
@@ -337,6 +385,40 @@ mod tests {
         }
     }
 
+    /// A node that missed beats keeps the instance it runs until its timeout, but takes no new
+    /// one: the instance that must move goes to a steady node.
+    #[test]
+    fn a_node_that_missed_beats_keeps_its_instance_but_gets_no_new_one() {
+        let mut s = state();
+        let j = Judgement { now_ms: 5, lease_ms: 10_000, settled: true };
+        let all: BTreeSet<String> = (1..=8).map(|i| format!("eu-{i}")).collect();
+        let steady = Beating { fresh: all.clone(), suspect: BTreeSet::new() };
+        for app in ["a0", "a1", "a2", "a3"] {
+            let first = decide(&s, app, &steady, j).expect("the app is placed");
+            s.apply(&first);
+        }
+        let app =
+            ["a0", "a1", "a2", "a3"].into_iter().find(|a| s.placements[*a].len() >= 2).expect("an app with two here");
+        let held: Vec<String> = s.placements[app].keys().cloned().collect();
+        let (holder, lost) = (held[0].clone(), held[1].clone());
+        // `lost` stopped beating. Were every other node steady, its instance would go to
+        // `first_choice`; but every node except `spare` missed beats.
+        let fresh: BTreeSet<String> = all.iter().filter(|n| **n != lost).cloned().collect();
+        let first_choice = match decide(&s, app, &Beating { fresh: fresh.clone(), suspect: BTreeSet::new() }, j) {
+            Some(Command::Reconcile { place, .. }) => place[0].node.clone(),
+            other => panic!("the instance moves: {other:?}"),
+        };
+        let spare = all.iter().find(|n| !held.contains(n) && **n != first_choice).expect("another spare node").clone();
+        let suspect: BTreeSet<String> = all.iter().filter(|n| **n != spare).cloned().collect();
+        let live = Beating { fresh, suspect };
+        let Some(Command::Reconcile { place, remove, .. }) = decide(&s, app, &live, j) else {
+            panic!("the instance on the silent node moves");
+        };
+        assert_eq!(remove, vec![lost]);
+        assert_eq!(place.iter().map(|p| p.node.as_str()).collect::<Vec<_>>(), vec![spare.as_str()]);
+        assert!(!remove.contains(&holder), "the suspect node keeps its instance");
+    }
+
     proptest! {
         /// Walking the emptiest open nodes picks what looking at every node picked, through any
         /// sequence of reconciles, node failures and cordons.
@@ -344,9 +426,13 @@ mod tests {
         fn walking_the_emptiest_nodes_decides_as_every_node_would(
             steps in proptest::collection::vec((0u8..4, 0usize..4, 1usize..=8, any::<bool>()), 1..60),
             stale in proptest::collection::btree_set(1usize..=8, 0..3),
+            suspect in proptest::collection::btree_set(1usize..=8, 0..3),
         ) {
             let mut s = state();
-            let live = Fresh((1..=8).filter(|i| !stale.contains(i)).map(|i| format!("eu-{i}")).collect());
+            let live = Beating {
+                fresh: (1..=8).filter(|i| !stale.contains(i)).map(|i| format!("eu-{i}")).collect(),
+                suspect: suspect.iter().map(|i| format!("eu-{i}")).collect(),
+            };
             let j = Judgement { now_ms: 5, lease_ms: 10_000, settled: true };
             for (op, app, node, flag) in steps {
                 let (app, node) = (format!("a{app}"), format!("eu-{node}"));

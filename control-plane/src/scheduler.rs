@@ -253,9 +253,16 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// Whether anything changes (given the shortfall currently recorded).
+    /// Whether anything changes (given the shortfall currently recorded). A shortfall changes
+    /// when it starts, ends, or its "N of Q placed" does; the node counts that follow drift
+    /// with every node that fails while a region dies, and recommitting every short app for
+    /// each would flood the log. Views show the counts as of now
+    /// ([`crate::reconcile::shortfall_now`]).
     pub fn changes(&self, current_shortfall: Option<&String>) -> bool {
-        !self.place.is_empty() || !self.remove.is_empty() || self.shortfall.as_ref() != current_shortfall
+        let head = |why: &String| why.split_once(':').map_or(why.as_str(), |(head, _)| head).to_string();
+        !self.place.is_empty()
+            || !self.remove.is_empty()
+            || self.shortfall.as_ref().map(head) != current_shortfall.map(head)
     }
 }
 

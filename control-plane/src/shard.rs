@@ -279,6 +279,10 @@ impl crate::reconcile::Liveness for Shard {
     fn is_fresh(&self, node: &str) -> bool {
         Shard::is_fresh(self, node)
     }
+
+    fn is_steady(&self, node: &str) -> bool {
+        self.since_heartbeat(node).is_some_and(|d| d < self.node_timeout / 2)
+    }
 }
 
 impl Shard {
@@ -898,6 +902,15 @@ impl Shard {
     /// The node timeout.
     pub fn node_timeout(&self) -> Duration {
         self.node_timeout
+    }
+
+    /// How the leader judges placements at this moment.
+    pub fn judgement(&self) -> crate::reconcile::Judgement {
+        crate::reconcile::Judgement {
+            now_ms: chain::now_ms(),
+            lease_ms: self.placement_lease.as_millis() as u64,
+            settled: self.past_leader_grace(),
+        }
     }
 
     /// How long a placed instance has to report healthy before it is placed elsewhere.

@@ -174,7 +174,14 @@ fn local_app_view(api: &Api, name: &str) -> Result<AppView, ApiError> {
     }
     let mut shortfall = BTreeMap::new();
     if let Some(why) = short {
-        shortfall.insert(shard.region.clone(), why);
+        // The leader explains it with today's counts; the log holds those of when it began.
+        let now = leads
+            .then(|| {
+                let j = shard.judgement();
+                shard.read(|s| crate::reconcile::shortfall_now(s, name, shard.as_ref(), j))
+            })
+            .flatten();
+        shortfall.insert(shard.region.clone(), now.unwrap_or(why));
     }
     let mut placements = Vec::new();
     for p in placed.values() {

@@ -290,3 +290,22 @@ proptest! {
         }
     }
 }
+
+/// A shortfall changes when it begins, ends, or its "N of Q placed" changes; its node counts
+/// drift with every failing node and do not by themselves make a change to commit.
+#[test]
+fn a_shortfall_changes_only_when_its_placed_count_does() {
+    let short = |why: &str| Decision { shortfall: Some(why.to_string()), ..Default::default() };
+    let recorded = "1 of 2 placed: 9 eligible node(s) in eu, 4 open (up, not cordoned), 1 with room".to_string();
+    assert!(
+        !short("1 of 2 placed: 9 eligible node(s) in eu, 2 open (up, not cordoned), 0 with room")
+            .changes(Some(&recorded))
+    );
+    assert!(
+        short("0 of 2 placed: 9 eligible node(s) in eu, 0 open (up, not cordoned), 0 with room")
+            .changes(Some(&recorded))
+    );
+    assert!(short(&recorded).changes(None));
+    assert!(Decision::default().changes(Some(&recorded)));
+    assert!(!Decision::default().changes(None));
+}
