@@ -280,8 +280,10 @@ impl ShardState {
                 if let Some(index) = index {
                     let _ = self.index.set(index);
                 }
-                // The app's own decision was whole; what it freed may let a short app place.
-                if !remove.is_empty() {
+                // The app's own decision was whole; what it freed on an open node may let a
+                // short app place. Room on a down or cordoned node takes nothing: while a region
+                // dies, every removal would otherwise send every short app round again.
+                if remove.iter().any(|node| self.open_here(node)) {
                     self.touched.freed();
                 }
                 if let Some(avoided) = self.avoid.get_mut(app) {

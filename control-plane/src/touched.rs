@@ -374,6 +374,36 @@ mod tests {
             why: BTreeMap::new(),
         };
         assert_eq!(touched_by(&mut s, remove), apps(&[("app2", Cause::Capacity)]));
+        // A removal from a down node frees nothing that could be used.
+        let place_on_1 = Command::Reconcile {
+            app: "app1".into(),
+            place: vec![Placement {
+                app: "app1".into(),
+                node: "eu-1".into(),
+                region: "eu".into(),
+                placed_at_ms: 3,
+                started_at_ms: None,
+                failed: None,
+            }],
+            remove: vec![],
+            shortfall: None,
+            at_ms: 3,
+            why: BTreeMap::new(),
+        };
+        assert!(touched_by(&mut s, place_on_1).is_empty());
+        s.apply(&Command::SetLiveness { node: "eu-1".into(), up: false, at_ms: 3 });
+        s.take_touched();
+        let off_down = Command::Reconcile {
+            app: "app1".into(),
+            place: vec![],
+            remove: vec!["eu-1".into()],
+            shortfall: None,
+            at_ms: 3,
+            why: BTreeMap::new(),
+        };
+        assert!(touched_by(&mut s, off_down).is_empty());
+        s.apply(&Command::SetLiveness { node: "eu-1".into(), up: true, at_ms: 3 });
+        s.take_touched();
         // Cordoning frees nothing; with no region short, it touches nothing.
         assert!(touched_by(&mut s, Command::SetCordon { node: "eu-3".into(), cordoned: true }).is_empty());
         // A region reporting an app short touches that app; the first report of a region (or a
