@@ -4,9 +4,11 @@
 //!
 //! Depends on `model`, `client` and `serve`.
 
+mod forbidden;
 mod proxy;
 mod routes;
 
+pub use forbidden::Forbidden;
 pub use proxy::{Gateway, GatewayConfig, GatewayHandle};
 pub use routes::RouteTable;
 

@@ -22,6 +22,7 @@ use model::geo::GeoPoint;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::forbidden::Forbidden;
 use crate::routes::{RouteTable, follow};
 
 /// The trusted client-location header.
@@ -58,6 +59,8 @@ type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 pub struct Gateway {
     config: GatewayConfig,
     table: Arc<ArcSwap<RouteTable>>,
+    /// Listeners never dialed (its own, the control plane's); the feed followers add replicas.
+    forbidden: Arc<ArcSwap<Forbidden>>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -88,10 +91,18 @@ impl Gateway {
             .await
             .map_err(|e| anyhow::anyhow!("binding the gateway on {}: {e}", config.listen))?;
         let table: Arc<ArcSwap<RouteTable>> = Arc::default();
+        let mut forbidden = Forbidden::default();
+        forbidden.add(listener.local_addr()?);
+        for url in config.control.urls() {
+            forbidden.add_url(url);
+        }
+        let forbidden = Arc::new(ArcSwap::from_pointee(forbidden));
         let (stop_follow, follow_stopped) = watch::channel(false);
-        tokio::spawn(follow(config.id.clone(), config.control.clone(), table.clone(), follow_stopped));
+        let follower =
+            follow(config.id.clone(), config.control.clone(), table.clone(), forbidden.clone(), follow_stopped);
+        tokio::spawn(follower);
         let client = instance_client();
-        let gw = Arc::new(Gateway { config, table, client });
+        let gw = Arc::new(Gateway { config, table, forbidden, client });
         let server = gw.serve(listener, limits)?;
         Ok(GatewayHandle { server, stop_follow })
     }
@@ -163,8 +174,16 @@ impl Gateway {
         let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
         let mut last_error = String::new();
         let mut attempts = 0u32;
+        let forbidden = self.forbidden.load();
         for route in routes.iter() {
-            let Ok(uri) = format!("http://{}{}", route.addr, path).parse::<Uri>() else { continue };
+            // Only an instance: an address:port that is none of the listeners the gateway knows.
+            let Ok(addr) = route.addr.parse::<SocketAddr>() else { continue };
+            if forbidden.contains(&addr) {
+                tracing::warn!(node = %route.node, addr = %route.addr, "route to a control-plane or gateway listener: not dialed");
+                last_error = format!("the route on {} is not an instance", route.node);
+                continue;
+            }
+            let Ok(uri) = format!("http://{addr}{path}").parse::<Uri>() else { continue };
             let mut out = Request::from_parts(parts.clone(), Full::new(body.clone()));
             *out.uri_mut() = uri;
             attempts += 1;

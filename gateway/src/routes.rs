@@ -52,6 +52,7 @@ pub(crate) async fn follow(
     id: String,
     control: client::Client,
     table: Arc<ArcSwap<RouteTable>>,
+    forbidden: Arc<ArcSwap<crate::Forbidden>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let feeds: Arc<Mutex<HashMap<String, Vec<Route>>>> = Arc::default();
@@ -61,6 +62,13 @@ pub(crate) async fn follow(
         match control.regions().await {
             Ok(regions) => {
                 complete = !regions.is_empty() && regions.iter().all(|r| !r.replicas.is_empty());
+                // Every replica's listener (the control API and Raft share it) is never dialed.
+                let known = forbidden.load();
+                let mut more = (**known).clone();
+                for url in regions.iter().flat_map(|r| r.urls()) {
+                    more.add_url(&url);
+                }
+                forbidden.store(Arc::new(more));
                 for region in regions {
                     let urls = region.urls();
                     if urls.is_empty() || followers.get(&region.name).is_some_and(|(u, _)| *u == urls) {

@@ -63,19 +63,30 @@ fn route(node: &str, addr: &str, lon: f64) -> model::api::Route {
 
 /// A gateway at (0, 0) over `routes`, nearest first in the given order.
 async fn gateway(routes: Vec<model::api::Route>) -> (String, serve::Server) {
+    gateway_with_control(routes, "http://127.0.0.1:1").await
+}
+
+/// [`gateway`], following the control plane at `control`.
+async fn gateway_with_control(routes: Vec<model::api::Route>, control: &str) -> (String, serve::Server) {
     let table = Arc::new(ArcSwap::from_pointee(RouteTable::build(routes.iter())));
     let config = GatewayConfig {
         id: "test".into(),
         listen: "127.0.0.1:0".parse().expect("addr"),
         domain: "test".into(),
-        control: client::Client::from_list("http://127.0.0.1:1").expect("client"),
+        control: client::Client::from_list(control).expect("client"),
         geo: GeoPoint { lat: 0.0, lon: 0.0 },
         trusted: vec![],
         body_timeout: Duration::from_secs(5),
         response_header_timeout: Duration::from_millis(300),
     };
     let listener = TcpListener::bind(config.listen).await.expect("bind");
-    let gw = Arc::new(Gateway { config, table, client: instance_client() });
+    let mut forbidden = Forbidden::default();
+    forbidden.add(listener.local_addr().expect("addr"));
+    for url in config.control.urls() {
+        forbidden.add_url(url);
+    }
+    let forbidden = Arc::new(ArcSwap::from_pointee(forbidden));
+    let gw = Arc::new(Gateway { config, table, forbidden, client: instance_client() });
     let server = gw.serve(listener, serve::Limits::default()).expect("serve");
     (format!("http://{}", server.local_addr()), server)
 }
@@ -130,4 +141,25 @@ async fn a_post_whose_connect_failed_goes_to_the_next_instance() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-fluxplane-attempts"], "2");
     assert_eq!(answered.load(Ordering::SeqCst), 1);
+}
+
+/// A route that names the control plane's listener (or the gateway's own) is never dialed,
+/// whatever the feed says: the request goes to the next instance, or gets no answer from it.
+#[tokio::test]
+async fn a_route_to_the_control_plane_is_never_dialed() {
+    let (control, control_hits) = instance(Behaviour::Answer).await;
+    let (good, answered) = instance(Behaviour::Answer).await;
+    let (base, _server) =
+        gateway_with_control(vec![route("rogue", &control, 1.0), route("n2", &good, 2.0)], &control).await;
+    let resp = send(&base, reqwest::Method::GET).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-fluxplane-node"], "n2");
+    assert_eq!((control_hits.load(Ordering::SeqCst), answered.load(Ordering::SeqCst)), (0, 1));
+
+    // Alone, it gets a 502 that says why, and the control plane still hears nothing.
+    let (base, _server) = gateway_with_control(vec![route("rogue", &control, 1.0)], &control).await;
+    let resp = send(&base, reqwest::Method::GET).await;
+    assert_eq!(resp.status(), 502);
+    assert!(resp.text().await.expect("body").contains("not an instance"));
+    assert_eq!(control_hits.load(Ordering::SeqCst), 0);
 }
