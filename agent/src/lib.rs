@@ -33,8 +33,13 @@ pub struct AgentConfig {
     pub beat_every: Duration,
     /// Longest a health check of one instance may take; shorter than the beat period.
     pub health_timeout: Duration,
-    /// Address instances listen on (port chosen by the OS).
+    /// Address instances listen on.
     pub bind_ip: IpAddr,
+    /// The address registered on chain, which instance endpoints are reported on (the same as
+    /// `bind_ip` unless that is 0.0.0.0).
+    pub advertise: IpAddr,
+    /// The ports registered on chain: each instance component binds the first free one.
+    pub ports: model::chain::PortRange,
     /// Longest time a request may run in a guest.
     pub request_deadline: Duration,
     /// After shutdown, how long instances keep serving (with no more beats or new work) before
@@ -59,11 +64,13 @@ struct Instance {
 }
 
 impl Instance {
-    fn report(&self) -> InstanceReport {
+    /// The instance as the next beat reports it, its endpoints on `advertise`.
+    fn report(&self, advertise: IpAddr) -> InstanceReport {
         let (endpoints, healthy, message) = match &self.phase {
             Phase::Starting => (BTreeMap::new(), false, Some("starting".to_string())),
             Phase::Running { servers, healthy, message } => {
-                (servers.iter().map(|(c, s)| (c.clone(), s.addr().to_string())).collect(), *healthy, message.clone())
+                let endpoint = |s: &InstanceServer| SocketAddr::new(advertise, s.addr().port()).to_string();
+                (servers.iter().map(|(c, s)| (c.clone(), endpoint(s))).collect(), *healthy, message.clone())
             }
             Phase::Failed { message } => (BTreeMap::new(), false, Some(format!("{START_FAILED}{message}"))),
         };
@@ -136,7 +143,7 @@ async fn beat_loop(
             _ = ticker.tick() => {}
             _ = beat_now.notified() => ticker.reset(),
         }
-        let reports: Vec<InstanceReport> = instances.lock().values().map(Instance::report).collect();
+        let reports: Vec<InstanceReport> = instances.lock().values().map(|i| i.report(config.advertise)).collect();
         let beat = SignedHeartbeat::sign(
             Heartbeat { node: config.node_id.clone(), at_ms: now_ms(), instances: reports },
             &config.key,
@@ -275,14 +282,30 @@ async fn start(
             deadline: config.request_deadline,
             cpu_share: f64::from(c.cpu_tenths) / 10.0,
         };
-        let bind = SocketAddr::new(config.bind_ip, 0);
-        let server = match InstanceServer::start(cache.engine(), pre, env, limits, bind).await {
+        // The first free port of the node's registered range: the control plane refuses an
+        // endpoint outside it.
+        let mut started = Err(anyhow::anyhow!("every instance port of this node ({}) is in use", config.ports));
+        for port in config.ports.ports() {
+            let bind = SocketAddr::new(config.bind_ip, port);
+            match InstanceServer::start(cache.engine(), pre.clone(), env.clone(), limits.clone(), bind).await {
+                Ok(server) => {
+                    started = Ok(server);
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+                Err(e) => {
+                    started = Err(anyhow::anyhow!("binding {bind}: {e}"));
+                    break;
+                }
+            }
+        }
+        let server = match started {
             Ok(s) => s,
             Err(e) => {
                 for (_, s) in &servers {
                     s.stop();
                 }
-                return Err(e.into());
+                return Err(e);
             }
         };
         tracing::info!(node = %config.node_id, instance = %a.id, component = %c.name, addr = %server.addr(), "instance started");

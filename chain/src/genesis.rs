@@ -78,6 +78,9 @@ pub fn funded_genesis(wallet: &Keypair, nodes: &[DevNode], allocation: u64, time
                 geo: n.geo,
                 capabilities: vec![Capability::Wasm],
                 node_key: dev_node_key(wallet, &n.id).public(),
+                // Dev nodes all serve on loopback; each binds the free ports of one range.
+                address: std::net::Ipv4Addr::LOCALHOST.into(),
+                instance_ports: model::chain::PortRange::DEFAULT,
             };
             SignedTx::sign(Tx::NodeStart(start), i as u64 + 1, wallet)
         })

@@ -25,6 +25,8 @@ pub fn cloud(nodes: usize, apps: usize) -> ChainState {
             geo: GeoPoint { lat: r.center.lat, lon: r.center.lon },
             capabilities: vec![Capability::Wasm],
             node_key: key.clone(),
+            address: std::net::Ipv4Addr::LOCALHOST.into(),
+            instance_ports: model::chain::PortRange::DEFAULT,
         };
         let record = NodeRecord { start, operator: key.clone(), tier: Tier::Cumulus, started_height: 0 };
         chain.nodes.insert(record.start.node_id.clone(), record);

@@ -50,7 +50,7 @@ pub struct ChainTip {
 pub fn status_of(code: &str) -> u16 {
     match code {
         "bad_request" | "invalid_spec" | "invalid_node" | "invalid_announce" | "invalid_transfer"
-        | "missing_module" | "bad_block" => 400,
+        | "missing_module" | "bad_block" | "bad_endpoint" => 400,
         "bad_signature" | "unauthorized" => 401,
         "underpaid" | "insufficient_funds" => 402,
         "forbidden" => 403,
@@ -266,6 +266,10 @@ pub struct NodeView {
     pub country: String,
     /// Capabilities.
     pub capabilities: Vec<Capability>,
+    /// The address it serves instances on (registered on chain).
+    pub address: std::net::IpAddr,
+    /// The ports its instances listen on (registered on chain).
+    pub instance_ports: crate::chain::PortRange,
     /// Whether the shard counts it as up.
     pub up: bool,
     /// Whether an operator cordoned it (it gets no new instances).

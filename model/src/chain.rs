@@ -44,6 +44,86 @@ pub struct NodeStart {
     pub capabilities: Vec<Capability>,
     /// The key the node agent signs heartbeats with.
     pub node_key: PublicKeyHex,
+    /// The address the node serves its instances on. Every instance endpoint it reports must be
+    /// on it: a node cannot point the gateway anywhere else.
+    pub address: std::net::IpAddr,
+    /// The ports its instances listen on; every endpoint it reports is in this range.
+    pub instance_ports: PortRange,
+}
+
+/// An inclusive range of TCP ports, written `FIRST-LAST`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortRange {
+    /// The first port.
+    pub first: u16,
+    /// The last port (inclusive).
+    pub last: u16,
+}
+
+impl PortRange {
+    /// Instance ports a node offers by default.
+    pub const DEFAULT: PortRange = PortRange { first: 20_000, last: 20_999 };
+    /// The fewest ports a node may offer.
+    pub const MIN_PORTS: u32 = 16;
+
+    /// Whether `port` is in the range.
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+
+    /// The ports, first to last.
+    pub fn ports(&self) -> std::ops::RangeInclusive<u16> {
+        self.first..=self.last
+    }
+
+    /// Why the range cannot serve instances, if it cannot: below 1024 (privileged ports), or
+    /// fewer than [`PortRange::MIN_PORTS`] ports.
+    pub fn check(&self) -> Result<(), String> {
+        if self.first < 1024 || self.last < self.first {
+            return Err(format!("instance ports {self} must be a range FIRST-LAST from 1024 up"));
+        }
+        if u32::from(self.last - self.first) + 1 < Self::MIN_PORTS {
+            return Err(format!("instance ports {self} must hold at least {} ports", Self::MIN_PORTS));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("`{text}` is not a port range FIRST-LAST, such as 20000-20999");
+        let (first, last) = text.split_once('-').ok_or_else(bad)?;
+        let range = PortRange {
+            first: first.trim().parse().map_err(|_| bad())?,
+            last: last.trim().parse().map_err(|_| bad())?,
+        };
+        range.check()?;
+        Ok(range)
+    }
+}
+
+impl NodeStart {
+    /// Why `endpoint` (an instance endpoint the node reported) is not one it may serve on, if
+    /// it is not: it must be `address:port` on the node's registered address, in its range.
+    pub fn check_endpoint(&self, endpoint: &str) -> Result<std::net::SocketAddr, String> {
+        let addr: std::net::SocketAddr =
+            endpoint.parse().map_err(|_| format!("endpoint `{endpoint}` is not an address:port"))?;
+        if addr.ip() != self.address || !self.instance_ports.contains(addr.port()) {
+            return Err(format!(
+                "endpoint `{endpoint}` is not on node `{}`'s registered address {}, ports {}",
+                self.node_id, self.address, self.instance_ports
+            ));
+        }
+        Ok(addr)
+    }
 }
 
 /// A transaction body.
@@ -497,6 +577,13 @@ impl ChainState {
                         start.continent, start.country
                     )));
                 }
+                let address = start.address;
+                if address.is_unspecified() || address.is_multicast() {
+                    return Err(TxError::InvalidNode(format!(
+                        "address {address} cannot serve instances: give the node's own address"
+                    )));
+                }
+                start.instance_ports.check().map_err(TxError::InvalidNode)?;
                 if self.nodes.contains_key(&start.node_id) {
                     return Err(TxError::InvalidNode(format!("node `{}` already started", start.node_id)));
                 }

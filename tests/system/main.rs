@@ -10,3 +10,4 @@ mod util;
 mod partition;
 mod shard;
 mod spine;
+mod trust;

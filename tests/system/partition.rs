@@ -128,6 +128,8 @@ fn node_on_chain(c: &Cluster, id: &str) {
         geo: model::GeoPoint { lat: 50.0, lon: 8.0 },
         capabilities: vec![Capability::Wasm],
         node_key: Keypair::generate().public(),
+        address: std::net::Ipv4Addr::LOCALHOST.into(),
+        instance_ports: model::chain::PortRange::DEFAULT,
     };
     c.submit_applied(&c.running(), &c.wallet(), Tx::NodeStart(start)).expect("node on chain");
 }

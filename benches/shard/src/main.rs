@@ -255,6 +255,8 @@ async fn start_fluxplane(bin: &Path, dir: &Path, replicas: usize) -> (Vec<Proc>,
         geo: model::GeoPoint { lat: 50.0, lon: 8.0 },
         capabilities: vec![Capability::Wasm],
         node_key: Keypair::generate().public(),
+        address: std::net::Ipv4Addr::LOCALHOST.into(),
+        instance_ports: model::chain::PortRange::DEFAULT,
     };
     let stx = SignedTx::sign(Tx::NodeStart(start), client::nonce(), &wallet);
     let mut leader = None;

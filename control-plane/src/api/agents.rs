@@ -47,6 +47,20 @@ pub(super) async fn heartbeat(State(api): State<Arc<Api>>, body: Bytes) -> Json<
             ),
         ));
     }
+    // A node serves only on the address and ports it registered: an endpoint anywhere else
+    // (the control API, another node, a host inside the network) would have the gateways send
+    // public traffic there. The whole beat is refused, so the node's agent hears why.
+    for report in &signed.beat.instances {
+        for (component, endpoint) in &report.endpoints {
+            if let Err(why) = record.start.check_endpoint(endpoint) {
+                tracing::warn!(region = %shard.region, node = %node_id, instance = %report.id, "heartbeat refused: {why}");
+                return Err(ApiError::new(
+                    "bad_endpoint",
+                    format!("heartbeat of `{node_id}` refused: instance {} component {component}: {why}", report.id),
+                ));
+            }
+        }
+    }
     let reported: Vec<String> = signed.beat.instances.iter().map(|r| r.id.clone()).collect();
     shard.record_heartbeat(&node_id, signed.beat.instances)?;
     let answer = shard.read(|s| {

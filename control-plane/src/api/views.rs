@@ -321,6 +321,8 @@ fn local_nodes(api: &Api) -> Vec<NodeView> {
                     continent: n.start.continent.clone(),
                     country: n.start.country.clone(),
                     capabilities: n.start.capabilities.clone(),
+                    address: n.start.address,
+                    instance_ports: n.start.instance_ports,
                     up,
                     cordoned: s.cordoned.contains(id),
                     last_heartbeat_ms_ago: shard.since_heartbeat(id).map(|d| d.as_millis() as u64),

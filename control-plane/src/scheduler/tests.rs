@@ -18,6 +18,8 @@ fn node(id: &str, region: &str, continent: &str, tier: Tier) -> NodeRecord {
             geo: GeoPoint { lat: 0.0, lon: 0.0 },
             capabilities: vec![Capability::Wasm],
             node_key: Keypair::from_seed([1; 32]).public(),
+            address: std::net::Ipv4Addr::LOCALHOST.into(),
+            instance_ports: model::chain::PortRange::DEFAULT,
         },
         operator: Keypair::from_seed([2; 32]).public(),
         tier,

@@ -1,14 +1,14 @@
 //! `fluxplane node`: a machine that runs instances. It registers itself on chain (paying its
 //! tier's collateral from its wallet) the first time, then runs the node agent.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actors::Fatal;
 use client::Client;
-use model::chain::{Capability, NodeStart, Tx};
+use model::chain::{Capability, NodeStart, PortRange, Tx};
 use model::geo::GeoPoint;
 use model::keys::Keypair;
 use model::tier::Tier;
@@ -53,6 +53,15 @@ pub struct NodeArgs {
     /// ISO country code of the node's location, for geolocation rules like `acEU_DE`.
     #[arg(long)]
     pub country: Option<String>,
+    /// The address registered on chain, which gateways reach instances on (default: the
+    /// `--listen` address; required when that is 0.0.0.0).
+    #[arg(long)]
+    pub advertise: Option<IpAddr>,
+    /// The ports instances listen on, registered on chain: `FIRST-LAST` (default 20000-20999).
+    /// The control plane refuses an instance endpoint outside them.
+    #[arg(long)]
+    #[serde(default, deserialize_with = "port_range")]
+    pub instance_ports: Option<PortRange>,
 }
 
 impl NodeArgs {
@@ -68,8 +77,14 @@ impl NodeArgs {
             tier: self.tier.or(file.tier),
             id: self.id.or(file.id),
             country: self.country.or(file.country),
+            advertise: self.advertise.or(file.advertise),
+            instance_ports: self.instance_ports.or(file.instance_ports),
         }
     }
+}
+
+fn port_range<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PortRange>, D::Error> {
+    String::deserialize(d)?.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
 fn parse_tier(text: &str) -> Result<Tier, String> {
@@ -106,6 +121,10 @@ pub struct Config {
     pub id: Option<String>,
     /// Country code.
     pub country: String,
+    /// The address registered on chain (default: the listen address).
+    pub advertise: Option<IpAddr>,
+    /// The instance ports registered on chain.
+    pub instance_ports: PortRange,
     /// The node key; by default `DIR/node.key`, made on first start.
     pub key: Option<Keypair>,
     /// A compiled-component cache to share (`fluxplane dev` runs several nodes on one machine).
@@ -129,6 +148,8 @@ impl Config {
             tier: config::required(args.tier, "--tier", "node.tier")?,
             id: args.id,
             country: args.country.unwrap_or_else(|| "ZZ".into()),
+            advertise: args.advertise,
+            instance_ports: args.instance_ports.unwrap_or(PortRange::DEFAULT),
             key: None,
             cache: None,
             daemon,
@@ -148,6 +169,12 @@ impl Config {
             None => format!("{}-{}", self.region, &key.public().0[..8]),
         };
         model::spec::check_name(&id).map_err(|e| anyhow::anyhow!("node id `{id}` {e}"))?;
+        let advertise = self.advertise.unwrap_or(self.listen.ip());
+        anyhow::ensure!(
+            !advertise.is_unspecified(),
+            "the node listens on {}: give --advertise ADDRESS, the address gateways reach its instances on",
+            self.listen.ip()
+        );
         let listener = bind(self.listen, "node status endpoint").await?;
         let (engine, cache) = match &self.cache {
             Some(c) => (None, c.clone()),
@@ -176,6 +203,7 @@ impl Built {
     pub fn spawn(self) -> anyhow::Result<Running> {
         let Built { config, key, id, listener, engine, cache } = self;
         let bind_ip = listener.local_addr()?.ip();
+        let advertise = config.advertise.unwrap_or(bind_ip);
         let status = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" }));
         let server = super::serve_router(listener, status, config.daemon.http.limits())?;
         let fatal = Fatal::default();
@@ -183,7 +211,7 @@ impl Built {
         let t = config.daemon.timing.clone();
         let task_fatal = fatal.clone();
         let agent = tokio::spawn(async move {
-            let control = match join(&config, &key, &id, stopped.clone()).await {
+            let control = match join(&config, &key, &id, advertise, stopped.clone()).await {
                 Ok(Some(c)) => c,
                 Ok(None) => return,
                 Err(e) => {
@@ -199,6 +227,8 @@ impl Built {
                 beat_every: t.heartbeat_period,
                 health_timeout: t.health_timeout,
                 bind_ip,
+                advertise,
+                ports: config.instance_ports,
                 request_deadline: t.request_deadline,
                 linger: t.node_timeout + t.heartbeat_period,
             };
@@ -222,16 +252,32 @@ async fn join(
     config: &Config,
     key: &Keypair,
     id: &str,
+    advertise: IpAddr,
     mut stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<Client>> {
     let registered = |nodes: &[model::api::NodeView]| nodes.iter().any(|n| n.id == id);
+    // A node already on chain serves where it registered: anything else would be refused.
+    let check_registration = |nodes: &[model::api::NodeView]| -> anyhow::Result<()> {
+        if let Some(n) = nodes.iter().find(|n| n.id == id)
+            && (n.address != advertise || n.instance_ports != config.instance_ports)
+        {
+            anyhow::bail!(
+                "node `{id}` is registered on chain to serve on {} ports {}, but would serve on {advertise} ports {} \
+                 (--advertise / --listen, --instance-ports): start it with the registered ones, or as a new node",
+                n.address,
+                n.instance_ports,
+                config.instance_ports
+            );
+        }
+        Ok(())
+    };
     // Ask until the region answers: only its answer tells whether the node is new. (Right after
     // a restart the directory may still list replicas' old addresses.)
-    let (region, known) = loop {
+    let (region, nodes) = loop {
         let asked = async {
             let region = config.control.region(&config.region).await?;
             let nodes = region.stale().nodes().await?;
-            Ok::<_, client::ClientError>((region, registered(&nodes)))
+            Ok::<_, client::ClientError>((region, nodes))
         };
         match asked.await {
             Ok(answer) => break answer,
@@ -245,7 +291,8 @@ async fn join(
             _ = stopped.changed() => return Ok(None),
         }
     };
-    if known {
+    if registered(&nodes) {
+        check_registration(&nodes)?;
         return Ok(Some(region));
     }
     let Some(wallet) = &config.wallet else {
@@ -268,6 +315,8 @@ async fn join(
         geo: config.geo,
         capabilities: vec![Capability::Wasm],
         node_key: key.public(),
+        address: advertise,
+        instance_ports: config.instance_ports,
     };
     let resp = client::sign_and_submit(&region, wallet, Tx::NodeStart(start), true).await.map_err(|e| {
         anyhow::anyhow!("registering node `{id}` ({} collateral from wallet {}): {e}", config.tier, wallet.public())

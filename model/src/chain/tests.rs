@@ -105,14 +105,54 @@ fn node_start_locks_collateral_and_sets_tier() {
         geo: GeoPoint { lat: 50.1, lon: 8.7 },
         capabilities: vec![Capability::Wasm],
         node_key: Keypair::generate().public(),
+        address: std::net::Ipv4Addr::LOCALHOST.into(),
+        instance_ports: crate::chain::PortRange::DEFAULT,
     };
     state.apply_tx(&SignedTx::sign(Tx::NodeStart(start.clone()), 1, &op), 1).expect("starts");
     assert_eq!(state.nodes["eu-1"].tier, Tier::Nimbus);
     assert_eq!(state.balances[&op.public()], (100_000 - 12_500) * FLUX);
     let again = SignedTx::sign(Tx::NodeStart(start.clone()), 2, &op);
     assert!(matches!(state.check_tx(&again, 2), Err(TxError::InvalidNode(_))));
-    let bad_region = NodeStart { node_id: "x-1".into(), region: "mars".into(), ..start };
+    let bad_region = NodeStart { node_id: "x-1".into(), region: "mars".into(), ..start.clone() };
     assert!(state.check_tx(&SignedTx::sign(Tx::NodeStart(bad_region), 3, &op), 2).is_err());
+    // A node must name its own address and a usable port range.
+    let anywhere =
+        NodeStart { node_id: "x-2".into(), address: std::net::Ipv4Addr::UNSPECIFIED.into(), ..start.clone() };
+    let refused = state.check_tx(&SignedTx::sign(Tx::NodeStart(anywhere), 3, &op), 2);
+    assert!(matches!(&refused, Err(TxError::InvalidNode(m)) if m.contains("0.0.0.0")), "{refused:?}");
+    let privileged =
+        NodeStart { node_id: "x-3".into(), instance_ports: crate::chain::PortRange { first: 80, last: 200 }, ..start };
+    assert!(matches!(
+        state.check_tx(&SignedTx::sign(Tx::NodeStart(privileged), 3, &op), 2),
+        Err(TxError::InvalidNode(_))
+    ));
+}
+
+/// An instance endpoint is the node's registered address and a port in its range, and nothing
+/// else: not another address, not a port outside, not a name.
+#[test]
+fn a_node_may_only_report_endpoints_on_its_own_address_and_ports() {
+    let start = NodeStart {
+        node_id: "eu-1".into(),
+        collateral: 1_000 * FLUX,
+        region: "eu".into(),
+        continent: "EU".into(),
+        country: "DE".into(),
+        geo: GeoPoint { lat: 50.1, lon: 8.7 },
+        capabilities: vec![Capability::Wasm],
+        node_key: Keypair::generate().public(),
+        address: "10.0.0.5".parse().expect("ip"),
+        instance_ports: "20000-20099".parse().expect("range"),
+    };
+    assert!(start.check_endpoint("10.0.0.5:20000").is_ok());
+    assert!(start.check_endpoint("10.0.0.5:20099").is_ok());
+    for bad in ["10.0.0.5:20100", "10.0.0.5:8080", "127.0.0.1:20000", "10.0.0.6:20001", "localhost:20000", "10.0.0.5"] {
+        let refused = start.check_endpoint(bad).expect_err(bad);
+        assert!(refused.contains(bad) || refused.contains("not an address"), "{refused}");
+    }
+    assert!("20000-20010".parse::<crate::chain::PortRange>().is_err(), "fewer than 16 ports");
+    assert!("30000-20000".parse::<crate::chain::PortRange>().is_err());
+    assert!("eighty".parse::<crate::chain::PortRange>().is_err());
 }
 
 #[test]
@@ -172,6 +212,8 @@ fn node_starts_and_transfers_name_real_places_and_keys() {
         geo: GeoPoint { lat, lon: 8.0 },
         capabilities: vec![Capability::Wasm],
         node_key: key,
+        address: std::net::Ipv4Addr::LOCALHOST.into(),
+        instance_ports: crate::chain::PortRange::DEFAULT,
     };
     let bad_geo = SignedTx::sign(Tx::NodeStart(start(-1000.5, Keypair::generate().public())), 1, &operator);
     assert!(matches!(state.apply_tx(&bad_geo, 1), Err(TxError::InvalidNode(_))));

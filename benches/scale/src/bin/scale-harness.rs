@@ -204,7 +204,11 @@ async fn run_agent(
                     .map(|a| InstanceReport {
                         id: a.id.clone(),
                         spec_height: a.spec_height,
-                        endpoints: a.components.iter().map(|c| (c.name.clone(), "127.0.0.1:9".to_string())).collect(),
+                        endpoints: a
+                            .components
+                            .iter()
+                            .map(|c| (c.name.clone(), "127.0.0.1:20000".to_string()))
+                            .collect(),
                         healthy: true,
                         message: None,
                     })
@@ -436,6 +440,8 @@ async fn run(args: Args, d: &Path) -> anyhow::Result<()> {
             geo: r.center,
             capabilities: vec![Capability::Wasm],
             node_key: key.public(),
+            address: std::net::Ipv4Addr::LOCALHOST.into(),
+            instance_ports: model::chain::PortRange::DEFAULT,
         };
         txs.push(Tx::NodeStart(start.clone()));
         agents.push(Agent { id: start.node_id, region: r.name.clone(), key });
