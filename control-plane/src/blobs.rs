@@ -26,9 +26,31 @@ pub enum BlobError {
         /// Computed.
         actual: String,
     },
+    /// The bytes are not a WebAssembly component (the reason never quotes them).
+    #[error("not a WebAssembly component: {0}")]
+    NotAComponent(String),
     /// Disk error.
     #[error("blob store: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Why `bytes` are not a valid WebAssembly component, if they are not. Only components run
+/// here, so nothing else is stored (or served back). The reason says what is wrong and where,
+/// never what the bytes are: an upload of a private file must not come back in an error.
+pub fn check_component(bytes: &[u8]) -> Result<(), String> {
+    if !bytes.starts_with(b"\0asm") {
+        return Err("not a WebAssembly binary (it does not start with the `\\0asm` header)".into());
+    }
+    if wasmparser::Parser::is_core_wasm(bytes) {
+        return Err("a core WebAssembly module, not a component: build for wasm32-wasip2, or wrap it with \
+                    `wasm-tools component new`"
+            .into());
+    }
+    if !wasmparser::Parser::is_component(bytes) {
+        return Err("an unknown WebAssembly version or layer".into());
+    }
+    let mut validator = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
+    validator.validate_all(bytes).map(|_| ()).map_err(|e| format!("invalid at byte {}: {}", e.offset(), e.message()))
 }
 
 impl BlobStore {
@@ -55,6 +77,7 @@ impl BlobStore {
         if path.exists() {
             return Ok(());
         }
+        check_component(bytes).map_err(BlobError::NotAComponent)?;
         // Write then rename, so a reader never sees half a module; each writer has its own temp
         // file, so concurrent uploads of the same module do not trip over each other.
         let tmp = path.with_extension(format!("partial-{:016x}", rand::random::<u64>()));
@@ -87,11 +110,50 @@ impl BlobStore {
 mod tests {
     use super::*;
 
+    /// An empty component padded to about `size` bytes with a custom section.
+    fn component(size: usize) -> Vec<u8> {
+        let mut bytes = b"\0asm\x0d\x00\x01\x00".to_vec();
+        let payload = vec![7u8; size];
+        let mut section = vec![1u8, b'x'];
+        section.extend_from_slice(&payload);
+        bytes.push(0);
+        let mut len = section.len();
+        loop {
+            let byte = (len & 0x7f) as u8;
+            len >>= 7;
+            bytes.push(if len == 0 { byte } else { byte | 0x80 });
+            if len == 0 {
+                break;
+            }
+        }
+        bytes.extend_from_slice(&section);
+        bytes
+    }
+
+    #[test]
+    fn only_components_are_stored_and_the_refusal_never_quotes_the_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = BlobStore::open(dir.path()).expect("store");
+        let put = |bytes: &[u8]| store.put(&blake3::hash(bytes).to_hex(), bytes);
+        assert!(put(&component(10)).is_ok());
+        let passwd = b"root:x:0:0:root:/root:/bin/bash\n";
+        let core = b"\0asm\x01\x00\x00\x00";
+        let broken = b"\0asm\x0d\x00\x01\x00\x07\xff";
+        for (bytes, says) in
+            [(&passwd[..], "header"), (&core[..], "core WebAssembly module"), (&broken[..], "invalid at byte")]
+        {
+            let refused = put(bytes).expect_err("refused").to_string();
+            assert!(refused.contains(says), "{refused}");
+            assert!(!refused.contains("root"), "{refused}");
+            assert!(!store.contains(&blake3::hash(bytes).to_hex()));
+        }
+    }
+
     #[test]
     fn concurrent_uploads_of_one_module_all_succeed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = BlobStore::open(dir.path()).expect("store");
-        let bytes = vec![7u8; 1 << 20];
+        let bytes = component(1 << 20);
         let hash = blake3::hash(&bytes).to_hex().to_string();
         std::thread::scope(|s| {
             let handles: Vec<_> = (0..8).map(|_| s.spawn(|| store.put(&hash, &bytes))).collect();

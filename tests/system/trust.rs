@@ -102,3 +102,49 @@ fn a_rogue_node_cannot_point_the_gateway_at_the_control_plane() {
     assert_eq!(feed["routes"], serde_json::json!([]), "the lie was routed: {feed}");
     assert!(std::fs::read_to_string(c.dir.path().join("c1.log")).unwrap_or_default().contains("heartbeat refused"));
 }
+
+/// `wasm = "/etc/passwd"` (or any file beside the manifest's directory) is refused by fluxctl;
+/// sent anyway (`--allow-outside`, or straight to the API) it is refused as not a component. No
+/// refusal quotes the file, nothing is stored, and nothing is paid for.
+#[test]
+fn a_manifest_cannot_publish_a_file_that_is_not_its_module() {
+    let c = Cluster::start(&Loopback, &[1], &[1], TEST_CONFIG);
+    c.wait_leader(Duration::from_secs(10));
+    let secret = c.dir.path().join("secret.txt");
+    std::fs::write(&secret, "root:x:0:0:the-secret-line\n").expect("secret");
+    let dir = c.dir.path().join("leaky");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let balance = || -> serde_json::Value {
+        c.get::<serde_json::Value>(1, &format!("/v1/wallets/{}", c.wallet().public().0)).expect("wallet")["balance"]
+            .clone()
+    };
+    let before = balance();
+    for module in ["/etc/passwd", "../secret.txt"] {
+        let manifest = dir.join("fluxapp.toml");
+        std::fs::write(&manifest, format!("name = \"leaky\"\n[[component]]\nname = \"web\"\nwasm = \"{module}\"\n"))
+            .expect("manifest");
+        let out = c.fluxctl(&["app", "deploy", &path_str(&manifest)]);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains("outside the manifest's directory") && err.contains("--allow-outside"), "{err}");
+        let out = c.fluxctl(&["app", "deploy", &path_str(&manifest), "--allow-outside"]);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains("not a WebAssembly component"), "{err}");
+        assert!(!err.contains("root:") && !err.contains("the-secret-line"), "the refusal quotes the file: {err}");
+    }
+    // Straight to the API: a core module is refused, and none of it is stored.
+    let http = reqwest::blocking::Client::new();
+    let core = b"\0asm\x01\x00\x00\x00".to_vec();
+    let hash = blake3::hash(&core).to_hex().to_string();
+    let url = format!("{}/v1/blobs/{hash}", c.replicas[&1].url);
+    let resp = http.put(&url).body(core).send().expect("upload");
+    let (status, body) = (resp.status().as_u16(), resp.text().unwrap_or_default());
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("\"invalid_module\"") && body.contains("core WebAssembly module"), "{body}");
+    assert_eq!(http.get(&url).send().expect("get").status().as_u16(), 404);
+    let passwd = std::fs::read("/etc/passwd").unwrap_or_default();
+    let url = format!("{}/v1/blobs/{}", c.replicas[&1].url, blake3::hash(&passwd).to_hex());
+    assert_eq!(http.get(&url).send().expect("get").status().as_u16(), 404, "the file was stored");
+    assert_eq!(balance(), before, "something was paid for");
+}

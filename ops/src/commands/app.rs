@@ -29,6 +29,10 @@ pub enum AppCommand {
         /// Give up waiting after this many seconds.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+        /// Upload a module from outside the manifest's directory (refused by default, so a
+        /// manifest cannot publish `/etc/passwd` or a key by naming it).
+        #[arg(long)]
+        allow_outside: bool,
     },
     /// Change how many instances an app runs (owner only).
     Scale {
@@ -53,8 +57,8 @@ pub enum AppCommand {
 
 pub(super) async fn run(cli: &Cli, api: &Client, cmd: &AppCommand) -> anyhow::Result<()> {
     match cmd {
-        AppCommand::Deploy { file, wait, timeout } => {
-            deploy(cli, api, file, *wait, Duration::from_secs(*timeout)).await
+        AppCommand::Deploy { file, wait, timeout, allow_outside } => {
+            deploy(cli, api, file, *wait, Duration::from_secs(*timeout), *allow_outside).await
         }
         AppCommand::Scale { name, instances } => scale(cli, api, name, *instances).await,
         AppCommand::List => list(cli, api).await,
@@ -63,13 +67,23 @@ pub(super) async fn run(cli: &Cli, api: &Client, cmd: &AppCommand) -> anyhow::Re
     }
 }
 
-/// Reads a manifest, uploads its modules, and returns the spec in chain form.
-pub async fn prepare(api: &Client, file: &Path) -> anyhow::Result<AppSpec> {
+/// Reads a manifest, uploads its modules, and returns the spec in chain form. A module must be
+/// inside the manifest's directory unless `allow_outside`: uploads are public.
+pub async fn prepare(api: &Client, file: &Path, allow_outside: bool) -> anyhow::Result<AppSpec> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let mut spec = AppSpec::from_toml(&text).map_err(|e| anyhow::anyhow!("{} is invalid:\n{e}", file.display()))?;
-    let dir = file.parent().unwrap_or(Path::new("."));
+    let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let home = dir.canonicalize().with_context(|| format!("reading {}", dir.display()))?;
     for (i, c) in spec.components.iter_mut().enumerate() {
         let path = dir.join(&c.wasm);
+        let real = path.canonicalize().with_context(|| format!("component[{i}].wasm: reading {}", path.display()))?;
+        anyhow::ensure!(
+            allow_outside || real.starts_with(&home),
+            "component[{i}].wasm: {} is outside the manifest's directory {}; modules are published, so only \
+             files beside the manifest are uploaded (move it there, or pass --allow-outside)",
+            path.display(),
+            home.display()
+        );
         let bytes = std::fs::read(&path).with_context(|| format!("component[{i}].wasm: reading {}", path.display()))?;
         let hash = blake3::hash(&bytes).to_hex().to_string();
         api.put_blob(&hash, bytes).await.with_context(|| format!("uploading module {hash}"))?;
@@ -108,11 +122,18 @@ async fn wait_included(api: &Client, tx_id: &str, deadline: Instant) -> anyhow::
     }
 }
 
-async fn deploy(cli: &Cli, api: &Client, file: &Path, wait: bool, timeout: Duration) -> anyhow::Result<()> {
+async fn deploy(
+    cli: &Cli,
+    api: &Client,
+    file: &Path,
+    wait: bool,
+    timeout: Duration,
+    allow_outside: bool,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let deadline = started + timeout;
     let (key, _) = keys::load(cli.key.as_ref())?;
-    let spec = prepare(api, file).await?;
+    let spec = prepare(api, file, allow_outside).await?;
     let name = spec.name.clone();
     let price = model::price::app_price(&spec);
     let (resp, update) = submit_spec(api, &key, spec).await?;
