@@ -53,6 +53,11 @@ impl Client {
         self.json(Call::get(paths::app(name))).await
     }
 
+    /// What deploying `spec` (chain form) would do: its price, quotas and feasibility.
+    pub async fn check_app(&self, spec: &model::AppSpec) -> Result<model::api::AppCheck, ClientError> {
+        self.json(Call::post_json(paths::APP_CHECKS, spec)?.retry(Retry::Always)).await
+    }
+
     /// Every node.
     pub async fn nodes(&self) -> Result<Vec<NodeView>, ClientError> {
         self.json(Call::get(paths::NODES)).await

@@ -11,6 +11,8 @@ pub const REGIONS: &str = "/v1/regions";
 pub const APPS: &str = "/v1/apps";
 /// One app.
 pub const APP_ROUTE: &str = "/v1/apps/{name}";
+/// What deploying a spec would do (price, quotas, feasibility), without doing it.
+pub const APP_CHECKS: &str = "/v1/app-checks";
 /// Every node.
 pub const NODES: &str = "/v1/nodes";
 /// One wallet.

@@ -22,13 +22,14 @@ pub fn document() -> Value {
             "/v1/regions": { "get": op("The region directory from the cached chain state", "RegionView[]") },
             "/v1/apps": { "get": op("Registered apps with placements", "AppView[]") },
             "/v1/apps/{name}": { "get": op("One app: quotas, placements, instance states, shortfall", "AppView") },
+            "/v1/app-checks": { "post": op("What deploying a spec (chain form) would do: price, quotas, feasibility, modules not uploaded; nothing is submitted", "AppCheck") },
             "/v1/nodes": { "get": op("Nodes with liveness, load and free capacity", "NodeView[]") },
             "/v1/wallets/{address}": { "get": op("Balance and last nonce of an address", "WalletView") },
             "/v1/transactions": { "post": op("Submit a signed transaction (app register/update/remove, transfer, node start)", "SubmitTxResponse") },
             "/v1/transactions/{id}": { "get": op("Pending, included or rejected", "TxStatus") },
             "/v1/chain/blocks/{height}": { "get": op("A block", "Block") },
             "/v1/blobs/{hash}": {
-                "put": op("Upload a module; the body must hash (blake3) to {hash}", "204 stored"),
+                "put": op("Upload a module; the body must hash (blake3) to {hash} and be a valid WebAssembly component", "204 stored"),
                 "get": op("Download a module", "bytes")
             },
             "/v1/agent/heartbeat": { "post": op("Node agent heartbeat, signed with the node key; returns assignments", "Assignments") },

@@ -20,6 +20,36 @@ pub fn eligible(spec: &AppSpec, node: &NodeRecord) -> bool {
         && geo_allows(&spec.geolocation, &node.start.continent, &node.start.country)
 }
 
+/// Whether every instance of `spec` could be placed on `nodes` (those on chain, live or not):
+/// as many distinct nodes as instances that its geolocation rules allow and whose whole
+/// capacity holds one instance. The reason when not: an app that can never run is refused
+/// before it is paid for.
+pub fn feasibility<'a>(spec: &AppSpec, nodes: impl IntoIterator<Item = &'a NodeRecord>) -> Result<(), String> {
+    let need = spec.instance_resources();
+    let (mut matching, mut fitting) = (0usize, 0usize);
+    for node in nodes.into_iter().filter(|n| eligible(spec, n)) {
+        matching += 1;
+        fitting += usize::from(node.resources().fits(&need));
+    }
+    if fitting >= spec.instances as usize {
+        return Ok(());
+    }
+    let rules = if spec.geolocation.is_empty() {
+        "anywhere".to_string()
+    } else {
+        spec.geolocation.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(", ")
+    };
+    Err(format!(
+        "{} instance(s) need as many nodes, and no more than {fitting} could ever take one: {matching} node(s) on \
+         chain match the geolocation rules ({rules}), {fitting} of them have room for cpu {} ram {} MB hdd {} GB \
+         even when empty (the largest tier, stratus, has cpu 8 ram 64000 MB hdd 880 GB)",
+        spec.instances,
+        need.cpu_tenths as f64 / 10.0,
+        need.ram_mb,
+        need.hdd_gb
+    ))
+}
+
 /// Nodes that can run WASM, counted by region and by `(continent, country)`: all a quota
 /// depends on, so that quotas never walk every node (countries are few, nodes many).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

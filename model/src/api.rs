@@ -58,6 +58,7 @@ pub fn status_of(code: &str) -> u16 {
         "timeout" => 408,
         "conflict" | "stale_nonce" | "other_chain" | "rejected" | "not_caught_up" => 409,
         "payload_too_large" => 413,
+        "infeasible" => 422,
         "wrong_region" => 421,
         "not_leader" => 307,
         "no_leader" | "busy" | "warming_up" | "unavailable" | "not_committed" | "not_member" => 503,
@@ -281,6 +282,27 @@ pub struct NodeView {
     pub instances: usize,
     /// Capacity left.
     pub free: Resources,
+}
+
+/// `POST /v1/app-checks`: what deploying a spec (chain form) would do, without doing it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppCheck {
+    /// App name.
+    pub name: String,
+    /// Its price, in the smallest unit.
+    pub price: u64,
+    /// Instances per region, as the nodes on chain would split them.
+    pub quotas: BTreeMap<String, u32>,
+    /// Whether the nodes on chain could ever run every instance.
+    pub feasible: bool,
+    /// Why not, when not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Modules (by `blake3:` reference) not uploaded yet.
+    #[serde(default)]
+    pub missing_modules: Vec<String>,
+    /// Whether an app of that name exists (a deploy would update it).
+    pub exists: bool,
 }
 
 /// `GET /v1/wallets/{address}`.

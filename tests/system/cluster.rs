@@ -431,6 +431,24 @@ impl Cluster {
         panic!("no replica took the module: {refusals:?}");
     }
 
+    /// Starts node `id` in region eu on chain. It never runs: it gives cordons something to
+    /// change, and makes apps placeable (an app no node could run is refused).
+    pub fn node_on_chain(&self, id: &str) {
+        let start = model::chain::NodeStart {
+            node_id: id.into(),
+            collateral: model::tier::Tier::Cumulus.collateral(),
+            region: REGION.into(),
+            continent: "EU".into(),
+            country: "DE".into(),
+            geo: model::GeoPoint { lat: 50.0, lon: 8.0 },
+            capabilities: vec![model::chain::Capability::Wasm],
+            node_key: Keypair::generate().public(),
+            address: std::net::Ipv4Addr::LOCALHOST.into(),
+            instance_ports: model::chain::PortRange::DEFAULT,
+        };
+        self.submit_applied(&self.running(), &self.wallet(), Tx::NodeStart(start)).expect("node on chain");
+    }
+
     /// The genesis wallet.
     pub fn wallet(&self) -> Keypair {
         let text = std::fs::read_to_string(&self.genesis_key).expect("genesis key");

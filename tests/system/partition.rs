@@ -6,9 +6,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use model::api::NodeView;
-use model::chain::{Capability, NodeStart, Tx};
+use model::chain::Tx;
 use model::keys::Keypair;
-use model::tier::{FLUX, Tier};
+use model::tier::FLUX;
 
 use crate::cluster::*;
 
@@ -117,23 +117,6 @@ impl Drop for Netns {
     }
 }
 
-/// Starts node `id` on chain (it never runs: it only gives cordons something to change).
-fn node_on_chain(c: &Cluster, id: &str) {
-    let start = NodeStart {
-        node_id: id.into(),
-        collateral: Tier::Cumulus.collateral(),
-        region: REGION.into(),
-        continent: "EU".into(),
-        country: "DE".into(),
-        geo: model::GeoPoint { lat: 50.0, lon: 8.0 },
-        capabilities: vec![Capability::Wasm],
-        node_key: Keypair::generate().public(),
-        address: std::net::Ipv4Addr::LOCALHOST.into(),
-        instance_ports: model::chain::PortRange::DEFAULT,
-    };
-    c.submit_applied(&c.running(), &c.wallet(), Tx::NodeStart(start)).expect("node on chain");
-}
-
 fn cordoned(c: &Cluster, replica: u64, node: &str) -> Option<bool> {
     let nodes: Vec<NodeView> = c.get(replica, "/v1/nodes?stale=true&scope=region").ok()?;
     nodes.iter().find(|n| n.id == node).map(|n| n.cordoned)
@@ -144,8 +127,8 @@ fn a_partitioned_leader_acknowledges_nothing_and_the_majority_carries_on() {
     // Declared first, so it is dropped last: after the processes that live in it.
     let net = Netns::new(&[1, 2, 3]);
     let c = Cluster::start(&net, &[1, 2, 3], &[1, 2, 3], TEST_CONFIG);
-    node_on_chain(&c, "eu-isolated-write");
-    node_on_chain(&c, "eu-majority-write");
+    c.node_on_chain("eu-isolated-write");
+    c.node_on_chain("eu-majority-write");
     let (old, term) = c.wait_leader(Duration::from_secs(10));
     let majority: Vec<u64> = [1u64, 2, 3].into_iter().filter(|id| *id != old).collect();
 

@@ -13,6 +13,8 @@ use crate::cluster::*;
 
 /// Funds `n` new wallets from genesis, so writers never contend for one wallet's nonces.
 fn writers(c: &Cluster, n: usize) -> Vec<Keypair> {
+    // The writes are app registrations: a node on chain makes them placeable.
+    c.node_on_chain("eu-writes");
     let genesis = c.wallet();
     (0..n)
         .map(|_| {

@@ -148,3 +148,59 @@ fn a_manifest_cannot_publish_a_file_that_is_not_its_module() {
     assert_eq!(http.get(&url).send().expect("get").status().as_u16(), 404, "the file was stored");
     assert_eq!(balance(), before, "something was paid for");
 }
+
+/// An app the nodes on chain could never run (too many instances, or too large for any tier)
+/// is refused before anything is paid; `deploy --dry-run` says so, and shows the price of one
+/// that fits, sending nothing.
+#[test]
+fn an_app_no_node_can_run_is_refused_before_payment_and_a_dry_run_sends_nothing() {
+    let c = Cluster::start(&Loopback, &[1], &[1], TEST_CONFIG);
+    c.wait_leader(Duration::from_secs(10));
+    c.node_on_chain("eu-only");
+    let balance = || c.get::<serde_json::Value>(1, &format!("/v1/wallets/{}", c.wallet().public().0)).expect("wallet");
+    let before = balance()["balance"].clone();
+    let dir = c.dir.path().join("apps");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::copy(repo().join("examples/hello/hello.wasm"), dir.join("hello.wasm")).expect("wasm");
+    // A module no deploy below uploads, for the dry run to find missing.
+    std::fs::copy(repo().join("tests/guests/misbehave/misbehave.wasm"), dir.join("other.wasm")).expect("wasm");
+    let manifest = |name: &str, instances: u32, ram: u32| {
+        let path = dir.join(format!("{name}.toml"));
+        let module = if name == "fits" { "other.wasm" } else { "hello.wasm" };
+        let toml = format!(
+            "name = \"{name}\"\ninstances = {instances}\n[[component]]\nname = \"web\"\nwasm = \"{module}\"\nram = {ram}\n"
+        );
+        std::fs::write(&path, toml).expect("manifest");
+        path_str(&path)
+    };
+    for (name, instances, ram, says) in
+        [("two", 2, 64, "1 node(s) on chain match"), ("huge", 1, 9000, "0 of them have room")]
+    {
+        let file = manifest(name, instances, ram);
+        let out = c.fluxctl(&["app", "deploy", &file, "--dry-run"]);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(!out.status.success(), "{stdout}{stderr}");
+        assert!(
+            stdout.contains("feasible: no") && stdout.contains(says) && stdout.contains("nothing was sent"),
+            "{stdout}"
+        );
+        let out = c.fluxctl(&["app", "deploy", &file]);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains("infeasible") && stderr.contains(says), "{stderr}");
+        assert!(c.get::<serde_json::Value>(1, &format!("/v1/apps/{name}")).is_err(), "`{name}` was registered");
+    }
+    assert_eq!(balance()["balance"], before, "an infeasible app was paid for");
+
+    // One that fits: the dry run shows its price and quotas, and sends nothing.
+    let out = c.fluxctl(&["app", "deploy", &manifest("fits", 1, 64), "--dry-run"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("would be registered, paying") && stdout.contains("eu 1"), "{stdout}");
+    assert!(stdout.contains("feasible: yes") && stdout.contains("modules to upload"), "{stdout}");
+    assert!(c.get::<serde_json::Value>(1, "/v1/apps/fits").is_err(), "a dry run registered the app");
+    let wasm = std::fs::read(dir.join("other.wasm")).expect("wasm");
+    let blob = format!("{}/v1/blobs/{}", c.replicas[&1].url, blake3::hash(&wasm).to_hex());
+    assert_eq!(reqwest::blocking::get(blob).expect("get").status().as_u16(), 404, "a dry run uploaded the module");
+    assert_eq!(balance()["balance"], before);
+}

@@ -64,10 +64,54 @@ pub(super) async fn submit_tx(
                 ));
             }
         }
+        check_feasible(&api, spec)?;
     }
     let tx_id = api.chain.submit(stx).await?;
     let height = if wait_applied { wait_applied_at(&api, &tx_id).await? } else { api.chain.tip().await?.height };
     Ok(axum::Json(SubmitTxResponse { tx_id, height }))
+}
+
+/// What deploying a spec (chain form) would do, without doing it: `fluxctl app deploy
+/// --dry-run`. An invalid spec is a 400; an infeasible one is answered, with the reason.
+pub(super) async fn check_app(State(api): State<Arc<Api>>, body: Bytes) -> Json<model::api::AppCheck> {
+    let spec: model::AppSpec = parse_json(&body)?;
+    if let Err(errors) = spec.validate_for_chain() {
+        return Err(ApiError::invalid_spec(format!("the app spec is invalid:\n{errors}"), errors.0));
+    }
+    let mut missing_modules = Vec::new();
+    for c in &spec.components {
+        let present = match c.wasm_hash() {
+            Some(h) => super::modules::ensure(&api, h).await?,
+            None => false,
+        };
+        if !present {
+            missing_modules.push(c.wasm.clone());
+        }
+    }
+    let (quotas, feasible, exists) = api.shard.read(|s| {
+        (
+            s.quotas(&spec),
+            crate::scheduler::feasibility(&spec, s.chain.nodes.values()),
+            s.chain.apps.contains_key(&spec.name),
+        )
+    });
+    Ok(axum::Json(model::api::AppCheck {
+        name: spec.name.clone(),
+        price: model::price::app_price(&spec),
+        quotas,
+        feasible: feasible.is_ok(),
+        reason: feasible.err(),
+        missing_modules,
+        exists,
+    }))
+}
+
+/// Refuses an app no set of nodes on chain could ever run in full (see
+/// [`crate::scheduler::feasibility`]), before it reaches the chain and is paid for.
+pub(super) fn check_feasible(api: &Api, spec: &model::AppSpec) -> Result<(), ApiError> {
+    api.shard
+        .read(|s| crate::scheduler::feasibility(spec, s.chain.nodes.values()))
+        .map_err(|why| ApiError::new("infeasible", format!("`{}` cannot be placed: {why}", spec.name)))
 }
 
 /// Waits until `tx_id` is in a block and this replica's shard has applied that block. A shard

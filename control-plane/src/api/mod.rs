@@ -73,6 +73,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route(paths::NODES, get(views::list_nodes))
         .route(paths::WALLET_ROUTE, get(views::wallet))
         .route(paths::TRANSACTIONS, post(ledger::submit_tx))
+        .route(paths::APP_CHECKS, post(ledger::check_app))
         .route(paths::TRANSACTION_ROUTE, get(ledger::tx_status))
         .route(paths::CHAIN_TIP, get(ledger::tip))
         .route(paths::BLOCK_ROUTE, get(ledger::block))

@@ -33,6 +33,10 @@ pub enum AppCommand {
         /// manifest cannot publish `/etc/passwd` or a key by naming it).
         #[arg(long)]
         allow_outside: bool,
+        /// Check the manifest, its modules, the price and whether the nodes on chain could
+        /// ever run it, and send nothing (no upload, no transaction).
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Change how many instances an app runs (owner only).
     Scale {
@@ -57,7 +61,10 @@ pub enum AppCommand {
 
 pub(super) async fn run(cli: &Cli, api: &Client, cmd: &AppCommand) -> anyhow::Result<()> {
     match cmd {
-        AppCommand::Deploy { file, wait, timeout, allow_outside } => {
+        AppCommand::Deploy { file, wait: _, timeout: _, allow_outside, dry_run: true } => {
+            dry_run(api, file, *allow_outside).await
+        }
+        AppCommand::Deploy { file, wait, timeout, allow_outside, dry_run: false } => {
             deploy(cli, api, file, *wait, Duration::from_secs(*timeout), *allow_outside).await
         }
         AppCommand::Scale { name, instances } => scale(cli, api, name, *instances).await,
@@ -70,6 +77,38 @@ pub(super) async fn run(cli: &Cli, api: &Client, cmd: &AppCommand) -> anyhow::Re
 /// Reads a manifest, uploads its modules, and returns the spec in chain form. A module must be
 /// inside the manifest's directory unless `allow_outside`: uploads are public.
 pub async fn prepare(api: &Client, file: &Path, allow_outside: bool) -> anyhow::Result<AppSpec> {
+    read_manifest(Some(api), file, allow_outside).await
+}
+
+/// `deploy --dry-run`: what the deploy would do, sending nothing.
+async fn dry_run(api: &Client, file: &Path, allow_outside: bool) -> anyhow::Result<()> {
+    let spec = read_manifest(None, file, allow_outside).await?;
+    let check = api.check_app(&spec).await.context("checking the app with the control plane")?;
+    println!(
+        "dry run: `{}` would be {}, paying {} FLUX",
+        check.name,
+        if check.exists { "updated" } else { "registered" },
+        format_flux(check.price)
+    );
+    let quotas: Vec<String> = check.quotas.iter().map(|(r, n)| format!("{r} {n}")).collect();
+    println!("  instances per region: {}", if quotas.is_empty() { "none".into() } else { quotas.join(", ") });
+    if check.missing_modules.is_empty() {
+        println!("  modules: already uploaded");
+    } else {
+        println!("  modules to upload: {}", check.missing_modules.join(", "));
+    }
+    match &check.reason {
+        None if check.feasible => println!("  feasible: yes"),
+        reason => println!("  feasible: no: {}", reason.as_deref().unwrap_or("no reason given")),
+    }
+    println!("nothing was sent");
+    anyhow::ensure!(check.feasible, "`{}` cannot be placed on the nodes on chain", check.name);
+    Ok(())
+}
+
+/// Reads a manifest and returns the spec in chain form, uploading its modules through `api`
+/// when given (only hashing them otherwise).
+async fn read_manifest(api: Option<&Client>, file: &Path, allow_outside: bool) -> anyhow::Result<AppSpec> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let mut spec = AppSpec::from_toml(&text).map_err(|e| anyhow::anyhow!("{} is invalid:\n{e}", file.display()))?;
     let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -86,7 +125,9 @@ pub async fn prepare(api: &Client, file: &Path, allow_outside: bool) -> anyhow::
         );
         let bytes = std::fs::read(&path).with_context(|| format!("component[{i}].wasm: reading {}", path.display()))?;
         let hash = blake3::hash(&bytes).to_hex().to_string();
-        api.put_blob(&hash, bytes).await.with_context(|| format!("uploading module {hash}"))?;
+        if let Some(api) = api {
+            api.put_blob(&hash, bytes).await.with_context(|| format!("uploading module {hash}"))?;
+        }
         c.wasm = format!("{BLAKE3_PREFIX}{hash}");
     }
     Ok(spec)
