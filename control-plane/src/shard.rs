@@ -1009,9 +1009,18 @@ impl Shard {
                     }
                 }
             }
-            routes
+            let routed: std::collections::HashSet<&str> = routes.iter().map(|r| r.app.as_str()).collect();
+            let unrouted = s
+                .chain
+                .apps
+                .iter()
+                .filter(|(name, _)| !routed.contains(name.as_str()))
+                .map(|(name, app)| (name.clone(), app.spec.components.iter().map(|c| c.name.clone()).collect()))
+                .collect();
+            (routes, unrouted)
         });
-        RouteFeed { region: self.region.clone(), version, routes }
+        let (routes, unrouted) = routes;
+        RouteFeed { region: self.region.clone(), version, routes, unrouted }
     }
 
     /// Stops the Raft replica.

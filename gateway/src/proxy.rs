@@ -134,6 +134,15 @@ impl Gateway {
             .or(req.uri().host())
             .unwrap_or("")
             .to_ascii_lowercase();
+        // `OPTIONS *` asks about the server, not a resource: answered here, never forwarded.
+        if req.method() == Method::OPTIONS && req.uri().path() == "*" {
+            let mut resp = text(StatusCode::NO_CONTENT, String::new());
+            *resp.body_mut() = Full::new(Bytes::new()).map_err(|never| match never {}).boxed();
+            resp.headers_mut().remove(http::header::CONTENT_TYPE);
+            resp.headers_mut()
+                .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"));
+            return resp;
+        }
         let Some(key) = self.app_key(&host) else {
             return text(StatusCode::NOT_FOUND, format!("no app serves host `{host}`"));
         };
@@ -151,7 +160,10 @@ impl Gateway {
             return text(StatusCode::NOT_FOUND, format!("no app serves host `{host}`"));
         };
         if routes.is_empty() {
-            return text(StatusCode::SERVICE_UNAVAILABLE, format!("`{host}` has no healthy instance right now"));
+            // Registered, with no healthy instance: a moment, not a missing app.
+            let mut resp = text(StatusCode::SERVICE_UNAVAILABLE, format!("`{host}` has no healthy instance right now"));
+            resp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("2"));
+            return resp;
         }
         let (mut parts, body) = req.into_parts();
         let body = match tokio::time::timeout(self.config.body_timeout, Limited::new(body, MAX_BODY).collect()).await {

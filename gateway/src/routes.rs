@@ -18,7 +18,22 @@ pub struct RouteTable {
 impl RouteTable {
     /// Builds the table from every region's routes.
     pub fn build<'a>(routes: impl Iterator<Item = &'a Route>) -> Self {
+        Self::with_unrouted(routes, std::iter::empty())
+    }
+
+    /// Builds the table from every region's routes, and the apps (with their components)
+    /// registered but without a healthy instance: their hosts are known, with no route.
+    pub fn with_unrouted<'a>(
+        routes: impl Iterator<Item = &'a Route>,
+        unrouted: impl Iterator<Item = (&'a String, &'a Vec<String>)>,
+    ) -> Self {
         let mut by_key: HashMap<String, Vec<Route>> = HashMap::new();
+        for (app, components) in unrouted {
+            by_key.entry(app.clone()).or_default();
+            for c in components {
+                by_key.entry(format!("{c}.{app}")).or_default();
+            }
+        }
         for r in routes {
             if r.primary {
                 by_key.entry(r.app.clone()).or_default().push(r.clone());
@@ -55,7 +70,7 @@ pub(crate) async fn follow(
     forbidden: Arc<ArcSwap<crate::Forbidden>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let feeds: Arc<Mutex<HashMap<String, Vec<Route>>>> = Arc::default();
+    let feeds: Arc<Mutex<HashMap<String, model::api::RouteFeed>>> = Arc::default();
     let mut followers: HashMap<String, (Vec<String>, tokio::task::JoinHandle<()>)> = HashMap::new();
     loop {
         let mut complete = false;
@@ -107,7 +122,7 @@ async fn follow_region(
     id: String,
     region: String,
     control: client::Client,
-    feeds: Arc<Mutex<HashMap<String, Vec<Route>>>>,
+    feeds: Arc<Mutex<HashMap<String, model::api::RouteFeed>>>,
     table: Arc<ArcSwap<RouteTable>>,
 ) {
     let mut version: Option<u64> = None;
@@ -116,8 +131,10 @@ async fn follow_region(
             Ok(feed) => {
                 version = Some(feed.version);
                 let mut all = feeds.lock().unwrap_or_else(|e| e.into_inner());
-                all.insert(region.clone(), feed.routes);
-                table.store(Arc::new(RouteTable::build(all.values().flatten())));
+                all.insert(region.clone(), feed);
+                let routes = all.values().flat_map(|f| f.routes.iter());
+                let unrouted = all.values().flat_map(|f| f.unrouted.iter());
+                table.store(Arc::new(RouteTable::with_unrouted(routes, unrouted)));
             }
             Err(e) => {
                 // Static stability: keep serving the last routes and retry.

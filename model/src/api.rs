@@ -57,7 +57,9 @@ pub fn status_of(code: &str) -> u16 {
         "not_found" => 404,
         "timeout" => 408,
         "conflict" | "stale_nonce" | "other_chain" | "rejected" | "not_caught_up" => 409,
+        "method_not_allowed" => 405,
         "payload_too_large" => 413,
+        "unsupported_media_type" => 415,
         "infeasible" => 422,
         "wrong_region" => 421,
         "not_leader" => 307,
@@ -573,6 +575,10 @@ pub struct RouteFeed {
     pub version: u64,
     /// Healthy endpoints.
     pub routes: Vec<Route>,
+    /// Registered apps with no healthy endpoint in this region, by app: their component names.
+    /// A gateway answers their hosts 503 (try again), not 404 (no such app).
+    #[serde(default)]
+    pub unrouted: BTreeMap<AppName, Vec<String>>,
 }
 
 /// One healthy endpoint of one component of one instance.

@@ -124,7 +124,8 @@ impl AppSpec {
         if let Err(m) = check_name(&self.name) {
             errors.push("name", m);
         }
-        if self.description.len() > 256 {
+        // Characters, not bytes: 130 `é` are 130 characters.
+        if self.description.chars().count() > 256 {
             errors.push("description", "must be at most 256 characters");
         }
         if !(1..=MAX_INSTANCES).contains(&self.instances) {

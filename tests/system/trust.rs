@@ -85,6 +85,9 @@ fn a_rogue_node_cannot_point_the_gateway_at_the_control_plane() {
         healthy: true,
         message: None,
     };
+    eventually(Duration::from_secs(20), "the gateway knows the app", || {
+        cloud.get_app("hello", "/", Duration::from_secs(2)).is_some_and(|r| r.status().as_u16() == 503)
+    });
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
         let (status, body) = beat(&control, "eu-rogue", &key, vec![lie.clone()]);
@@ -94,7 +97,7 @@ fn a_rogue_node_cannot_point_the_gateway_at_the_control_plane() {
         // Through the gateway the app has no instance, and the control plane never answers.
         let resp = cloud.get_app("hello", "/v1/status", Duration::from_secs(5)).expect("the gateway answers");
         let (status, body) = (resp.status().as_u16(), resp.text().unwrap_or_default());
-        assert!(status == 404 || status == 503, "{status}: {body}");
+        assert_eq!(status, 503, "{body}");
         assert!(!body.contains("regions") && !body.contains("chain_height"), "control-plane data leaked: {body}");
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -203,4 +206,75 @@ fn an_app_no_node_can_run_is_refused_before_payment_and_a_dry_run_sends_nothing(
     let blob = format!("{}/v1/blobs/{}", c.replicas[&1].url, blake3::hash(&wasm).to_hex());
     assert_eq!(reqwest::blocking::get(blob).expect("get").status().as_u16(), 404, "a dry run uploaded the module");
     assert_eq!(balance()["balance"], before);
+}
+
+/// Every error of the API is the documented JSON with the code that goes with its status; the
+/// gateway answers a registered app with no healthy instance 503 with `retry-after`, and
+/// `OPTIONS *` itself; fluxctl ends quietly when its reader goes away.
+#[test]
+fn errors_are_the_documented_json_and_statuses() {
+    let cloud = Cloud::with_regions(&[(REGION, 0)]);
+    let c = &cloud.cluster;
+    let base = c.replicas[&1].url.clone();
+    let http = reqwest::blocking::Client::new();
+    let check = |resp: reqwest::blocking::Response, status: u16, code: &str| {
+        let got = resp.status().as_u16();
+        let json = resp.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        let body: serde_json::Value = resp.json().unwrap_or_default();
+        assert_eq!((got, body["error"]["code"].as_str()), (status, Some(code)), "{body}");
+        assert!(json && body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+        assert_eq!(model::api::status_of(code), status, "the code table disagrees for {code}");
+    };
+    check(http.delete(format!("{base}/v1/status")).send().expect("405"), 405, "method_not_allowed");
+    check(
+        http.post(format!("{base}/v1/transactions")).body(vec![b'x'; 3 << 20]).send().expect("413"),
+        413,
+        "payload_too_large",
+    );
+    check(http.get(format!("{base}/v1/events/{REGION}?after=abc")).send().expect("query"), 400, "bad_request");
+    check(http.get(format!("{base}/v1/chain/blocks/twelve")).send().expect("path"), 400, "bad_request");
+    check(http.get(format!("{base}/v1/nothing-here")).send().expect("404"), 404, "not_found");
+
+    // A registered app with no healthy instance is 503 with retry-after, not 404.
+    c.node_on_chain("eu-quiet");
+    let dir = c.dir.path().join("quiet");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::copy(repo().join("examples/hello/hello.wasm"), dir.join("hello.wasm")).expect("wasm");
+    let manifest = dir.join("fluxapp.toml");
+    std::fs::write(&manifest, "name = \"quiet\"\n[[component]]\nname = \"web\"\nwasm = \"hello.wasm\"\n")
+        .expect("manifest");
+    let out = c.fluxctl(&["app", "deploy", &path_str(&manifest)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    eventually(Duration::from_secs(20), "the gateway knows the app", || {
+        cloud.get_app("quiet", "/", Duration::from_secs(2)).is_some_and(|r| r.status().as_u16() == 503)
+    });
+    let resp = cloud.get_app("quiet", "/", Duration::from_secs(2)).expect("the gateway answers");
+    assert_eq!(resp.status().as_u16(), 503);
+    assert!(resp.headers().get("retry-after").is_some(), "{:?}", resp.headers());
+    let unknown = cloud.get_app("nobody", "/", Duration::from_secs(2)).expect("the gateway answers");
+    assert_eq!(unknown.status().as_u16(), 404);
+
+    // OPTIONS * is about the gateway itself: answered, never a 502.
+    let mut stream = std::net::TcpStream::connect(cloud.gateway_addr()).expect("connect");
+    std::io::Write::write_all(
+        &mut stream,
+        b"OPTIONS * HTTP/1.1\r\nhost: quiet.app.localhost\r\nconnection: close\r\n\r\n",
+    )
+    .expect("send");
+    let mut answer = String::new();
+    let _ = std::io::Read::read_to_string(&mut stream, &mut answer);
+    assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+
+    // fluxctl whose reader went away ends quietly, not with a panic.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fluxctl"))
+        .args(["--api", &c.urls(), "app", "list"])
+        .env("FLUXCTL_CONFIG_DIR", c.dir.path().join("fluxctl"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("fluxctl");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("fluxctl ends");
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{stderr}");
 }

@@ -149,3 +149,18 @@ proptest! {
         }
     }
 }
+
+/// Lengths count characters, not bytes: 130 `é` (260 bytes) is a valid description, 257
+/// characters is not.
+#[test]
+fn the_description_limit_counts_characters() {
+    let spec = |description: &str| {
+        AppSpec::from_toml(&format!(
+            "name = \"a\"\ndescription = \"{description}\"\n[[component]]\nname = \"w\"\nwasm = \"a.wasm\"\n"
+        ))
+    };
+    assert!(spec(&"é".repeat(130)).is_ok());
+    assert!(spec(&"é".repeat(256)).is_ok());
+    let refused = spec(&"é".repeat(257)).expect_err("too long");
+    assert!(refused.to_string().contains("description"), "{refused}");
+}
