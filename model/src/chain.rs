@@ -194,10 +194,16 @@ impl Tx {
     }
 }
 
+/// The furthest a nonce may jump past the signer's last: 2^52 microseconds, about 142 years,
+/// so a wallet's first time-based nonce passes and a wallet can never run out of nonces.
+pub const MAX_NONCE_STEP: u64 = 1 << 52;
+
 /// A transaction with its signer's signature.
 ///
-/// `nonce` must be greater than the signer's last used nonce, which stops replays; `fluxctl` uses
-/// the current time in microseconds, which keeps one client's transactions in order.
+/// `nonce` must be greater than the signer's last used nonce, which stops replays, and at most
+/// [`MAX_NONCE_STEP`] above it, so that no nonce (`u64::MAX`, say) leaves a wallet without a
+/// next one; `fluxctl` uses the current time in microseconds, which keeps one client's
+/// transactions in order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SignedTx {
     /// The body.
@@ -333,6 +339,14 @@ pub enum TxError {
         /// Last used.
         last: u64,
     },
+    /// The nonce jumps too far past the last one.
+    #[error("nonce {nonce} is more than 2^52 above the signer's last nonce {last}; nonces are times in microseconds")]
+    NonceJump {
+        /// Given.
+        nonce: u64,
+        /// Last used.
+        last: u64,
+    },
     /// Not enough funds.
     #[error("insufficient funds: need {need}, have {have}")]
     InsufficientFunds {
@@ -386,6 +400,7 @@ impl TxError {
         match self {
             TxError::BadSignature(_) => "bad_signature",
             TxError::StaleNonce { .. } => "stale_nonce",
+            TxError::NonceJump { .. } => "bad_nonce",
             TxError::InsufficientFunds { .. } => "insufficient_funds",
             TxError::Underpaid { .. } => "underpaid",
             TxError::InvalidSpec(_) => "invalid_spec",
@@ -552,6 +567,9 @@ impl ChainState {
         let last = self.nonces.get(&stx.signer).copied().unwrap_or(0);
         if stx.nonce <= last {
             return Err(TxError::StaleNonce { nonce: stx.nonce, last });
+        }
+        if stx.nonce - last > MAX_NONCE_STEP {
+            return Err(TxError::NonceJump { nonce: stx.nonce, last });
         }
         let signer = &stx.signer;
         match &stx.tx {

@@ -224,3 +224,21 @@ fn node_starts_and_transfers_name_real_places_and_keys() {
     let burn = SignedTx::sign(Tx::Transfer { to: PublicKeyHex("not-a-key".into()), amount: FLUX }, 4, &operator);
     assert!(matches!(state.apply_tx(&burn, 1), Err(TxError::InvalidTransfer(_))));
 }
+
+/// A nonce may not jump so far that the wallet has no next one: `u64::MAX` is refused, and a
+/// time-based nonce (microseconds) still passes from a fresh wallet and after any other.
+#[test]
+fn a_nonce_cannot_brick_a_wallet() {
+    let owner = Keypair::generate();
+    let (mut state, _) = genesis(&owner);
+    let friend = Keypair::generate().public();
+    let transfer = |nonce| SignedTx::sign(Tx::Transfer { to: friend.clone(), amount: 1 }, nonce, &owner);
+    let refused = state.apply_tx(&transfer(u64::MAX), 1);
+    assert!(matches!(refused, Err(TxError::NonceJump { .. })), "{refused:?}");
+    assert_eq!(refused.expect_err("refused").code(), "bad_nonce");
+    let now_us = 1_764_000_000_000_000u64;
+    state.apply_tx(&transfer(now_us), 1).expect("a time-based first nonce");
+    state.apply_tx(&transfer(now_us + MAX_NONCE_STEP), 1).expect("the largest step");
+    assert!(matches!(state.apply_tx(&transfer(u64::MAX), 1), Err(TxError::NonceJump { .. })));
+    state.apply_tx(&transfer(now_us + MAX_NONCE_STEP + 1), 1).expect("and the wallet goes on");
+}
