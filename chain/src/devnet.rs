@@ -65,6 +65,10 @@ impl Devnet {
     }
 
     fn open_inner(path: &Path, genesis: Option<Box<dyn FnOnce() -> Block + '_>>) -> anyhow::Result<Devnet> {
+        crate::open_guarded(path, "chain store", || Self::open_unguarded(path, genesis))
+    }
+
+    fn open_unguarded(path: &Path, genesis: Option<Box<dyn FnOnce() -> Block + '_>>) -> anyhow::Result<Devnet> {
         let db = redb::Database::create(path).with_context(|| format!("opening chain store {}", path.display()))?;
         let mut blocks = Vec::new();
         {
@@ -255,5 +259,40 @@ mod tests {
         std::fs::remove_file(&path).expect("delete");
         let err = Devnet::open_existing(&path).err().expect("refused").to_string();
         assert!(err.contains("chain.redb") && err.contains("holds no blocks"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod damaged {
+    use model::keys::Keypair;
+
+    use super::*;
+    use crate::dev_genesis;
+
+    /// A store garbled on disk (here: its middle overwritten) is a clean error that names the
+    /// file, never a panic.
+    #[test]
+    fn a_garbled_store_fails_cleanly_with_its_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("chain.redb");
+        let wallet = Keypair::from_seed([7; 32]);
+        let devnet = Devnet::open(&path, || dev_genesis(&wallet, &crate::dev_nodes(), 1)).expect("open");
+        for h in 1..=5 {
+            devnet.produce_block(h).expect("block");
+        }
+        drop(devnet);
+        for garble in [0usize, 4096, 8192] {
+            let mut bytes = std::fs::read(&path).expect("read");
+            let end = (garble + 4096).min(bytes.len());
+            for b in &mut bytes[garble..end] {
+                *b = 0xa5;
+            }
+            let copy = dir.path().join(format!("garbled-{garble}.redb"));
+            std::fs::write(&copy, &bytes).expect("write");
+            let opened = std::panic::catch_unwind(|| Devnet::open_existing(&copy).map(|_| ()));
+            let Ok(result) = opened else { panic!("opening a store garbled at {garble} panicked") };
+            let err = result.expect_err("a garbled store is refused").to_string();
+            assert!(err.contains(&format!("garbled-{garble}.redb")), "{err}");
+        }
     }
 }

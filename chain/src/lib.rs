@@ -12,11 +12,13 @@ mod devnet;
 mod genesis;
 pub mod server;
 mod source;
+mod store;
 
 pub use devnet::now_ms;
 pub use devnet::{Devnet, SubmitError};
 pub use genesis::{DevNode, chain_genesis, dev_genesis, dev_node_key, dev_nodes, funded_genesis};
 pub use source::{ChainError, ChainSource, HttpChain, SharedChainSource};
+pub use store::open_guarded;
 
 #[cfg(test)]
 mod conformance;

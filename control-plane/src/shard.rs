@@ -292,13 +292,17 @@ impl Shard {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
         let path = config.data_dir.join(format!("{}.redb", config.region));
-        let db =
-            Arc::new(redb::Database::create(&path).with_context(|| format!("opening shard store {}", path.display()))?);
         let (changed, _) = watch::channel(0u64);
-        let log_store = LogStore::new(db.clone())?;
-        let committed = log_store.committed();
         let touched = Arc::new(Mutex::new(Touched::default()));
-        let sm = StateMachine::open(db, &config.region, changed.clone(), touched.clone())?;
+        let (log_store, sm) = chain::open_guarded(&path, "shard store", || {
+            let db = Arc::new(
+                redb::Database::create(&path).with_context(|| format!("opening shard store {}", path.display()))?,
+            );
+            let log_store = LogStore::new(db.clone())?;
+            let sm = StateMachine::open(db, &config.region, changed.clone(), touched.clone())?;
+            Ok((log_store, sm))
+        })?;
+        let committed = log_store.committed();
         let applied = sm.applied();
         let snapshots_installed = sm.installed();
         let t = &config.raft;

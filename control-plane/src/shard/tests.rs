@@ -132,3 +132,35 @@ async fn the_leader_keeps_a_bounded_list_of_gateways_and_their_versions() {
     assert_eq!((shard.gateways().len(), busy), (MAX_GATEWAYS, 52));
     assert!(shard.gateways().contains(&("gw-a".to_string(), now)));
 }
+
+/// A shard store garbled on disk is a clean error that names the file, never a panic.
+#[tokio::test]
+async fn a_garbled_shard_store_fails_cleanly_with_its_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (key, admin) = (Keypair::generate(), AdminToken::generate());
+    let wallet = Keypair::from_seed([3; 32]);
+    {
+        let shard = open_single(dir.path(), &key, &admin).await;
+        shard.propose(Command::ApplyBlock(dev_genesis(&wallet, &dev_nodes(), 0))).await.expect("commit");
+        shard.shutdown().await;
+    }
+    let path = dir.path().join("eu.redb");
+    let clean = std::fs::read(&path).expect("read");
+    let mut refused = 0;
+    for garble in [0usize, 4096, 8192, 12288] {
+        let mut bytes = clean.clone();
+        let end = (garble + 4096).min(bytes.len());
+        for b in &mut bytes[garble.min(end)..end] {
+            *b = 0xa5;
+        }
+        std::fs::write(&path, &bytes).expect("write");
+        let opened = Shard::open(config(dir.path()), key.clone(), admin.clone()).await;
+        // A garble in a page the open does not read may open; what fails, fails by name.
+        if let Err(e) = opened {
+            let e = format!("{e:#}");
+            assert!(e.contains("eu.redb"), "{e}");
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "no garbled store was refused");
+}
