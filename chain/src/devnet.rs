@@ -15,6 +15,8 @@ const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
 /// Most transactions waiting for a block; past it, submissions are refused rather than queued
 /// without bound.
 const MEMPOOL_LIMIT: usize = 10_000;
+/// Most transactions of one sender waiting for a block: no one wallet fills the mempool.
+const MEMPOOL_PER_SENDER: usize = MEMPOOL_LIMIT / 4;
 
 /// Why a transaction was not accepted into the mempool.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +27,11 @@ pub enum SubmitError {
     /// The mempool is full.
     #[error("the mempool is full ({MEMPOOL_LIMIT} transactions); try again after the next block")]
     Busy,
+    /// The sender has its share of the mempool waiting already.
+    #[error(
+        "this sender has {MEMPOOL_PER_SENDER} transactions waiting for a block already; try again after the next block"
+    )]
+    SenderBusy,
 }
 
 /// A local block producer. Cloning shares it.
@@ -45,6 +52,8 @@ struct State {
     genesis_hash: String,
     /// Accepted transactions, in order, with the state they lead to.
     mempool: Vec<SignedTx>,
+    /// How many of the mempool's transactions each sender signed.
+    pending_per_sender: HashMap<model::keys::PublicKeyHex, usize>,
     pending_state: ChainState,
     /// Fate of the transactions seen since start (a devnet convenience for `fluxctl --wait`).
     statuses: HashMap<String, TxStatus>,
@@ -111,6 +120,7 @@ impl Devnet {
             tip,
             genesis_hash,
             mempool: Vec::new(),
+            pending_per_sender: HashMap::new(),
             statuses: HashMap::new(),
         };
         Ok(Devnet { inner: Arc::new(Inner { db, state: Mutex::new(state), tip_tx }) })
@@ -128,10 +138,14 @@ impl Devnet {
         if s.mempool.len() >= MEMPOOL_LIMIT {
             return Err(SubmitError::Busy);
         }
+        if s.pending_per_sender.get(&stx.signer).is_some_and(|n| *n >= MEMPOOL_PER_SENDER) {
+            return Err(SubmitError::SenderBusy);
+        }
         let next_height = s.tip.height + 1;
         // In place: a transaction that does not apply changes nothing (`ChainState::apply_tx`).
         s.pending_state.apply_tx(&stx, next_height)?;
         let id = stx.id();
+        *s.pending_per_sender.entry(stx.signer.clone()).or_default() += 1;
         s.mempool.push(stx);
         s.statuses.insert(id.clone(), TxStatus::Pending);
         Ok(id)
@@ -142,6 +156,7 @@ impl Devnet {
         let mut s = self.lock();
         let height = s.tip.height + 1;
         let txs = std::mem::take(&mut s.mempool);
+        s.pending_per_sender.clear();
         let block = Block::new(height, s.tip.hash.clone(), time_ms, None, txs);
         let mut chain = s.chain.clone();
         let outcome = chain.apply_block(&block);
@@ -294,5 +309,38 @@ mod damaged {
             let err = result.expect_err("a garbled store is refused").to_string();
             assert!(err.contains(&format!("garbled-{garble}.redb")), "{err}");
         }
+    }
+}
+
+#[cfg(test)]
+mod fairness {
+    use model::chain::{SignedTx, Tx};
+    use model::keys::Keypair;
+    use model::tier::FLUX;
+
+    use super::*;
+    use crate::dev_genesis;
+
+    /// One sender may fill only its share of the mempool; others still get in, and the sender
+    /// again after the next block.
+    #[test]
+    fn one_sender_cannot_fill_the_mempool() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wallet = Keypair::from_seed([7; 32]);
+        let devnet = Devnet::open(&dir.path().join("chain.redb"), || dev_genesis(&wallet, &[], 1)).expect("open");
+        let other = Keypair::generate();
+        let fund = SignedTx::sign(Tx::Transfer { to: other.public(), amount: 10 * FLUX }, 1, &wallet);
+        devnet.submit(fund).expect("fund");
+        devnet.produce_block(1).expect("block");
+        let to = Keypair::generate().public();
+        let pay = |key: &Keypair, nonce| SignedTx::sign(Tx::Transfer { to: to.clone(), amount: 1 }, nonce, key);
+        for nonce in 2..(2 + MEMPOOL_PER_SENDER as u64) {
+            devnet.submit(pay(&wallet, nonce)).expect("within the sender's share");
+        }
+        let next = 2 + MEMPOOL_PER_SENDER as u64;
+        assert!(matches!(devnet.submit(pay(&wallet, next)), Err(SubmitError::SenderBusy)));
+        devnet.submit(pay(&other, 1)).expect("another sender still gets in");
+        devnet.produce_block(2).expect("block");
+        devnet.submit(pay(&wallet, next)).expect("after a block the sender gets in again");
     }
 }
