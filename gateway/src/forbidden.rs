@@ -17,6 +17,7 @@ pub struct Forbidden {
 impl Forbidden {
     /// Adds a listener's address.
     pub fn add(&mut self, addr: SocketAddr) {
+        let addr = canonical(addr);
         if addr.ip().is_unspecified() {
             self.any_address.insert(addr.port());
         } else {
@@ -34,8 +35,13 @@ impl Forbidden {
 
     /// Whether `addr` is one of the listeners.
     pub fn contains(&self, addr: &SocketAddr) -> bool {
-        self.exact.contains(addr) || self.any_address.contains(&addr.port())
+        self.exact.contains(&canonical(*addr)) || self.any_address.contains(&addr.port())
     }
+}
+
+/// `[::ffff:10.0.0.5]:80` is `10.0.0.5:80`: one listener, whichever way it is written.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// The address of `url`'s listener, when the URL names one by address.
@@ -59,7 +65,14 @@ mod tests {
         f.add_url("https://10.0.0.9");
         f.add_url("http://control.example:4300");
         f.add("0.0.0.0:8080".parse().expect("addr"));
-        for yes in ["127.0.0.1:4100", "[::1]:4200", "10.0.0.9:443", "10.1.2.3:8080", "127.0.0.1:8080"] {
+        for yes in [
+            "127.0.0.1:4100",
+            "[::ffff:127.0.0.1]:4100",
+            "[::1]:4200",
+            "10.0.0.9:443",
+            "10.1.2.3:8080",
+            "127.0.0.1:8080",
+        ] {
             assert!(f.contains(&yes.parse().expect("addr")), "{yes}");
         }
         for no in ["127.0.0.1:4101", "127.0.0.2:4100", "10.0.0.9:80", "127.0.0.1:4300"] {

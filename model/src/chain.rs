@@ -63,8 +63,11 @@ pub struct PortRange {
 impl PortRange {
     /// Instance ports a node offers by default.
     pub const DEFAULT: PortRange = PortRange { first: 20_000, last: 20_999 };
-    /// The fewest ports a node may offer.
-    pub const MIN_PORTS: u32 = 16;
+    /// The fewest ports a node may offer: one per component the largest tier can hold (80 at
+    /// 0.1 cpu each), with room to spare.
+    pub const MIN_PORTS: u32 = 128;
+    /// The most ports a node may claim: a range is the node's own listeners, not a host's.
+    pub const MAX_PORTS: u32 = 4096;
 
     /// Whether `port` is in the range.
     pub fn contains(&self, port: u16) -> bool {
@@ -82,8 +85,9 @@ impl PortRange {
         if self.first < 1024 || self.last < self.first {
             return Err(format!("instance ports {self} must be a range FIRST-LAST from 1024 up"));
         }
-        if u32::from(self.last - self.first) + 1 < Self::MIN_PORTS {
-            return Err(format!("instance ports {self} must hold at least {} ports", Self::MIN_PORTS));
+        let ports = u32::from(self.last - self.first) + 1;
+        if !(Self::MIN_PORTS..=Self::MAX_PORTS).contains(&ports) {
+            return Err(format!("instance ports {self} must hold {} to {} ports", Self::MIN_PORTS, Self::MAX_PORTS));
         }
         Ok(())
     }
@@ -116,7 +120,8 @@ impl NodeStart {
     pub fn check_endpoint(&self, endpoint: &str) -> Result<std::net::SocketAddr, String> {
         let addr: std::net::SocketAddr =
             endpoint.parse().map_err(|_| format!("endpoint `{endpoint}` is not an address:port"))?;
-        if addr.ip() != self.address || !self.instance_ports.contains(addr.port()) {
+        // Canonical forms: `::ffff:10.0.0.5` is `10.0.0.5`, both as reported and as registered.
+        if addr.ip().to_canonical() != self.address.to_canonical() || !self.instance_ports.contains(addr.port()) {
             return Err(format!(
                 "endpoint `{endpoint}` is not on node `{}`'s registered address {}, ports {}",
                 self.node_id, self.address, self.instance_ports
@@ -595,7 +600,7 @@ impl ChainState {
                         start.continent, start.country
                     )));
                 }
-                let address = start.address;
+                let address = start.address.to_canonical();
                 if address.is_unspecified() || address.is_multicast() {
                     return Err(TxError::InvalidNode(format!(
                         "address {address} cannot serve instances: give the node's own address"

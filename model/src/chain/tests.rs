@@ -142,15 +142,25 @@ fn a_node_may_only_report_endpoints_on_its_own_address_and_ports() {
         capabilities: vec![Capability::Wasm],
         node_key: Keypair::generate().public(),
         address: "10.0.0.5".parse().expect("ip"),
-        instance_ports: "20000-20099".parse().expect("range"),
+        instance_ports: "20000-20199".parse().expect("range"),
     };
     assert!(start.check_endpoint("10.0.0.5:20000").is_ok());
-    assert!(start.check_endpoint("10.0.0.5:20099").is_ok());
-    for bad in ["10.0.0.5:20100", "10.0.0.5:8080", "127.0.0.1:20000", "10.0.0.6:20001", "localhost:20000", "10.0.0.5"] {
+    assert!(start.check_endpoint("10.0.0.5:20199").is_ok());
+    assert!(start.check_endpoint("[::ffff:10.0.0.5]:20001").is_ok(), "the same address, IPv4-mapped");
+    for bad in [
+        "10.0.0.5:20200",
+        "[::ffff:10.0.0.6]:20001",
+        "10.0.0.5:8080",
+        "127.0.0.1:20000",
+        "10.0.0.6:20001",
+        "localhost:20000",
+        "10.0.0.5",
+    ] {
         let refused = start.check_endpoint(bad).expect_err(bad);
         assert!(refused.contains(bad) || refused.contains("not an address"), "{refused}");
     }
-    assert!("20000-20010".parse::<crate::chain::PortRange>().is_err(), "fewer than 16 ports");
+    assert!("20000-20010".parse::<crate::chain::PortRange>().is_err(), "fewer than 128 ports");
+    assert!("1024-65535".parse::<crate::chain::PortRange>().is_err(), "more than 4096 ports");
     assert!("30000-20000".parse::<crate::chain::PortRange>().is_err());
     assert!("eighty".parse::<crate::chain::PortRange>().is_err());
 }
