@@ -260,7 +260,13 @@ async fn health_loop(config: AgentConfig, instances: Instances) {
 type Endpoints = Vec<(String, SocketAddr)>;
 
 fn addrs(servers: &[(String, InstanceServer)]) -> Endpoints {
-    servers.iter().map(|(c, s)| (c.clone(), s.addr())).collect()
+    // A server bound to every address is probed on loopback.
+    let probe = |addr: SocketAddr| match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port()),
+        ip if ip.is_unspecified() => SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), addr.port()),
+        _ => addr,
+    };
+    servers.iter().map(|(c, s)| (c.clone(), probe(s.addr()))).collect()
 }
 
 async fn start(
@@ -285,7 +291,12 @@ async fn start(
         // The first free port of the node's registered range: the control plane refuses an
         // endpoint outside it.
         let mut started = Err(anyhow::anyhow!("every instance port of this node ({}) is in use", config.ports));
-        for port in config.ports.ports() {
+        // From a cursor that moves on, not from the first port: a port just freed by a stopped
+        // instance is taken last, so a gateway still routing to it reaches nothing rather than
+        // another app.
+        let ports: Vec<u16> = config.ports.ports().collect();
+        let from = NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % ports.len().max(1);
+        for port in ports[from..].iter().chain(&ports[..from]).copied() {
             let bind = SocketAddr::new(config.bind_ip, port);
             match InstanceServer::start(cache.engine(), pre.clone(), env.clone(), limits.clone(), bind).await {
                 Ok(server) => {
@@ -331,7 +342,12 @@ async fn check_health(config: &AgentConfig, addrs: &[(String, SocketAddr)]) -> (
 }
 
 /// One pool of connections to the node's own instances, for every health check.
-static HEALTH_HTTP: std::sync::LazyLock<reqwest::Client> = std::sync::LazyLock::new(reqwest::Client::new);
+/// Where the next instance port search starts (shared by the agents of one process).
+static NEXT_PORT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+static HEALTH_HTTP: std::sync::LazyLock<reqwest::Client> =
+    // The node's own instances: never through a proxy from the environment.
+    std::sync::LazyLock::new(|| reqwest::Client::builder().no_proxy().build().unwrap_or_default());
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
