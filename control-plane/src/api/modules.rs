@@ -31,7 +31,12 @@ pub(super) async fn put_blob(
         // Only a member knows whom the module must reach; the client tries another replica.
         api.member()?;
     }
-    api.blobs.put(&hash, &body).map_err(blob_error)?;
+    // Validating a component of up to 64 MB and writing it are blocking work.
+    let (store, name, bytes) = (api.blobs.clone(), hash.clone(), body.clone());
+    tokio::task::spawn_blocking(move || store.put(&name, &bytes))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(blob_error)?;
     if !q.local {
         replicate(&api, &hash, body).await?;
     }
