@@ -1014,10 +1014,13 @@ impl Shard {
                 }
             }
             let routed: std::collections::HashSet<&str> = routes.iter().map(|r| r.app.as_str()).collect();
+            // Only apps this region places or is short of: each region lists its own, so the
+            // feeds together know every app that should run, without every feed listing all.
             let unrouted = s
                 .chain
                 .apps
                 .iter()
+                .filter(|(name, _)| s.placements.contains_key(*name) || s.shortfall.contains_key(*name))
                 .filter(|(name, _)| !routed.contains(name.as_str()))
                 .map(|(name, app)| (name.clone(), app.spec.components.iter().map(|c| c.name.clone()).collect()))
                 .collect();
