@@ -123,7 +123,8 @@ async fn read_manifest(api: Option<&Client>, file: &Path, allow_outside: bool) -
             path.display(),
             home.display()
         );
-        let bytes = std::fs::read(&path).with_context(|| format!("component[{i}].wasm: reading {}", path.display()))?;
+        // The checked file itself, not the path again (a link swapped in between is not followed).
+        let bytes = std::fs::read(&real).with_context(|| format!("component[{i}].wasm: reading {}", path.display()))?;
         let hash = blake3::hash(&bytes).to_hex().to_string();
         if let Some(api) = api {
             api.put_blob(&hash, bytes).await.with_context(|| format!("uploading module {hash}"))?;
