@@ -86,7 +86,14 @@ impl Devnet {
                 Ok(table) => {
                     for row in table.iter()? {
                         let (_, bytes) = row?;
-                        let block: Block = serde_json::from_slice(bytes.value()).context("decoding a stored block")?;
+                        let block: Block = serde_json::from_slice(bytes.value()).with_context(|| {
+                            format!(
+                                "chain store {}: a stored block does not decode (written by an older fluxplane? \
+                                 node starts gained `address` and `instance_ports`; a devnet is started afresh by \
+                                 removing its data dir)",
+                                path.display()
+                            )
+                        })?;
                         blocks.push(block);
                     }
                 }
