@@ -50,8 +50,33 @@ pub fn check_component(bytes: &[u8]) -> Result<(), String> {
         return Err("an unknown WebAssembly version or layer".into());
     }
     let mut validator = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
-    validator.validate_all(bytes).map(|_| ()).map_err(|e| format!("invalid at byte {}: {}", e.offset(), e.message()))
+    let invalid = |e: wasmparser::BinaryReaderError| format!("invalid at byte {}: {}", e.offset(), e.message());
+    validator.validate_all(bytes).map_err(invalid)?;
+    // Nodes run it as a wasi:http proxy: it must export the incoming handler (at the top level,
+    // not inside a nested component).
+    let mut depth = 0i32;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload.map_err(invalid)? {
+            wasmparser::Payload::ModuleSection { .. } | wasmparser::Payload::ComponentSection { .. } => depth += 1,
+            wasmparser::Payload::End(_) => depth -= 1,
+            wasmparser::Payload::ComponentExportSection(exports) if depth == 0 => {
+                for export in exports {
+                    if export.map_err(invalid)?.name.name.starts_with(HTTP_HANDLER) {
+                        return Ok(());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Err(format!(
+        "it does not export `{HTTP_HANDLER}`: build it as a wasi:http component (the wasm32-wasip2 target and an \
+         http proxy export)"
+    ))
 }
+
+/// The interface a node calls to serve requests.
+const HTTP_HANDLER: &str = "wasi:http/incoming-handler";
 
 impl BlobStore {
     /// A store in `dir`, created if needed.
@@ -110,9 +135,10 @@ impl BlobStore {
 mod tests {
     use super::*;
 
-    /// An empty component padded to about `size` bytes with a custom section.
+    /// The hello component, padded with a custom section of `size` bytes.
     fn component(size: usize) -> Vec<u8> {
-        let mut bytes = b"\0asm\x0d\x00\x01\x00".to_vec();
+        let hello = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/hello/hello.wasm");
+        let mut bytes = std::fs::read(hello).expect("examples/hello/hello.wasm");
         let payload = vec![7u8; size];
         let mut section = vec![1u8, b'x'];
         section.extend_from_slice(&payload);
@@ -139,9 +165,13 @@ mod tests {
         let passwd = b"root:x:0:0:root:/root:/bin/bash\n";
         let core = b"\0asm\x01\x00\x00\x00";
         let broken = b"\0asm\x0d\x00\x01\x00\x07\xff";
-        for (bytes, says) in
-            [(&passwd[..], "header"), (&core[..], "core WebAssembly module"), (&broken[..], "invalid at byte")]
-        {
+        let empty = b"\0asm\x0d\x00\x01\x00";
+        for (bytes, says) in [
+            (&passwd[..], "header"),
+            (&core[..], "core WebAssembly module"),
+            (&broken[..], "invalid at byte"),
+            (&empty[..], "does not export `wasi:http/incoming-handler`"),
+        ] {
             let refused = put(bytes).expect_err("refused").to_string();
             assert!(refused.contains(says), "{refused}");
             assert!(!refused.contains("root"), "{refused}");
