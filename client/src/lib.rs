@@ -17,5 +17,5 @@ mod transport;
 mod tx;
 
 pub use error::ClientError;
-pub use transport::{Client, DEFAULT_TIMEOUT, parse_urls};
+pub use transport::{Client, DEFAULT_TIMEOUT, listener_of, parse_urls};
 pub use tx::{nonce, sign_and_submit};

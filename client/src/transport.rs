@@ -376,6 +376,14 @@ fn error_chain(e: &reqwest::Error) -> String {
     format!("{what}: {root}")
 }
 
+/// The listener behind `url` (`http://IP:PORT/...`) in canonical form (`::ffff:a.b.c.d` is
+/// `a.b.c.d`), when the URL names it by address; a host name gives `None`.
+pub fn listener_of(url: &str) -> Option<std::net::SocketAddr> {
+    let url = reqwest::Url::parse(url).ok()?;
+    let ip: std::net::IpAddr = url.host_str()?.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    Some(std::net::SocketAddr::new(ip.to_canonical(), url.port_or_known_default()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

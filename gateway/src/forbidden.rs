@@ -4,7 +4,7 @@
 //! control replica, say, can never carry public traffic to it.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 /// The listeners the gateway knows of.
 #[derive(Debug, Default, Clone)]
@@ -28,7 +28,7 @@ impl Forbidden {
     /// Adds the listener behind `url` (`http://IP:PORT/...`). A URL that names a host rather
     /// than an address adds nothing: routes are addresses, never names.
     pub fn add_url(&mut self, url: &str) {
-        if let Some(addr) = listener_of(url) {
+        if let Some(addr) = client::listener_of(url) {
             self.add(addr);
         }
     }
@@ -42,15 +42,6 @@ impl Forbidden {
 /// `[::ffff:10.0.0.5]:80` is `10.0.0.5:80`: one listener, whichever way it is written.
 fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
-}
-
-/// The address of `url`'s listener, when the URL names one by address.
-fn listener_of(url: &str) -> Option<SocketAddr> {
-    let uri: http::Uri = url.parse().ok()?;
-    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
-    let ip: IpAddr = host.parse().ok()?;
-    let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
-    Some(SocketAddr::new(ip, port))
 }
 
 #[cfg(test)]

@@ -52,7 +52,9 @@ pub(super) async fn heartbeat(State(api): State<Arc<Api>>, body: Bytes) -> Json<
     // public traffic there. The whole beat is refused, so the node's agent hears why.
     // Nor on a control replica's listener, even one on the node's own address and ports.
     let replicas: Vec<std::net::SocketAddr> = if signed.beat.instances.iter().any(|r| !r.endpoints.is_empty()) {
-        shard.read(|s| s.chain.directory.values().flat_map(|d| d.values()).filter_map(|u| listener_of(u)).collect())
+        shard.read(|s| {
+            s.chain.directory.values().flat_map(|d| d.values()).filter_map(|u| client::listener_of(u)).collect()
+        })
     } else {
         Vec::new()
     };
@@ -104,14 +106,6 @@ pub(super) async fn heartbeat(State(api): State<Arc<Api>>, body: Bytes) -> Json<
         tracing::debug!(region = %shard.region, node = %node_id, instance = %order.id, "told to stop: {}", order.reason);
     }
     Ok(axum::Json(answer))
-}
-
-/// The listener behind a replica URL (`http://IP:PORT`), when it names one by address.
-fn listener_of(url: &str) -> Option<std::net::SocketAddr> {
-    let uri: axum::http::Uri = url.parse().ok()?;
-    let ip: std::net::IpAddr = uri.host()?.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
-    let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
-    Some(std::net::SocketAddr::new(ip.to_canonical(), port))
 }
 
 /// Why `node` must stop instance `id`, which it reports but is not placed there.

@@ -33,7 +33,7 @@ pub struct NodeArgs {
     /// Control-plane URLs, comma-separated (any one finds the region's replicas).
     #[arg(long)]
     pub control: Option<String>,
-    /// The address instances listen on (their ports are chosen by the OS); the node's status
+    /// The address instances listen on (on ports from --instance-ports); the node's status
     /// endpoint (`/healthz`) is served here.
     #[arg(long)]
     pub listen: Option<SocketAddr>,
