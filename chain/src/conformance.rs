@@ -19,9 +19,12 @@ async fn suite(source: &dyn ChainSource, devnet: &Devnet, wallet: &Keypair) {
 
     // A valid transaction is pending until a block includes it.
     let to = Keypair::generate().public();
-    let tx = SignedTx::sign(Tx::Transfer { to, amount: FLUX }, 10, wallet);
+    let nonce = source.next_nonce(&wallet.public()).await.expect("next nonce");
+    assert_eq!(nonce, 1, "a new wallet's first nonce");
+    let tx = SignedTx::sign(Tx::Transfer { to, amount: FLUX }, nonce, wallet);
     let id = source.submit(tx.clone()).await.expect("accepted");
     assert_eq!(source.tx_status(&id).await.expect("status"), TxStatus::Pending);
+    assert_eq!(source.next_nonce(&wallet.public()).await.expect("next nonce"), 2, "the mempool counts");
     // A replay is rejected with the rule's code.
     match source.submit(tx).await {
         Err(ChainError::Rejected { code, .. }) => assert_eq!(code, "stale_nonce"),

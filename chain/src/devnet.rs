@@ -223,6 +223,11 @@ impl Devnet {
         self.lock().chain.clone()
     }
 
+    /// The nonce `signer`'s next transaction must carry, counting the mempool.
+    pub fn next_nonce(&self, signer: &model::keys::PublicKeyHex) -> u64 {
+        self.lock().pending_state.nonces.get(signer).copied().unwrap_or(0) + 1
+    }
+
     /// What became of a submitted transaction.
     pub fn tx_status(&self, id: &str) -> TxStatus {
         self.lock().statuses.get(id).cloned().unwrap_or(TxStatus::Unknown)
@@ -260,7 +265,8 @@ mod tests {
         let wallet = Keypair::from_seed([7; 32]);
         let other = Keypair::generate();
         let devnet = Devnet::open(&path, || dev_genesis(&wallet, &crate::dev_nodes(), 1)).expect("open");
-        let pay = SignedTx::sign(Tx::Transfer { to: other.public(), amount: 5 * FLUX }, 100, &wallet);
+        let nonce = devnet.next_nonce(&wallet.public());
+        let pay = SignedTx::sign(Tx::Transfer { to: other.public(), amount: 5 * FLUX }, nonce, &wallet);
         let id = devnet.submit(pay.clone()).expect("accepted");
         // The same transaction again fails against the pending state: its nonce is used.
         assert!(matches!(devnet.submit(pay), Err(SubmitError::Invalid(TxError::StaleNonce { .. }))));

@@ -101,6 +101,7 @@ async fn wallet(State(devnet): State<Devnet>, Path(address): Path<String>) -> ax
     axum::Json(WalletView {
         balance: state.balances.get(&address).copied().unwrap_or(0),
         nonce: state.nonces.get(&address).copied().unwrap_or(0),
+        next_nonce: devnet.next_nonce(&address),
         address,
     })
 }

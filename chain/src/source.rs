@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use model::api::{ChainTip, TxStatus};
 use model::chain::{Block, SignedTx};
+use model::keys::PublicKeyHex;
 
 use crate::{Devnet, SubmitError};
 
@@ -54,6 +55,10 @@ pub trait ChainSource: Send + Sync + 'static {
 
     /// What became of a transaction.
     async fn tx_status(&self, id: &str) -> Result<TxStatus, ChainError>;
+
+    /// The nonce `signer`'s next transaction must carry, counting its transactions that wait for
+    /// a block.
+    async fn next_nonce(&self, signer: &PublicKeyHex) -> Result<u64, ChainError>;
 }
 
 /// A shared chain source.
@@ -91,6 +96,10 @@ impl ChainSource for Devnet {
 
     async fn tx_status(&self, id: &str) -> Result<TxStatus, ChainError> {
         Ok(Devnet::tx_status(self, id))
+    }
+
+    async fn next_nonce(&self, signer: &PublicKeyHex) -> Result<u64, ChainError> {
+        Ok(Devnet::next_nonce(self, signer))
     }
 }
 
@@ -151,5 +160,9 @@ impl ChainSource for HttpChain {
 
     async fn tx_status(&self, id: &str) -> Result<TxStatus, ChainError> {
         self.client.tx_status(id).await.map_err(|e| self.map(e))
+    }
+
+    async fn next_nonce(&self, signer: &PublicKeyHex) -> Result<u64, ChainError> {
+        self.client.wallet(&signer.0).await.map(|w| w.next_nonce).map_err(|e| self.map(e))
     }
 }

@@ -63,7 +63,7 @@ impl Client {
         self.json(Call::get(paths::NODES)).await
     }
 
-    /// A wallet's balance and last nonce.
+    /// A wallet's balance, last nonce and next nonce.
     pub async fn wallet(&self, address: &str) -> Result<WalletView, ClientError> {
         self.json(Call::get(paths::wallet(address))).await
     }

@@ -24,7 +24,7 @@ pub fn document() -> Value {
             "/v1/apps/{name}": { "get": op("One app: quotas, placements, instance states, shortfall", "AppView") },
             "/v1/app-checks": { "post": op("What deploying a spec (chain form) would do: price, quotas, feasibility, modules not uploaded; nothing is submitted", "AppCheck") },
             "/v1/nodes": { "get": op("Nodes with liveness, load and free capacity", "NodeView[]") },
-            "/v1/wallets/{address}": { "get": op("Balance and last nonce of an address", "WalletView") },
+            "/v1/wallets/{address}": { "get": op("Balance, last nonce and next nonce of an address", "WalletView") },
             "/v1/transactions": { "post": op("Submit a signed transaction (app register/update/remove, transfer, node start)", "SubmitTxResponse") },
             "/v1/transactions/{id}": { "get": op("Pending, included or rejected", "TxStatus") },
             "/v1/chain/blocks/{height}": { "get": op("A block", "Block") },

@@ -314,8 +314,11 @@ pub struct WalletView {
     pub address: PublicKeyHex,
     /// Spendable balance, smallest unit.
     pub balance: u64,
-    /// Last nonce used.
+    /// Last nonce used, in the blocks the answering server has applied.
     pub nonce: u64,
+    /// The nonce the wallet's next transaction must carry: one past the last, counting the
+    /// transactions still waiting for a block.
+    pub next_nonce: u64,
 }
 
 /// `GET /v1/regions`: the region directory from the cached chain state.

@@ -199,16 +199,12 @@ impl Tx {
     }
 }
 
-/// The furthest a nonce may jump past the signer's last: 2^52 microseconds, about 142 years,
-/// so a wallet's first time-based nonce passes and a wallet can never run out of nonces.
-pub const MAX_NONCE_STEP: u64 = 1 << 52;
-
 /// A transaction with its signer's signature.
 ///
-/// `nonce` must be greater than the signer's last used nonce, which stops replays, and at most
-/// [`MAX_NONCE_STEP`] above it, so that no nonce (`u64::MAX`, say) leaves a wallet without a
-/// next one; `fluxctl` uses the current time in microseconds, which keeps one client's
-/// transactions in order.
+/// `nonce` must be exactly one more than the signer's last (a new wallet's first is 1). That stops
+/// replays, keeps one wallet's transactions in the order they were signed, and leaves no nonce
+/// that could exhaust a wallet. Clients ask for the next nonce (`WalletView::next_nonce`, which
+/// counts transactions waiting for a block) and sign again when another client took it first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SignedTx {
     /// The body.
@@ -239,6 +235,17 @@ impl SignedTx {
     /// Checks the signature.
     pub fn verify(&self) -> Result<(), String> {
         verify_hex(&self.signer, &Self::signing_bytes(&self.tx, self.nonce), &self.signature)
+    }
+
+    /// The size the fee is charged on: the signed bytes, the 64-byte signature and the 32-byte
+    /// key.
+    pub fn size(&self) -> usize {
+        Self::signing_bytes(&self.tx, self.nonce).len() + 96
+    }
+
+    /// The fee this transaction pays when it applies ([`crate::fee::tx_fee`] of its size).
+    pub fn fee(&self) -> u64 {
+        crate::fee::tx_fee(self.size())
     }
 
     /// The transaction id: blake3 of the signed bytes and signature, hex.
@@ -336,27 +343,29 @@ pub enum TxError {
     /// The signature did not verify.
     #[error("bad signature: {0}")]
     BadSignature(String),
-    /// The nonce was used before.
-    #[error("nonce {nonce} is not above the signer's last nonce {last}")]
+    /// The nonce was used before: another transaction of this signer took it.
+    #[error("nonce {nonce} is used already; the signer's next nonce is {}", last + 1)]
     StaleNonce {
         /// Given.
         nonce: u64,
         /// Last used.
         last: u64,
     },
-    /// The nonce jumps too far past the last one.
-    #[error("nonce {nonce} is more than 2^52 above the signer's last nonce {last}; nonces are times in microseconds")]
+    /// The nonce skips ahead of the next one.
+    #[error("nonce {nonce} skips ahead: the signer's next nonce is {}", last + 1)]
     NonceJump {
         /// Given.
         nonce: u64,
         /// Last used.
         last: u64,
     },
-    /// Not enough funds.
-    #[error("insufficient funds: need {need}, have {have}")]
+    /// Not enough funds for the amount and the fee.
+    #[error("insufficient funds: need {need} (of which {fee} is the transaction fee), have {have}")]
     InsufficientFunds {
-        /// Needed.
+        /// Needed, fee included.
         need: u64,
+        /// The fee part of it.
+        fee: u64,
         /// Available.
         have: u64,
     },
@@ -568,15 +577,18 @@ impl ChainState {
 
     /// Applies one transaction at `height`, or changes nothing and says why not.
     pub fn apply_tx(&mut self, stx: &SignedTx, height: u64) -> Result<(), TxError> {
-        stx.verify().map_err(TxError::BadSignature)?;
+        let signed = SignedTx::signing_bytes(&stx.tx, stx.nonce);
+        verify_hex(&stx.signer, &signed, &stx.signature).map_err(TxError::BadSignature)?;
         let last = self.nonces.get(&stx.signer).copied().unwrap_or(0);
         if stx.nonce <= last {
             return Err(TxError::StaleNonce { nonce: stx.nonce, last });
         }
-        if stx.nonce - last > MAX_NONCE_STEP {
+        if stx.nonce != last + 1 {
             return Err(TxError::NonceJump { nonce: stx.nonce, last });
         }
+        let fee = crate::fee::tx_fee(signed.len() + 96);
         let signer = &stx.signer;
+        // Every arm checks everything first and debits last: a refused transaction changes nothing.
         match &stx.tx {
             Tx::NodeStart(start) => {
                 let tier = Tier::from_collateral(start.collateral).ok_or_else(|| {
@@ -613,7 +625,7 @@ impl ChainState {
                 if !self.regions.iter().any(|r| r.name == start.region) {
                     return Err(TxError::InvalidNode(format!("unknown region `{}`", start.region)));
                 }
-                self.debit(signer, start.collateral)?;
+                self.debit(signer, start.collateral, fee)?;
                 let record =
                     NodeRecord { start: start.clone(), operator: signer.clone(), tier, started_height: height };
                 self.nodes.insert(start.node_id.clone(), record);
@@ -624,7 +636,7 @@ impl ChainState {
                     return Err(TxError::AppExists(spec.name.clone()));
                 }
                 check_payment(spec, *payment)?;
-                self.debit(signer, *payment)?;
+                self.debit(signer, *payment, fee)?;
                 let record = AppRecord {
                     spec: spec.clone(),
                     owner: signer.clone(),
@@ -638,7 +650,7 @@ impl ChainState {
                 spec.validate_for_chain().map_err(|e| TxError::InvalidSpec(e.to_string()))?;
                 self.check_owner(&spec.name, signer)?;
                 check_payment(spec, *payment)?;
-                self.debit(signer, *payment)?;
+                self.debit(signer, *payment, fee)?;
                 if let Some(app) = self.apps.get_mut(&spec.name) {
                     app.spec = spec.clone();
                     app.updated_height = height;
@@ -647,11 +659,12 @@ impl ChainState {
             }
             Tx::AppRemove { name } => {
                 self.check_owner(name, signer)?;
+                self.debit(signer, 0, fee)?;
                 self.apps.remove(name);
             }
             Tx::Transfer { to, amount } => {
                 to.check().map_err(TxError::InvalidTransfer)?;
-                self.debit(signer, *amount)?;
+                self.debit(signer, *amount, fee)?;
                 *self.balances.entry(to.clone()).or_default() += amount;
             }
             Tx::ControlAnnounce { region, replica_id, api_url } => {
@@ -665,6 +678,7 @@ impl ChainState {
                     return Err(TxError::InvalidAnnounce(format!("unknown region `{region}`")));
                 }
                 check_api_url(api_url).map_err(TxError::InvalidAnnounce)?;
+                self.debit(signer, 0, fee)?;
                 self.directory.entry(region.clone()).or_default().insert(*replica_id, api_url.clone());
             }
         }
@@ -680,12 +694,14 @@ impl ChainState {
         Ok(())
     }
 
-    fn debit(&mut self, who: &PublicKeyHex, amount: u64) -> Result<(), TxError> {
+    /// Takes `amount` and the transaction's `fee` from `who`, or nothing when it cannot pay both.
+    fn debit(&mut self, who: &PublicKeyHex, amount: u64, fee: u64) -> Result<(), TxError> {
         let have = self.balances.get(who).copied().unwrap_or(0);
-        if have < amount {
-            return Err(TxError::InsufficientFunds { need: amount, have });
+        let need = amount.saturating_add(fee);
+        if have < need {
+            return Err(TxError::InsufficientFunds { need, fee, have });
         }
-        self.balances.insert(who.clone(), have - amount);
+        self.balances.insert(who.clone(), have - need);
         Ok(())
     }
 }

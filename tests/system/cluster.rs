@@ -449,6 +449,19 @@ impl Cluster {
         self.submit_applied(&self.running(), &self.wallet(), Tx::NodeStart(start)).expect("node on chain");
     }
 
+    /// Waits until every running replica is in the region directory: their announcements are
+    /// signed by the genesis wallet and pay a fee, so a test that counts that wallet's balance
+    /// starts after them.
+    pub fn wait_announced(&self) {
+        eventually(Duration::from_secs(30), "every replica in the region directory", || {
+            let Ok(regions) = self.get::<Vec<model::api::RegionView>>(self.running()[0], "/v1/regions") else {
+                return false;
+            };
+            let listed = regions.iter().find(|r| r.name == REGION).map(|r| r.replicas.clone()).unwrap_or_default();
+            self.running().iter().all(|id| listed.contains_key(id))
+        });
+    }
+
     /// The genesis wallet.
     pub fn wallet(&self) -> Keypair {
         let text = std::fs::read_to_string(&self.genesis_key).expect("genesis key");
@@ -457,13 +470,22 @@ impl Cluster {
 
     /// Submits `tx` signed by `key` to the first replica (in `order`) that takes it, waiting
     /// until that replica's shard applied it; retries for up to 10 s while no replica can take it
-    /// yet (an election). `Ok` is an acknowledgement.
+    /// yet (an election). `Ok` is an acknowledgement. It signs with the wallet's next nonce, and
+    /// signs again when the replicas' own announcements (same wallet) took it first.
     pub fn submit_applied(&self, order: &[u64], key: &Keypair, tx: Tx) -> Result<SubmitTxResponse, String> {
-        let stx = SignedTx::sign(tx, client::nonce(), key);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let mut last = String::new();
             for id in order {
+                let wallet_url = format!("{}/v1/wallets/{}", self.replicas[id].url, key.public().0);
+                let next = match self.http.get(&wallet_url).send().and_then(|r| r.json::<model::api::WalletView>()) {
+                    Ok(view) => view.next_nonce,
+                    Err(e) => {
+                        last = e.to_string();
+                        continue;
+                    }
+                };
+                let stx = SignedTx::sign(tx.clone(), next, key);
                 let url = format!("{}/v1/transactions?wait=applied", self.replicas[id].url);
                 match self.http.post(&url).json(&stx).send() {
                     Ok(resp) if resp.status().is_success() => {
@@ -472,8 +494,9 @@ impl Cluster {
                     Ok(resp) => {
                         let status = resp.status();
                         let body = resp.text().unwrap_or_default();
-                        // Refused before it reached the chain: another replica may take it.
-                        if ["\"not_member\"", "\"no_leader\""].iter().any(|c| body.contains(c)) {
+                        // Refused before it reached the chain, or its nonce was taken: sign
+                        // again, maybe on another replica.
+                        if ["\"not_member\"", "\"no_leader\"", "\"stale_nonce\""].iter().any(|c| body.contains(c)) {
                             last = body;
                             continue;
                         }

@@ -113,6 +113,7 @@ fn a_rogue_node_cannot_point_the_gateway_at_the_control_plane() {
 fn a_manifest_cannot_publish_a_file_that_is_not_its_module() {
     let c = Cluster::start(&Loopback, &[1], &[1], TEST_CONFIG);
     c.wait_leader(Duration::from_secs(10));
+    c.wait_announced();
     let secret = c.dir.path().join("secret.txt");
     std::fs::write(&secret, "root:x:0:0:the-secret-line\n").expect("secret");
     let dir = c.dir.path().join("leaky");
@@ -159,6 +160,7 @@ fn a_manifest_cannot_publish_a_file_that_is_not_its_module() {
 fn an_app_no_node_can_run_is_refused_before_payment_and_a_dry_run_sends_nothing() {
     let c = Cluster::start(&Loopback, &[1], &[1], TEST_CONFIG);
     c.wait_leader(Duration::from_secs(10));
+    c.wait_announced();
     c.node_on_chain("eu-only");
     let balance = || c.get::<serde_json::Value>(1, &format!("/v1/wallets/{}", c.wallet().public().0)).expect("wallet");
     let before = balance()["balance"].clone();
@@ -279,4 +281,99 @@ fn errors_are_the_documented_json_and_statuses() {
     let out = child.wait_with_output().expect("fluxctl ends");
     let stderr = text(&out.stderr);
     assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{stderr}");
+}
+
+/// A `fluxplane chain` process on a free loopback port, with its data in `data_dir`.
+struct ChainProc {
+    proc: Proc,
+    url: String,
+    http: reqwest::blocking::Client,
+}
+
+impl ChainProc {
+    fn start(data_dir: &std::path::Path, block_time: &str, log: std::path::PathBuf) -> ChainProc {
+        let listen = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+        let mut args = strings(&["chain", "--listen", &listen, "--block-time", block_time, "--data-dir"]);
+        args.push(path_str(data_dir));
+        let proc = Proc::spawn("chain", fluxplane(), &args, log);
+        let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().expect("http");
+        let chain = ChainProc { proc, url: format!("http://{listen}"), http };
+        eventually(Duration::from_secs(30), "the chain answers", || {
+            chain.http.get(format!("{}/v1/chain/tip", chain.url)).send().is_ok_and(|r| r.status().is_success())
+        });
+        chain
+    }
+
+    fn wallet(&self, key: &Keypair) -> model::api::WalletView {
+        let url = format!("{}/v1/wallets/{}", self.url, key.public().0);
+        self.http.get(url).send().and_then(|r| r.json()).expect("wallet")
+    }
+
+    /// Submits `tx` signed with `nonce`: the status, the error code (if any) and the body.
+    fn submit(&self, key: &Keypair, nonce: u64, tx: Tx) -> (u16, String, serde_json::Value) {
+        let stx = model::chain::SignedTx::sign(tx, nonce, key);
+        let resp = self.http.post(format!("{}/v1/transactions", self.url)).json(&stx).send().expect("submit");
+        let status = resp.status().as_u16();
+        let body: serde_json::Value = resp.json().unwrap_or_default();
+        let code = body["error"]["code"].as_str().unwrap_or_default().to_string();
+        (status, code, body)
+    }
+
+    fn tx_status(&self, id: &str) -> model::api::TxStatus {
+        self.http.get(format!("{}/v1/transactions/{id}", self.url)).send().and_then(|r| r.json()).expect("status")
+    }
+
+    fn genesis_wallet(data_dir: &std::path::Path) -> Keypair {
+        let text = std::fs::read_to_string(data_dir.join("genesis.key")).expect("genesis key");
+        Keypair::from_secret_hex(&text).expect("key")
+    }
+}
+
+/// Junk destinations, nonce jumps and transactions from keys that cannot pay the fee are all
+/// refused with their code, and none of them takes a nonce or a byte of the mempool.
+#[test]
+fn the_chain_refuses_junk_addresses_nonce_jumps_and_fee_free_spam() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("chain");
+    let chain = ChainProc::start(&data, "200ms", dir.path().join("chain.log"));
+    let wallet = ChainProc::genesis_wallet(&data);
+    let friend = Keypair::generate();
+    assert_eq!(chain.wallet(&wallet).next_nonce, 1);
+
+    // 10 KB of junk as the destination: refused, not burned.
+    let junk = model::keys::PublicKeyHex("ab".repeat(5_000));
+    let (status, code, _) = chain.submit(&wallet, 1, Tx::Transfer { to: junk, amount: 1 });
+    assert_eq!((status, code.as_str()), (400, "invalid_transfer"));
+
+    // A nonce that skips ahead, up to u64::MAX: refused, saying which is next.
+    for nonce in [2, 1_000_000, u64::MAX] {
+        let (status, code, body) = chain.submit(&wallet, nonce, Tx::Transfer { to: friend.public(), amount: 1 });
+        assert_eq!((status, code.as_str()), (400, "bad_nonce"), "{body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("next nonce is 1")), "{body}");
+    }
+
+    // An unfunded key cannot send even a zero transfer: the fee is not paid.
+    let unfunded = Keypair::generate();
+    for _ in 0..50 {
+        let (status, code, body) = chain.submit(&unfunded, 1, Tx::Transfer { to: friend.public(), amount: 0 });
+        assert_eq!((status, code.as_str()), (402, "insufficient_funds"), "{body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("transaction fee")), "{body}");
+    }
+
+    // The first valid transaction still has nonce 1; its fee is taken with the amount.
+    let before = chain.wallet(&wallet).balance;
+    let pay = Tx::Transfer { to: friend.public(), amount: model::tier::FLUX };
+    let fee = model::chain::SignedTx::sign(pay.clone(), 1, &wallet).fee();
+    let (status, _, body) = chain.submit(&wallet, 1, pay.clone());
+    assert_eq!(status, 200, "{body}\n{}", chain.proc.output());
+    assert_eq!(chain.wallet(&wallet).next_nonce, 2, "the next nonce counts the mempool");
+    let (status, code, _) = chain.submit(&wallet, 1, pay);
+    assert_eq!((status, code.as_str()), (409, "stale_nonce"), "a replay");
+    let id = body["tx_id"].as_str().expect("id").to_string();
+    eventually(Duration::from_secs(10), "the transfer in a block", || {
+        matches!(chain.tx_status(&id), model::api::TxStatus::Included { .. })
+    });
+    assert_eq!(chain.wallet(&wallet).balance, before - model::tier::FLUX - fee);
+    assert_eq!(chain.wallet(&friend).balance, model::tier::FLUX);
+    assert_eq!(chain.wallet(&unfunded).nonce, 0, "the spam took no nonce");
 }

@@ -258,14 +258,19 @@ async fn start_fluxplane(bin: &Path, dir: &Path, replicas: usize) -> (Vec<Proc>,
         address: std::net::Ipv4Addr::LOCALHOST.into(),
         instance_ports: model::chain::PortRange::DEFAULT,
     };
-    let stx = SignedTx::sign(Tx::NodeStart(start), client::nonce(), &wallet);
     let mut leader = None;
     wait_for("the node on chain", Duration::from_secs(60), async || {
         for addr in &addrs {
+            // The replicas announce themselves with this wallet too: sign with the next nonce
+            // each time, and check the node itself, since another attempt may have landed it.
+            let wallet_url = format!("http://{addr}/v1/wallets/{}", wallet.public().0);
+            let Ok(r) = http.get(&wallet_url).send().await else { continue };
+            let Ok(view) = r.json::<model::api::WalletView>().await else { continue };
+            let stx = SignedTx::sign(Tx::NodeStart(start.clone()), view.next_nonce, &wallet);
             let r = http.post(format!("http://{addr}/v1/transactions?wait=applied")).json(&stx).send().await;
             if let Ok(r) = r {
                 let text = r.text().await.unwrap_or_default();
-                if text.contains("tx_id") || text.contains("stale_nonce") {
+                if text.contains("tx_id") || text.contains("already started") {
                     return true;
                 }
             }

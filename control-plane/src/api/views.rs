@@ -356,11 +356,21 @@ pub(super) async fn wallet(
 ) -> Json<WalletView> {
     api.consistent(&opts).await?;
     let address = model::keys::PublicKeyHex(address);
-    let view = api.shard.read(|s| WalletView {
-        balance: s.chain.balances.get(&address).copied().unwrap_or(0),
-        nonce: s.chain.nonces.get(&address).copied().unwrap_or(0),
-        address: address.clone(),
+    let mut view = api.shard.read(|s| {
+        let nonce = s.chain.nonces.get(&address).copied().unwrap_or(0);
+        WalletView {
+            balance: s.chain.balances.get(&address).copied().unwrap_or(0),
+            nonce,
+            next_nonce: nonce + 1,
+            address: address.clone(),
+        }
     });
+    // The chain also counts transactions waiting for a block. Without it, the shard's view is a
+    // fair guess: a client that loses the race is told `stale_nonce` and asks again.
+    match api.chain.next_nonce(&address).await {
+        Ok(next) => view.next_nonce = next,
+        Err(e) => tracing::debug!("next nonce of {address} from the shard alone: {e}"),
+    }
     Ok(axum::Json(view))
 }
 

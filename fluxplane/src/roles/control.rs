@@ -278,20 +278,27 @@ async fn publish(
 ) {
     let (region, id) = (shard.region.clone(), shard.id());
     let listed = |shard: &Shard| shard.read(|s| s.chain.directory.get(&region).and_then(|d| d.get(&id)) == Some(&url));
-    let mut attempt = 0u32;
+    let mut pause = Duration::ZERO;
     loop {
-        if attempt > 0 {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                _ = stopped.changed() => return,
-            }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stopped.changed() => return,
         }
-        attempt += 1;
+        pause = Duration::from_secs(5);
         if listed(&shard) {
             return;
         }
+        // Every replica of the cloud may announce with the one operator wallet at once: the
+        // losers of a nonce race sign again soon, with the next nonce.
+        let nonce = match chain.next_nonce(&wallet.public()).await {
+            Ok(nonce) => nonce,
+            Err(e) => {
+                tracing::warn!(%region, id, "publishing this replica: {e}; retrying");
+                continue;
+            }
+        };
         let tx = Tx::ControlAnnounce { region: region.clone(), replica_id: id, api_url: url.clone() };
-        let stx = SignedTx::sign(tx, client::nonce(), &wallet);
+        let stx = SignedTx::sign(tx, nonce, &wallet);
         match chain.submit(stx).await {
             Ok(tx_id) => {
                 tracing::info!(%region, id, "published {url} in the region directory (tx {tx_id})");
@@ -311,7 +318,17 @@ async fn publish(
                 fatal.raise(format!("cannot publish replica {id} of {region}: {message}"));
                 return;
             }
+            Err(chain::ChainError::Rejected { code, .. }) if code == "stale_nonce" => {
+                pause = Duration::from_millis(50 + (id % 8) * 40 + now_jitter_ms());
+            }
             Err(e) => tracing::warn!(%region, id, "publishing this replica: {e}; retrying"),
         }
     }
+}
+
+/// 0–99 ms, different between replicas that collided on a nonce in the same instant.
+fn now_jitter_ms() -> u64 {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    u64::from((nanos ^ std::process::id()) % 100)
 }

@@ -23,6 +23,22 @@ fn spec(name: &str) -> AppSpec {
     }
 }
 
+/// A Cumulus node in `eu` on loopback with the default instance ports.
+fn node_start(node_id: &str) -> NodeStart {
+    NodeStart {
+        node_id: node_id.into(),
+        collateral: crate::tier::Tier::Cumulus.collateral(),
+        region: "eu".into(),
+        continent: "EU".into(),
+        country: "DE".into(),
+        geo: GeoPoint { lat: 50.1, lon: 8.7 },
+        capabilities: vec![Capability::Wasm],
+        node_key: Keypair::generate().public(),
+        address: std::net::Ipv4Addr::LOCALHOST.into(),
+        instance_ports: crate::chain::PortRange::DEFAULT,
+    }
+}
+
 fn genesis(funded: &Keypair) -> (ChainState, Block) {
     let g = Genesis {
         regions: default_regions(),
@@ -42,12 +58,13 @@ fn register_then_only_the_owner_removes() {
     let other = Keypair::generate();
     let (mut state, g) = genesis(&owner);
     let reg = SignedTx::sign(Tx::AppRegister { spec: spec("a"), payment: FLUX }, 1, &owner);
+    let fee = reg.fee();
     let b1 = Block::new(1, g.hash.clone(), 1, None, vec![reg]);
     assert!(state.follows(&b1));
     let out = state.apply_block(&b1);
     assert!(out.rejected.is_empty(), "{out:?}");
     assert_eq!(state.apps["a"].owner, owner.public());
-    assert_eq!(state.balances[&owner.public()], 100_000 * FLUX - FLUX);
+    assert_eq!(state.balances[&owner.public()], 100_000 * FLUX - FLUX - fee);
 
     let steal = SignedTx::sign(Tx::AppRemove { name: "a".into() }, 1, &other);
     assert!(matches!(state.check_tx(&steal, 2), Err(TxError::NotOwner { .. })));
@@ -60,15 +77,15 @@ fn register_then_only_the_owner_removes() {
 fn replays_forged_and_underpaid_transactions_are_refused() {
     let owner = Keypair::generate();
     let (mut state, _) = genesis(&owner);
-    let reg = SignedTx::sign(Tx::AppRegister { spec: spec("a"), payment: FLUX }, 5, &owner);
+    let reg = SignedTx::sign(Tx::AppRegister { spec: spec("a"), payment: FLUX }, 1, &owner);
     state.apply_tx(&reg, 1).expect("applies");
     assert!(matches!(state.check_tx(&reg, 2), Err(TxError::StaleNonce { .. })));
 
-    let mut forged = SignedTx::sign(Tx::Transfer { to: owner.public(), amount: 1 }, 9, &owner);
+    let mut forged = SignedTx::sign(Tx::Transfer { to: owner.public(), amount: 1 }, 2, &owner);
     forged.tx = Tx::Transfer { to: owner.public(), amount: 2 };
     assert!(matches!(state.check_tx(&forged, 2), Err(TxError::BadSignature(_))));
 
-    let cheap = SignedTx::sign(Tx::AppRegister { spec: spec("b"), payment: 1 }, 10, &owner);
+    let cheap = SignedTx::sign(Tx::AppRegister { spec: spec("b"), payment: 1 }, 2, &owner);
     assert!(matches!(state.check_tx(&cheap, 2), Err(TxError::Underpaid { .. })));
 
     let poor = Keypair::generate();
@@ -96,34 +113,24 @@ fn apps_expire_at_their_height() {
 fn node_start_locks_collateral_and_sets_tier() {
     let op = Keypair::generate();
     let (mut state, _) = genesis(&op);
-    let start = NodeStart {
-        node_id: "eu-1".into(),
-        collateral: 12_500 * FLUX,
-        region: "eu".into(),
-        continent: "EU".into(),
-        country: "DE".into(),
-        geo: GeoPoint { lat: 50.1, lon: 8.7 },
-        capabilities: vec![Capability::Wasm],
-        node_key: Keypair::generate().public(),
-        address: std::net::Ipv4Addr::LOCALHOST.into(),
-        instance_ports: crate::chain::PortRange::DEFAULT,
-    };
-    state.apply_tx(&SignedTx::sign(Tx::NodeStart(start.clone()), 1, &op), 1).expect("starts");
+    let start = NodeStart { collateral: 12_500 * FLUX, ..node_start("eu-1") };
+    let first = SignedTx::sign(Tx::NodeStart(start.clone()), 1, &op);
+    state.apply_tx(&first, 1).expect("starts");
     assert_eq!(state.nodes["eu-1"].tier, Tier::Nimbus);
-    assert_eq!(state.balances[&op.public()], (100_000 - 12_500) * FLUX);
+    assert_eq!(state.balances[&op.public()], (100_000 - 12_500) * FLUX - first.fee());
     let again = SignedTx::sign(Tx::NodeStart(start.clone()), 2, &op);
     assert!(matches!(state.check_tx(&again, 2), Err(TxError::InvalidNode(_))));
     let bad_region = NodeStart { node_id: "x-1".into(), region: "mars".into(), ..start.clone() };
-    assert!(state.check_tx(&SignedTx::sign(Tx::NodeStart(bad_region), 3, &op), 2).is_err());
+    assert!(state.check_tx(&SignedTx::sign(Tx::NodeStart(bad_region), 2, &op), 2).is_err());
     // A node must name its own address and a usable port range.
     let anywhere =
         NodeStart { node_id: "x-2".into(), address: std::net::Ipv4Addr::UNSPECIFIED.into(), ..start.clone() };
-    let refused = state.check_tx(&SignedTx::sign(Tx::NodeStart(anywhere), 3, &op), 2);
+    let refused = state.check_tx(&SignedTx::sign(Tx::NodeStart(anywhere), 2, &op), 2);
     assert!(matches!(&refused, Err(TxError::InvalidNode(m)) if m.contains("0.0.0.0")), "{refused:?}");
     let privileged =
         NodeStart { node_id: "x-3".into(), instance_ports: crate::chain::PortRange { first: 80, last: 200 }, ..start };
     assert!(matches!(
-        state.check_tx(&SignedTx::sign(Tx::NodeStart(privileged), 3, &op), 2),
+        state.check_tx(&SignedTx::sign(Tx::NodeStart(privileged), 2, &op), 2),
         Err(TxError::InvalidNode(_))
     ));
 }
@@ -133,16 +140,9 @@ fn node_start_locks_collateral_and_sets_tier() {
 #[test]
 fn a_node_may_only_report_endpoints_on_its_own_address_and_ports() {
     let start = NodeStart {
-        node_id: "eu-1".into(),
-        collateral: 1_000 * FLUX,
-        region: "eu".into(),
-        continent: "EU".into(),
-        country: "DE".into(),
-        geo: GeoPoint { lat: 50.1, lon: 8.7 },
-        capabilities: vec![Capability::Wasm],
-        node_key: Keypair::generate().public(),
         address: "10.0.0.5".parse().expect("ip"),
         instance_ports: "20000-20199".parse().expect("range"),
+        ..node_start("eu-1")
     };
     assert!(start.check_endpoint("10.0.0.5:20000").is_ok());
     assert!(start.check_endpoint("10.0.0.5:20199").is_ok());
@@ -185,9 +185,9 @@ fn only_control_operators_publish_the_directory() {
     assert!(matches!(state.apply_tx(&forged, 1), Err(TxError::NotAuthorized(_))));
     let bad_url = SignedTx::sign(announce("eu", "http://x/../v1"), 1, &operator);
     assert!(matches!(state.apply_tx(&bad_url, 1), Err(TxError::InvalidAnnounce(_))));
-    let unknown = SignedTx::sign(announce("mars", "http://10.0.0.1:7070"), 2, &operator);
+    let unknown = SignedTx::sign(announce("mars", "http://10.0.0.1:7070"), 1, &operator);
     assert!(matches!(state.apply_tx(&unknown, 1), Err(TxError::InvalidAnnounce(_))));
-    let ok = SignedTx::sign(announce("eu", "http://10.0.0.1:7070"), 3, &operator);
+    let ok = SignedTx::sign(announce("eu", "http://10.0.0.1:7070"), 1, &operator);
     state.apply_tx(&ok, 1).expect("operator announces");
     assert_eq!(state.directory["eu"][&1], "http://10.0.0.1:7070");
 }
@@ -214,41 +214,70 @@ fn node_starts_and_transfers_name_real_places_and_keys() {
     let operator = Keypair::generate();
     let (mut state, _) = genesis(&operator);
     let start = |lat: f64, key: PublicKeyHex| NodeStart {
-        node_id: "eu-9".into(),
-        collateral: crate::tier::Tier::Cumulus.collateral(),
-        region: "eu".into(),
-        continent: "EU".into(),
-        country: "DE".into(),
         geo: GeoPoint { lat, lon: 8.0 },
-        capabilities: vec![Capability::Wasm],
         node_key: key,
-        address: std::net::Ipv4Addr::LOCALHOST.into(),
-        instance_ports: crate::chain::PortRange::DEFAULT,
+        ..node_start("eu-9")
     };
     let bad_geo = SignedTx::sign(Tx::NodeStart(start(-1000.5, Keypair::generate().public())), 1, &operator);
     assert!(matches!(state.apply_tx(&bad_geo, 1), Err(TxError::InvalidNode(_))));
-    let bad_key = SignedTx::sign(Tx::NodeStart(start(50.0, PublicKeyHex("nope".into()))), 2, &operator);
+    let bad_key = SignedTx::sign(Tx::NodeStart(start(50.0, PublicKeyHex("nope".into()))), 1, &operator);
     assert!(matches!(state.apply_tx(&bad_key, 1), Err(TxError::InvalidNode(_))));
-    let good = SignedTx::sign(Tx::NodeStart(start(50.0, Keypair::generate().public())), 3, &operator);
+    let good = SignedTx::sign(Tx::NodeStart(start(50.0, Keypair::generate().public())), 1, &operator);
     state.apply_tx(&good, 1).expect("a real node starts");
-    let burn = SignedTx::sign(Tx::Transfer { to: PublicKeyHex("not-a-key".into()), amount: FLUX }, 4, &operator);
+    let burn = SignedTx::sign(Tx::Transfer { to: PublicKeyHex("not-a-key".into()), amount: FLUX }, 2, &operator);
     assert!(matches!(state.apply_tx(&burn, 1), Err(TxError::InvalidTransfer(_))));
 }
 
-/// A nonce may not jump so far that the wallet has no next one: `u64::MAX` is refused, and a
-/// time-based nonce (microseconds) still passes from a fresh wallet and after any other.
+/// A nonce must be exactly the next one: a jump (up to `u64::MAX`) and a reuse are refused, each
+/// saying which nonce is next, and the refused transactions change nothing.
 #[test]
-fn a_nonce_cannot_brick_a_wallet() {
+fn a_nonce_must_be_exactly_the_next_one() {
     let owner = Keypair::generate();
     let (mut state, _) = genesis(&owner);
     let friend = Keypair::generate().public();
     let transfer = |nonce| SignedTx::sign(Tx::Transfer { to: friend.clone(), amount: 1 }, nonce, &owner);
-    let refused = state.apply_tx(&transfer(u64::MAX), 1);
-    assert!(matches!(refused, Err(TxError::NonceJump { .. })), "{refused:?}");
-    assert_eq!(refused.expect_err("refused").code(), "bad_nonce");
-    let now_us = 1_764_000_000_000_000u64;
-    state.apply_tx(&transfer(now_us), 1).expect("a time-based first nonce");
-    state.apply_tx(&transfer(now_us + MAX_NONCE_STEP), 1).expect("the largest step");
-    assert!(matches!(state.apply_tx(&transfer(u64::MAX), 1), Err(TxError::NonceJump { .. })));
-    state.apply_tx(&transfer(now_us + MAX_NONCE_STEP + 1), 1).expect("and the wallet goes on");
+    for jump in [2, 1_000, u64::MAX] {
+        let refused = state.apply_tx(&transfer(jump), 1).expect_err("a jump is refused");
+        assert_eq!(refused.code(), "bad_nonce", "{refused}");
+        assert!(refused.to_string().contains("next nonce is 1"), "{refused}");
+    }
+    state.apply_tx(&transfer(1), 1).expect("the first nonce is 1");
+    let reused = state.apply_tx(&transfer(1), 1).expect_err("a reuse is refused");
+    assert_eq!(reused.code(), "stale_nonce");
+    assert!(reused.to_string().contains("next nonce is 2"), "{reused}");
+    state.apply_tx(&transfer(2), 1).expect("and the next");
+    assert_eq!(state.nonces[&owner.public()], 2);
+}
+
+/// Every transaction pays its fee from the signer, by size; a key that cannot pay it sends
+/// nothing, even a transaction that moves no funds.
+#[test]
+fn every_transaction_pays_a_fee_by_its_size() {
+    let owner = Keypair::generate();
+    let (mut state, _) = genesis(&owner);
+    let friend = Keypair::generate();
+    let pay = SignedTx::sign(Tx::Transfer { to: friend.public(), amount: FLUX }, 1, &owner);
+    assert_eq!(pay.fee(), crate::fee::MIN_TX_FEE, "a small transfer pays the minimum");
+    state.apply_tx(&pay, 1).expect("funded");
+    assert_eq!(state.balances[&owner.public()], 100_000 * FLUX - FLUX - pay.fee());
+    assert_eq!(state.balances[&friend.public()], FLUX);
+
+    // A larger transaction pays more: a spec with 8 KB of environment.
+    let mut big = spec("big");
+    big.components[0].env.insert("PADDING".into(), "x".repeat(8_000));
+    let register = SignedTx::sign(Tx::AppRegister { spec: big, payment: FLUX }, 2, &owner);
+    assert!(register.fee() >= 9 * crate::fee::FEE_PER_KB, "{}", register.fee());
+
+    // The friend holds 1 FLUX: sending all of it leaves nothing for the fee.
+    let stranger = Keypair::generate().public();
+    let all = SignedTx::sign(Tx::Transfer { to: stranger.clone(), amount: FLUX }, 1, &friend);
+    let refused = state.apply_tx(&all, 2).expect_err("cannot pay the fee");
+    assert!(matches!(refused, TxError::InsufficientFunds { fee, .. } if fee == all.fee()), "{refused}");
+    assert_eq!(state.balances[&friend.public()], FLUX, "a refused transaction takes nothing");
+
+    // An unfunded key cannot even send a zero transfer.
+    let unfunded = Keypair::generate();
+    let spam = SignedTx::sign(Tx::Transfer { to: stranger, amount: 0 }, 1, &unfunded);
+    assert!(matches!(state.apply_tx(&spam, 2), Err(TxError::InsufficientFunds { .. })));
+    assert!(!state.nonces.contains_key(&unfunded.public()));
 }

@@ -94,7 +94,7 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub use client::{nonce, sign_and_submit};
+pub use client::sign_and_submit;
 
 fn short(text: &str, n: usize) -> &str {
     text.get(..n).unwrap_or(text)

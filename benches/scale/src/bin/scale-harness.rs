@@ -223,20 +223,23 @@ async fn run_agent(
     let _ = agent.region;
 }
 
-/// Signs and submits `txs` in order, waiting for a block when the mempool is full. Nonces are
-/// times (as fluxctl's), since the control replicas announce themselves with the same wallet.
+/// Signs and submits `txs` in order, waiting for a block when the mempool is full. Nonces count
+/// up locally; the control replicas announce themselves with the same wallet, so a
+/// `stale_nonce` asks the chain for the next one again.
 async fn submit_all(chain: &client::Client, wallet: &Keypair, txs: Vec<Tx>, what: &str) -> anyhow::Result<()> {
     let total = txs.len();
+    let mut nonce = chain.wallet(&wallet.public().0).await?.next_nonce;
     for (i, tx) in txs.into_iter().enumerate() {
         loop {
-            let signed = SignedTx::sign(tx.clone(), client::nonce(), wallet);
+            let signed = SignedTx::sign(tx.clone(), nonce, wallet);
             match chain.submit_tx(&signed).await {
                 Ok(_) => break,
                 Err(e) if e.code() == Some("busy") => tokio::time::sleep(Duration::from_millis(200)).await,
-                Err(e) if e.code() == Some("stale_nonce") => {}
+                Err(e) if e.code() == Some("stale_nonce") => nonce = chain.wallet(&wallet.public().0).await?.next_nonce,
                 Err(e) => bail!("submitting {what} {i} of {total}: {e}"),
             }
         }
+        nonce += 1;
         if (i + 1) % 5_000 == 0 {
             eprintln!("  {what}: {} of {total} submitted", i + 1);
         }
