@@ -1,8 +1,8 @@
 //! The devnet block producer.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -12,6 +12,9 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::watch;
 
 const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
+/// Accepted transactions not yet in a block, by acceptance order: a transaction is written here
+/// before its id is given out, so a crash loses none. A block's write empties it.
+const MEMPOOL: TableDefinition<u64, &[u8]> = TableDefinition::new("mempool");
 /// Most transactions waiting for a block; past it, submissions are refused rather than queued
 /// without bound.
 const MEMPOOL_LIMIT: usize = 10_000;
@@ -32,6 +35,9 @@ pub enum SubmitError {
         "this sender has {MEMPOOL_PER_SENDER} transactions waiting for a block already; try again after the next block"
     )]
     SenderBusy,
+    /// The chain store cannot be written (a full disk, say): nothing was accepted.
+    #[error("the chain cannot store transactions now ({0}); nothing was accepted, try again later")]
+    Storage(String),
 }
 
 /// A local block producer. Cloning shares it.
@@ -41,7 +47,10 @@ pub struct Devnet {
 }
 
 struct Inner {
-    db: redb::Database,
+    path: PathBuf,
+    /// `None` after a write failed, until it opens again: redb refuses every write after an I/O
+    /// error until the database is reopened.
+    db: RwLock<Option<redb::Database>>,
     state: Mutex<State>,
     tip_tx: watch::Sender<u64>,
 }
@@ -50,8 +59,12 @@ struct State {
     chain: ChainState,
     tip: Block,
     genesis_hash: String,
-    /// Accepted transactions, in order, with the state they lead to.
-    mempool: Vec<SignedTx>,
+    /// Accepted transactions, in order, each with its key in the `mempool` table.
+    mempool: Vec<(u64, SignedTx)>,
+    /// The key the next accepted transaction is stored under.
+    next_seq: u64,
+    /// Why the last write failed, while writes fail; logged once per fault.
+    storage_fault: Option<String>,
     /// How many of the mempool's transactions each sender signed.
     pending_per_sender: HashMap<model::keys::PublicKeyHex, usize>,
     pending_state: ChainState,
@@ -80,6 +93,7 @@ impl Devnet {
     fn open_unguarded(path: &Path, genesis: Option<Box<dyn FnOnce() -> Block + '_>>) -> anyhow::Result<Devnet> {
         let db = redb::Database::create(path).with_context(|| format!("opening chain store {}", path.display()))?;
         let mut blocks = Vec::new();
+        let mut waiting = Vec::new();
         {
             let tx = db.begin_read()?;
             match tx.open_table(BLOCKS) {
@@ -95,6 +109,19 @@ impl Devnet {
                             )
                         })?;
                         blocks.push(block);
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            match tx.open_table(MEMPOOL) {
+                Ok(table) => {
+                    for row in table.iter()? {
+                        let (seq, bytes) = row?;
+                        match serde_json::from_slice::<SignedTx>(bytes.value()) {
+                            Ok(stx) => waiting.push((seq.value(), stx)),
+                            Err(e) => tracing::warn!(seq = seq.value(), "dropping a stored mempool entry: {e}"),
+                        }
                     }
                 }
                 Err(redb::TableError::TableDoesNotExist(_)) => {}
@@ -121,16 +148,61 @@ impl Devnet {
         let genesis_hash = blocks.first().map(|b| b.hash.clone()).context("chain has no blocks")?;
         let tip = blocks.pop().context("chain has no blocks")?;
         let (tip_tx, _) = watch::channel(tip.height);
-        let state = State {
+        let next_seq = waiting.last().map_or(0, |(seq, _)| seq + 1);
+        let mut state = State {
             pending_state: chain.clone(),
             chain,
             tip,
             genesis_hash,
             mempool: Vec::new(),
+            next_seq,
+            storage_fault: None,
             pending_per_sender: HashMap::new(),
             statuses: HashMap::new(),
         };
-        Ok(Devnet { inner: Arc::new(Inner { db, state: Mutex::new(state), tip_tx }) })
+        // The transactions that waited for a block when the chain stopped wait again. Each was
+        // checked when accepted; one that no longer applies is dropped (it would be rejected).
+        let next_height = state.tip.height + 1;
+        for (seq, stx) in waiting {
+            match state.pending_state.apply_tx(&stx, next_height) {
+                Ok(()) => {
+                    *state.pending_per_sender.entry(stx.signer.clone()).or_default() += 1;
+                    state.statuses.insert(stx.id(), TxStatus::Pending);
+                    state.mempool.push((seq, stx));
+                }
+                Err(e) => tracing::warn!(tx = stx.id(), "a stored mempool transaction no longer applies: {e}"),
+            }
+        }
+        if !state.mempool.is_empty() {
+            tracing::info!(count = state.mempool.len(), "transactions from before the restart wait for a block");
+        }
+        let inner = Inner { path: path.to_path_buf(), db: RwLock::new(Some(db)), state: Mutex::new(state), tip_tx };
+        Ok(Devnet { inner: Arc::new(inner) })
+    }
+
+    /// Runs `write` in one durable write transaction. After a failed write the database is
+    /// closed, and the next call opens it again, so writing resumes once the fault (a full disk)
+    /// is gone.
+    fn store(&self, write: impl FnOnce(&redb::WriteTransaction) -> anyhow::Result<()>) -> anyhow::Result<()> {
+        let mut db = self.inner.db.write().unwrap_or_else(|e| e.into_inner());
+        if db.is_none() {
+            let path = &self.inner.path;
+            let reopened = crate::open_guarded(path, "chain store", || {
+                redb::Database::create(path).with_context(|| format!("reopening chain store {}", path.display()))
+            })?;
+            *db = Some(reopened);
+        }
+        let Some(open) = db.as_ref() else { anyhow::bail!("chain store {} is not open", self.inner.path.display()) };
+        let result = (|| {
+            let tx = open.begin_write()?;
+            write(&tx)?;
+            tx.commit()?;
+            anyhow::Ok(())
+        })();
+        if result.is_err() {
+            *db = None;
+        }
+        result
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -151,23 +223,57 @@ impl Devnet {
         let next_height = s.tip.height + 1;
         // In place: a transaction that does not apply changes nothing (`ChainState::apply_tx`).
         s.pending_state.apply_tx(&stx, next_height)?;
+        let seq = s.next_seq;
+        let bytes = serde_json::to_vec(&stx).unwrap_or_default();
+        let stored = self.store(|tx| {
+            tx.open_table(MEMPOOL)?.insert(seq, bytes.as_slice())?;
+            Ok(())
+        });
+        if let Err(e) = stored {
+            // Not accepted after all: the pending state goes back to the stored mempool's.
+            let mut pending = s.chain.clone();
+            for (_, waiting) in &s.mempool {
+                let _ = pending.apply_tx(waiting, next_height);
+            }
+            s.pending_state = pending;
+            note_fault(&mut s, &e);
+            return Err(SubmitError::Storage(format!("{e:#}")));
+        }
+        if let Some(fault) = s.storage_fault.take() {
+            tracing::info!("the chain store takes writes again (after: {fault})");
+        }
         let id = stx.id();
+        s.next_seq += 1;
         *s.pending_per_sender.entry(stx.signer.clone()).or_default() += 1;
-        s.mempool.push(stx);
+        s.mempool.push((seq, stx));
         s.statuses.insert(id.clone(), TxStatus::Pending);
         Ok(id)
     }
 
-    /// Builds, stores and announces the next block from the mempool.
+    /// Builds, stores and announces the next block from the mempool. When the block cannot be
+    /// stored, nothing changes: the mempool waits for the next attempt.
     pub fn produce_block(&self, time_ms: u64) -> anyhow::Result<Block> {
         let mut s = self.lock();
         let height = s.tip.height + 1;
-        let txs = std::mem::take(&mut s.mempool);
-        s.pending_per_sender.clear();
+        let txs = s.mempool.iter().map(|(_, stx)| stx.clone()).collect();
         let block = Block::new(height, s.tip.hash.clone(), time_ms, None, txs);
         let mut chain = s.chain.clone();
         let outcome = chain.apply_block(&block);
-        write_block(&self.inner.db, &block)?;
+        let stored = self.store(|tx| {
+            tx.open_table(BLOCKS)?.insert(block.height, serde_json::to_vec(&block)?.as_slice())?;
+            // The block holds every waiting transaction now.
+            tx.delete_table(MEMPOOL)?;
+            Ok(())
+        });
+        if let Err(e) = stored {
+            note_fault(&mut s, &e);
+            return Err(e.context(format!("storing block {height}; its {} transactions wait", block.txs.len())));
+        }
+        if let Some(fault) = s.storage_fault.take() {
+            tracing::info!("the chain store takes writes again (after: {fault})");
+        }
+        s.mempool.clear();
+        s.pending_per_sender.clear();
         for stx in &block.txs {
             s.statuses.insert(stx.id(), TxStatus::Included { height });
         }
@@ -194,14 +300,22 @@ impl Devnet {
             }
             match self.produce_block(now_ms()) {
                 Ok(b) => tracing::debug!(height = b.height, txs = b.txs.len(), "block produced"),
-                Err(e) => tracing::error!("devnet could not store a block: {e:#}"),
+                // Logged by `note_fault` when the fault starts; retried every block time.
+                Err(e) => tracing::debug!("no block this time: {e:#}"),
             }
         }
     }
 
     /// The block at `height`, if produced.
     pub fn block(&self, height: u64) -> anyhow::Result<Option<Block>> {
-        let tx = self.inner.db.begin_read()?;
+        let db = self.inner.db.read().unwrap_or_else(|e| e.into_inner());
+        let Some(db) = db.as_ref() else {
+            anyhow::bail!(
+                "chain store {} is closed after a write failed; it reopens on the next write",
+                self.inner.path.display()
+            )
+        };
+        let tx = db.begin_read()?;
         let table = tx.open_table(BLOCKS)?;
         let Some(bytes) = table.get(height)? else { return Ok(None) };
         Ok(Some(serde_json::from_slice(bytes.value())?))
@@ -231,6 +345,15 @@ impl Devnet {
     /// What became of a submitted transaction.
     pub fn tx_status(&self, id: &str) -> TxStatus {
         self.lock().statuses.get(id).cloned().unwrap_or(TxStatus::Unknown)
+    }
+}
+
+/// Remembers and logs (once per fault) why the store cannot be written.
+fn note_fault(s: &mut State, e: &anyhow::Error) {
+    let why = format!("{e:#}");
+    if s.storage_fault.as_deref() != Some(why.as_str()) {
+        tracing::error!("the chain store cannot be written: {why}; transactions are refused with 503 and blocks wait");
+        s.storage_fault = Some(why);
     }
 }
 
@@ -355,5 +478,44 @@ mod fairness {
         devnet.submit(pay(&other, 1)).expect("another sender still gets in");
         devnet.produce_block(2).expect("block");
         devnet.submit(pay(&wallet, next)).expect("after a block the sender gets in again");
+    }
+}
+
+#[cfg(test)]
+mod durable {
+    use model::chain::{SignedTx, Tx};
+    use model::keys::Keypair;
+    use model::tier::FLUX;
+
+    use super::*;
+    use crate::dev_genesis;
+
+    /// A transaction given an id is stored before the answer: a chain that stops before the next
+    /// block (the process dies) still holds it when it starts again, and puts it in that block.
+    #[test]
+    fn accepted_transactions_survive_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("chain.redb");
+        let wallet = Keypair::from_seed([7; 32]);
+        let devnet = Devnet::open(&path, || dev_genesis(&wallet, &[], 1)).expect("open");
+        let friend = Keypair::generate().public();
+        let pay = |nonce| SignedTx::sign(Tx::Transfer { to: friend.clone(), amount: FLUX }, nonce, &wallet);
+        let first = devnet.submit(pay(1)).expect("accepted");
+        let second = devnet.submit(pay(2)).expect("accepted");
+        assert_eq!(devnet.next_nonce(&wallet.public()), 3, "the next nonce counts the mempool");
+        drop(devnet);
+
+        let reopened = Devnet::open_existing(&path).expect("reopen");
+        assert_eq!(reopened.tx_status(&first), TxStatus::Pending);
+        assert_eq!(reopened.next_nonce(&wallet.public()), 3);
+        let block = reopened.produce_block(2).expect("block");
+        assert_eq!(block.txs.len(), 2);
+        assert_eq!(reopened.tx_status(&second), TxStatus::Included { height: 1 });
+        assert_eq!(reopened.state().balances[&friend], 2 * FLUX);
+        drop(reopened);
+
+        // The block took them: a second restart does not offer them again.
+        let again = Devnet::open_existing(&path).expect("reopen");
+        assert_eq!(again.produce_block(3).expect("block").txs.len(), 0);
     }
 }

@@ -90,7 +90,7 @@ impl ChainSource for Devnet {
     async fn submit(&self, tx: SignedTx) -> Result<String, ChainError> {
         Devnet::submit(self, tx).map_err(|e| match e {
             SubmitError::Invalid(e) => ChainError::Rejected { code: e.code().into(), message: e.to_string() },
-            SubmitError::Busy | SubmitError::SenderBusy => ChainError::Busy(e.to_string()),
+            SubmitError::Busy | SubmitError::SenderBusy | SubmitError::Storage(_) => ChainError::Busy(e.to_string()),
         })
     }
 

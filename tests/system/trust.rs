@@ -319,6 +319,12 @@ impl ChainProc {
         (status, code, body)
     }
 
+    fn tip(&self) -> u64 {
+        let tip: model::api::ChainTip =
+            self.http.get(format!("{}/v1/chain/tip", self.url)).send().and_then(|r| r.json()).expect("tip");
+        tip.height
+    }
+
     fn tx_status(&self, id: &str) -> model::api::TxStatus {
         self.http.get(format!("{}/v1/transactions/{id}", self.url)).send().and_then(|r| r.json()).expect("status")
     }
@@ -376,4 +382,115 @@ fn the_chain_refuses_junk_addresses_nonce_jumps_and_fee_free_spam() {
     assert_eq!(chain.wallet(&wallet).balance, before - model::tier::FLUX - fee);
     assert_eq!(chain.wallet(&friend).balance, model::tier::FLUX);
     assert_eq!(chain.wallet(&unfunded).nonce, 0, "the spam took no nonce");
+}
+
+/// A tmpfs mounted for one test, unmounted on drop (after the processes that use it are gone:
+/// declare it before them).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).expect("mount point");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .expect("mount");
+        assert!(status.success(), "mounting a tmpfs needs root (CI runs as root)");
+        Tmpfs(path.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the filesystem at `dir` with a file until it is full; the file is bounded by the
+/// filesystem (a small tmpfs).
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).expect("filler");
+    let chunk = vec![0u8; 64 * 1024];
+    while file.write_all(&chunk).is_ok() {}
+    let _ = file.sync_all();
+    path
+}
+
+/// On a full disk the chain answers 503 to new transactions and produces no block, never 200
+/// for something it then drops; once there is room it accepts again, and every transaction it
+/// accepted lands in a block, with no height missing. A transaction given an id also survives a
+/// `kill -9` before its block.
+#[test]
+fn a_full_disk_gives_503s_then_the_chain_resumes_with_no_lost_block() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("chain");
+    let _tmpfs = Tmpfs::mount(&data, "24m");
+    let mut chain = ChainProc::start(&data, "200ms", dir.path().join("chain.log"));
+    let wallet = ChainProc::genesis_wallet(&data);
+    let friend = Keypair::generate().public();
+    let pay = || Tx::Transfer { to: friend.clone(), amount: 1 };
+
+    let mut accepted = Vec::new();
+    let mut nonce = chain.wallet(&wallet).next_nonce;
+    let mut submit = |chain: &ChainProc, nonce: &mut u64| {
+        let (status, code, body) = chain.submit(&wallet, *nonce, pay());
+        if status == 200 {
+            accepted.push(body["tx_id"].as_str().expect("id").to_string());
+            *nonce += 1;
+        }
+        (status, code, body)
+    };
+    for _ in 0..5 {
+        assert_eq!(submit(&chain, &mut nonce).0, 200);
+    }
+
+    // The disk fills. Writes into space the store had already go on for a while; then every
+    // submission is a 503 that says why, and nothing is accepted.
+    let filler = fill(&data);
+    let mut refused = None;
+    let mut tries = 0;
+    for _ in 0..2_000 {
+        tries += 1;
+        let (status, code, body) = submit(&chain, &mut nonce);
+        if status != 200 {
+            refused = Some((status, code, body));
+            break;
+        }
+    }
+    let (status, code, body) =
+        refused.unwrap_or_else(|| panic!("never refused on a full disk\n{}", chain.proc.output()));
+    eprintln!("refused after {} accepted on the full disk: {body}", tries - 1);
+    assert_eq!((status, code.as_str()), (503, "busy"), "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("cannot store")), "{body}");
+    let stalled = chain.tip();
+
+    // Room again: it accepts, blocks resume, and every accepted transaction is in a block.
+    std::fs::remove_file(&filler).expect("free the disk");
+    eventually(Duration::from_secs(10), "a transaction accepted again", || submit(&chain, &mut nonce).0 == 200);
+    eventually(Duration::from_secs(20), "every accepted transaction in a block", || {
+        accepted.iter().all(|id| matches!(chain.tx_status(id), model::api::TxStatus::Included { .. }))
+    });
+    let tip = chain.tip();
+    assert!(tip > stalled, "blocks resumed");
+    for height in 0..=tip {
+        let resp = chain.http.get(format!("{}/v1/chain/blocks/{height}", chain.url)).send().expect("block");
+        assert_eq!(resp.status().as_u16(), 200, "block {height} of {tip} is stored");
+    }
+    assert_eq!(chain.wallet(&wallet).nonce, nonce - 1, "every accepted transfer applied");
+
+    // A transaction given an id survives a kill -9 before its block.
+    chain.proc.kill();
+    let slow = ChainProc::start(&data, "1h", dir.path().join("chain-slow.log"));
+    let (status, _, body) = slow.submit(&wallet, nonce, pay());
+    assert_eq!(status, 200, "{body}");
+    let id = body["tx_id"].as_str().expect("id").to_string();
+    slow.proc.sigkill();
+    drop(slow);
+    chain = ChainProc::start(&data, "200ms", dir.path().join("chain-again.log"));
+    eventually(Duration::from_secs(10), "the transaction from before the kill in a block", || {
+        matches!(chain.tx_status(&id), model::api::TxStatus::Included { .. })
+    });
 }
