@@ -303,8 +303,12 @@ pub struct AppCheck {
     /// Modules (by `blake3:` reference) not uploaded yet.
     #[serde(default)]
     pub missing_modules: Vec<String>,
-    /// Whether an app of that name exists (a deploy would update it).
+    /// Whether an app of that name exists (a deploy by its owner would update it).
     pub exists: bool,
+    /// The owner of the app of that name, when it exists: a deploy signed by another key is
+    /// refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<crate::keys::PublicKeyHex>,
 }
 
 /// `GET /v1/wallets/{address}`.

@@ -202,12 +202,60 @@ fn an_app_no_node_can_run_is_refused_before_payment_and_a_dry_run_sends_nothing(
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("would be registered, paying") && stdout.contains("eu 1"), "{stdout}");
+    assert!(stdout.contains("and a 0.0001 FLUX fee"), "the dry run shows the fee: {stdout}");
     assert!(stdout.contains("feasible: yes") && stdout.contains("modules to upload"), "{stdout}");
     assert!(c.get::<serde_json::Value>(1, "/v1/apps/fits").is_err(), "a dry run registered the app");
     let wasm = std::fs::read(dir.join("other.wasm")).expect("wasm");
     let blob = format!("{}/v1/blobs/{}", c.replicas[&1].url, blake3::hash(&wasm).to_hex());
     assert_eq!(reqwest::blocking::get(blob).expect("get").status().as_u16(), 404, "a dry run uploaded the module");
     assert_eq!(balance()["balance"], before);
+}
+
+/// Deploys run at once from one wallet each get their own nonce: the losers of a race sign
+/// again by themselves, and every app lands. A dry run by another key says the name is taken.
+#[test]
+fn parallel_deploys_from_one_wallet_all_land() {
+    let c = Cluster::start(&Loopback, &[1], &[1], TEST_CONFIG);
+    c.wait_leader(Duration::from_secs(10));
+    c.node_on_chain("eu-busy");
+    let dir = c.dir.path().join("parallel");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::copy(repo().join("examples/hello/hello.wasm"), dir.join("hello.wasm")).expect("wasm");
+    let manifest = |name: &str| {
+        let path = dir.join(format!("{name}.toml"));
+        let toml = format!("name = \"{name}\"\ninstances = 1\n[[component]]\nname = \"web\"\nwasm = \"hello.wasm\"\n");
+        std::fs::write(&path, toml).expect("manifest");
+        path_str(&path)
+    };
+    let names: Vec<String> = (0..4).map(|i| format!("par{i}")).collect();
+    let outputs: Vec<std::process::Output> = std::thread::scope(|s| {
+        let runs: Vec<_> = names
+            .iter()
+            .map(|name| {
+                let (file, c) = (manifest(name), &c);
+                s.spawn(move || c.fluxctl(&["app", "deploy", &file]))
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().expect("fluxctl thread")).collect()
+    });
+    for (name, out) in names.iter().zip(&outputs) {
+        assert!(out.status.success(), "deploy of {name}: {}{}", text(&out.stdout), text(&out.stderr));
+    }
+    eventually(Duration::from_secs(20), "every app registered", || {
+        names.iter().all(|name| c.get::<serde_json::Value>(1, &format!("/v1/apps/{name}")).is_ok())
+    });
+
+    let stranger = c.dir.path().join("stranger.key");
+    std::fs::write(&stranger, Keypair::generate().secret_hex()).expect("key");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fluxctl"))
+        .args(["--api", &c.replicas[&1].url, "--key", &path_str(&stranger), "app", "deploy", &manifest("par0")])
+        .arg("--dry-run")
+        .env("FLUXCTL_CONFIG_DIR", c.dir.path().join("stranger"))
+        .output()
+        .expect("fluxctl");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("refused: the name is taken by") && stderr.contains("another key"), "{stdout}{stderr}");
 }
 
 /// Every error of the API is the documented JSON with the code that goes with its status; the

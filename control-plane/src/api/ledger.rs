@@ -88,11 +88,11 @@ pub(super) async fn check_app(State(api): State<Arc<Api>>, body: Bytes) -> Json<
             missing_modules.push(c.wasm.clone());
         }
     }
-    let (quotas, feasible, exists) = api.shard.read(|s| {
+    let (quotas, feasible, owner) = api.shard.read(|s| {
         (
             s.quotas(&spec),
             crate::scheduler::feasibility(&spec, s.chain.nodes.values()),
-            s.chain.apps.contains_key(&spec.name),
+            s.chain.apps.get(&spec.name).map(|app| app.owner.clone()),
         )
     });
     Ok(axum::Json(model::api::AppCheck {
@@ -102,7 +102,8 @@ pub(super) async fn check_app(State(api): State<Arc<Api>>, body: Bytes) -> Json<
         feasible: feasible.is_ok(),
         reason: feasible.err(),
         missing_modules,
-        exists,
+        exists: owner.is_some(),
+        owner,
     }))
 }
 

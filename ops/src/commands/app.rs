@@ -62,7 +62,7 @@ pub enum AppCommand {
 pub(super) async fn run(cli: &Cli, api: &Client, cmd: &AppCommand) -> anyhow::Result<()> {
     match cmd {
         AppCommand::Deploy { file, wait: _, timeout: _, allow_outside, dry_run: true } => {
-            dry_run(api, file, *allow_outside).await
+            dry_run(cli, api, file, *allow_outside).await
         }
         AppCommand::Deploy { file, wait, timeout, allow_outside, dry_run: false } => {
             deploy(cli, api, file, *wait, Duration::from_secs(*timeout), *allow_outside).await
@@ -81,14 +81,29 @@ pub async fn prepare(api: &Client, file: &Path, allow_outside: bool) -> anyhow::
 }
 
 /// `deploy --dry-run`: what the deploy would do, sending nothing.
-async fn dry_run(api: &Client, file: &Path, allow_outside: bool) -> anyhow::Result<()> {
+async fn dry_run(cli: &Cli, api: &Client, file: &Path, allow_outside: bool) -> anyhow::Result<()> {
     let spec = read_manifest(None, file, allow_outside).await?;
     let check = api.check_app(&spec).await.context("checking the app with the control plane")?;
+    // The fee depends on the signed size; any nonce of the same width gives it.
+    let key = keys::load(cli.key.as_ref()).ok().map(|(key, _)| key);
+    let signer = key.clone().unwrap_or_else(Keypair::generate);
+    let tx = if check.exists {
+        Tx::AppUpdate { spec, payment: check.price }
+    } else {
+        Tx::AppRegister { spec, payment: check.price }
+    };
+    let fee = model::chain::SignedTx::sign(tx, 1, &signer).fee();
+    let mine = key.as_ref().map(Keypair::public);
+    let action = match &check.owner {
+        None => "registered".to_string(),
+        Some(owner) if Some(owner) == mine.as_ref() => "updated".to_string(),
+        Some(owner) => format!("refused: the name is taken by {owner}"),
+    };
     println!(
-        "dry run: `{}` would be {}, paying {} FLUX",
+        "dry run: `{}` would be {action}, paying {} FLUX and a {} FLUX fee",
         check.name,
-        if check.exists { "updated" } else { "registered" },
-        format_flux(check.price)
+        format_flux(check.price),
+        format_flux(fee)
     );
     let quotas: Vec<String> = check.quotas.iter().map(|(r, n)| format!("{r} {n}")).collect();
     println!("  instances per region: {}", if quotas.is_empty() { "none".into() } else { quotas.join(", ") });
@@ -103,6 +118,11 @@ async fn dry_run(api: &Client, file: &Path, allow_outside: bool) -> anyhow::Resu
     }
     println!("nothing was sent");
     anyhow::ensure!(check.feasible, "`{}` cannot be placed on the nodes on chain", check.name);
+    anyhow::ensure!(
+        check.owner.is_none() || check.owner == mine,
+        "`{}` is registered by another key; only its owner can update it",
+        check.name
+    );
     Ok(())
 }
 
