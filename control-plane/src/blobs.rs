@@ -49,7 +49,9 @@ pub fn check_component(bytes: &[u8]) -> Result<(), String> {
     if !wasmparser::Parser::is_component(bytes) {
         return Err("an unknown WebAssembly version or layer".into());
     }
-    let mut validator = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
+    // The standard features only, as the nodes' wasmtime engine enables by default: a module
+    // that needs a proposal they do not run would be paid for and never start.
+    let mut validator = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::default());
     let invalid = |e: wasmparser::BinaryReaderError| format!("invalid at byte {}: {}", e.offset(), e.message());
     validator.validate_all(bytes).map_err(invalid)?;
     // Nodes run it as a wasi:http proxy: it must export the incoming handler (at the top level,

@@ -79,7 +79,12 @@ pub fn router(api: Arc<Api>) -> Router {
         .route(paths::BLOCK_ROUTE, get(ledger::block))
         .route(
             paths::BLOB_ROUTE,
-            put(modules::put_blob).get(modules::get_blob).layer(DefaultBodyLimit::max(MAX_BLOB_BYTES)),
+            put(axum::handler::Handler::layer(
+                modules::put_blob,
+                axum::middleware::from_fn(modules::one_of_few_uploads),
+            ))
+            .get(modules::get_blob)
+            .layer(DefaultBodyLimit::max(MAX_BLOB_BYTES)),
         )
         .route(paths::HEARTBEAT, post(agents::heartbeat))
         .route(paths::ROUTES_ROUTE, get(agents::routes))

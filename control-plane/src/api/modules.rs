@@ -21,6 +21,22 @@ fn blob_error(e: BlobError) -> ApiError {
     }
 }
 
+/// Uploads read and checked at once, in this process. Each holds up to 64 MB in memory and a
+/// core while it is validated; more wait their turn before their body is read, so a flood of
+/// uploads queues instead of taking the replica's memory.
+const UPLOADS_AT_ONCE: usize = 4;
+static UPLOADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(UPLOADS_AT_ONCE);
+
+/// Middleware on `PUT /v1/blobs/{hash}`: waits for one of [`UPLOADS_AT_ONCE`] places.
+pub(super) async fn one_of_few_uploads(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    // The semaphore is never closed, so acquiring cannot fail; without a place, go on anyway.
+    let _place = UPLOADS.acquire().await.ok();
+    next.run(req).await
+}
+
 pub(super) async fn put_blob(
     State(api): State<Arc<Api>>,
     Path(hash): Path<String>,
