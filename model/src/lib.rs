@@ -1,5 +1,5 @@
 //! Pure domain types for fluxplane: the app manifest and its validation, geography and regions,
-//! node tiers, the price formula and transaction fees, chain transactions and the chain state they build, and the
+//! node tiers, the price formula and transaction fees, sealing secret values to a key, chain transactions and the chain state they build, and the
 //! wire types that the API, `fluxctl`, agents and gateways exchange.
 //!
 //! This crate does no I/O and must not depend on tokio, openraft, wasmtime or any other runtime
@@ -16,6 +16,7 @@ pub mod fee;
 pub mod geo;
 pub mod keys;
 pub mod price;
+pub mod sealed;
 pub mod spec;
 pub mod tier;
 
