@@ -178,7 +178,8 @@ async fn reconcile_loop(
         {
             let mut table = instances.lock();
             table.retain(|id, i| {
-                let keep = wanted.get(id.as_str()).is_some_and(|a| a.spec_height == i.assignment.spec_height);
+                // A new spec or new secrets: the instance starts again with them.
+                let keep = wanted.get(id.as_str()).is_some_and(|a| same_run(a, &i.assignment));
                 if !keep {
                     tracing::info!(node = %config.node_id, instance = %id, "stopping instance");
                     i.stop();
@@ -211,7 +212,7 @@ async fn reconcile_loop(
                 let mut table = instances.lock();
                 match table.get_mut(&a.id) {
                     // Still wanted as it was when the start began.
-                    Some(i) if i.assignment.spec_height == a.spec_height && matches!(i.phase, Phase::Starting) => {
+                    Some(i) if same_run(&i.assignment, &a) && matches!(i.phase, Phase::Starting) => {
                         i.phase = phase;
                     }
                     // Unassigned meanwhile: what started must not run on.
@@ -269,6 +270,11 @@ fn addrs(servers: &[(String, InstanceServer)]) -> Endpoints {
     servers.iter().map(|(c, s)| (c.clone(), probe(s.addr()))).collect()
 }
 
+/// Whether an instance started for `a` still runs what `b` asks for.
+fn same_run(a: &Assignment, b: &Assignment) -> bool {
+    a.spec_height == b.spec_height && a.secrets_version == b.secrets_version
+}
+
 async fn start(
     cache: &ComponentCache,
     config: &AgentConfig,
@@ -283,6 +289,19 @@ async fn start(
         let mut env = c.env.clone();
         env.insert("FLUXPLANE_NODE".into(), config.node_id.clone());
         env.insert("FLUXPLANE_APP".into(), a.app.clone());
+        // Secrets arrive sealed to this node's key, and are opened only here, for the guest.
+        let opener = config.key.box_keypair();
+        for (name, sealed) in &a.secrets {
+            let context = model::api::secret_context(&a.app, name, &config.node_id);
+            match opener.open(&context, sealed) {
+                Ok(value) => {
+                    env.insert(name.clone(), String::from_utf8_lossy(value.expose()).into_owned());
+                }
+                Err(e) => {
+                    tracing::warn!(node = %config.node_id, instance = %a.id, secret = %name, "a secret does not open: {e}")
+                }
+            }
+        }
         let limits = InstanceLimits {
             memory_bytes: (c.ram_mb as usize) << 20,
             deadline: config.request_deadline,

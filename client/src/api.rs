@@ -63,6 +63,20 @@ impl Client {
         self.json(Call::get(paths::NODES)).await
     }
 
+    /// The key the answering region's secrets are sealed to.
+    pub async fn secrets_key(&self) -> Result<model::api::SecretsKeyView, ClientError> {
+        self.json(Call::get(paths::SECRETS_KEY)).await
+    }
+
+    /// Stores sealed secrets in the answering region. Not retried: an update is applied once
+    /// (a second copy is refused as not newer).
+    pub async fn put_secrets(
+        &self,
+        update: &model::api::SecretsUpdate,
+    ) -> Result<model::api::SecretsView, ClientError> {
+        self.json(Call::post_json(paths::app_secrets(&update.app), update)?).await
+    }
+
     /// A wallet's balance, last nonce and next nonce.
     pub async fn wallet(&self, address: &str) -> Result<WalletView, ClientError> {
         self.json(Call::get(paths::wallet(address))).await

@@ -13,6 +13,10 @@ pub const APPS: &str = "/v1/apps";
 pub const APP_ROUTE: &str = "/v1/apps/{name}";
 /// What deploying a spec would do (price, quotas, feasibility), without doing it.
 pub const APP_CHECKS: &str = "/v1/app-checks";
+/// `POST`: set an app's secrets in the answering region (`SecretsUpdate`).
+pub const APP_SECRETS_ROUTE: &str = "/v1/apps/{name}/secrets";
+/// `GET`: the key the answering region's secrets are sealed to.
+pub const SECRETS_KEY: &str = "/v1/secrets-key";
 /// Every node.
 pub const NODES: &str = "/v1/nodes";
 /// One wallet.
@@ -83,6 +87,10 @@ fn fill(route: &str, args: &[(&str, &str)]) -> String {
 /// `/v1/apps/{name}`.
 pub fn app(name: &str) -> String {
     fill(APP_ROUTE, &[("name", name)])
+}
+/// `/v1/apps/{name}/secrets`.
+pub fn app_secrets(name: &str) -> String {
+    fill(APP_SECRETS_ROUTE, &[("name", name)])
 }
 /// `/v1/wallets/{address}`.
 pub fn wallet(address: &str) -> String {

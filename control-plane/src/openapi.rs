@@ -22,6 +22,8 @@ pub fn document() -> Value {
             "/v1/regions": { "get": op("The region directory from the cached chain state", "RegionView[]") },
             "/v1/apps": { "get": op("Registered apps with placements", "AppView[]") },
             "/v1/apps/{name}": { "get": op("One app: quotas, placements, instance states, shortfall", "AppView") },
+            "/v1/apps/{name}/secrets": { "post": op("Set an app's secrets in this region: values sealed to GET /v1/secrets-key, signed by the owner (SecretsUpdate); answers names only", "SecretsView") },
+            "/v1/secrets-key": { "get": op("The X25519 key this region's secrets are sealed to", "SecretsKeyView") },
             "/v1/app-checks": { "post": op("What deploying a spec (chain form) would do: price, quotas, feasibility, modules not uploaded; nothing is submitted", "AppCheck") },
             "/v1/nodes": { "get": op("Nodes with liveness, load and free capacity", "NodeView[]") },
             "/v1/wallets/{address}": { "get": op("Balance, last nonce and next nonce of an address", "WalletView") },

@@ -44,6 +44,13 @@ pub struct ShardState {
     /// report counts as whole.
     #[serde(default)]
     pub region_reports: BTreeMap<String, RegionReport>,
+    /// The key this region's secrets are sealed to (see "Secrets" in `docs/architecture.md`);
+    /// made by the first leader asked for it.
+    #[serde(default)]
+    pub secrets_key: Option<model::sealed::BoxKeypair>,
+    /// Each app's secrets for this region, sealed to `secrets_key`; never on chain.
+    #[serde(default)]
+    pub secrets: BTreeMap<AppName, AppSecrets>,
     /// Lookups derived from the fields above, never stored: built on first use (so also after
     /// a state is loaded or installed from a snapshot) and kept up to date by [`Self::apply`],
     /// their only writer. Code that sets fields directly (tests, benchmarks) does so before the
@@ -54,6 +61,18 @@ pub struct ShardState {
     /// ([`Self::take_touched`]). Never stored: a loaded or installed state counts as all changed.
     #[serde(skip)]
     touched: Touched,
+}
+
+/// One app's secrets in a region.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AppSecrets {
+    /// The signing time of the newest update (ms since the epoch): an update must be newer.
+    pub version: u64,
+    /// The chain height when they were last set: an app registered after it (the name removed
+    /// and taken again) is another app, and does not get them.
+    pub version_height: u64,
+    /// By name, sealed to the region's key.
+    pub values: BTreeMap<String, model::sealed::SealedValue>,
 }
 
 /// What the control loop looks up per node, so that it never walks every placement.
@@ -198,6 +217,43 @@ impl ShardState {
         Self { region: region.to_string(), ..Default::default() }
     }
 
+    /// Why `update` may not be stored, if it may not: it must be for this region, signed by the
+    /// app's owner on chain, and newer than what is stored. Deterministic, so every replica
+    /// decides alike; the API checks the same (and that the values open) before proposing.
+    /// The error is an API code and a message.
+    pub fn check_secrets(&self, update: &model::api::SecretsUpdate) -> Result<(), (&'static str, String)> {
+        if update.region != self.region {
+            return Err((
+                "wrong_region",
+                format!("secrets for region {} sent to region {}", update.region, self.region),
+            ));
+        }
+        let app = self
+            .chain
+            .apps
+            .get(&update.app)
+            .ok_or_else(|| ("not_found", format!("app `{}` is not registered", update.app)))?;
+        if app.owner != update.owner {
+            return Err((
+                "forbidden",
+                format!("only the owner of `{}` may set its secrets (owner {})", update.app, app.owner),
+            ));
+        }
+        update.verify().map_err(|e| ("bad_signature", format!("the update's signature: {e}")))?;
+        if let Some(stored) = self.secrets.get(&update.app)
+            && update.at_ms <= stored.version
+        {
+            return Err((
+                "conflict",
+                format!(
+                    "an update signed at {} is not newer than the stored secrets of `{}` ({}); sign it again",
+                    update.at_ms, update.app, stored.version
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Applies one committed command. Deterministic: every replica gets the same result.
     pub fn apply(&mut self, cmd: &Command) -> CommandResult {
         match cmd {
@@ -219,6 +275,9 @@ impl ShardState {
                 let chain = &self.chain;
                 self.placements.retain(|app, _| chain.apps.contains_key(app));
                 self.shortfall.retain(|app, _| chain.apps.contains_key(app));
+                // A name registered again (by anyone) starts with no secrets.
+                self.secrets
+                    .retain(|app, s| chain.apps.get(app).is_some_and(|a| a.registered_height <= s.version_height));
                 CommandResult::Applied
             }
             Command::Reconcile { app, place, remove, shortfall, at_ms, why } => {
@@ -315,6 +374,24 @@ impl ShardState {
                 self.record(*at_ms, fresh);
                 CommandResult::Applied
             }
+            Command::SetSecretsKey { key } => {
+                if self.secrets_key.is_some() {
+                    return CommandResult::Skipped { reason: "the region has its secrets key already".into() };
+                }
+                self.secrets_key = Some(key.clone());
+                CommandResult::Applied
+            }
+            Command::PutSecrets { update } => match self.check_secrets(update) {
+                Err((_, reason)) => CommandResult::Rejected { reason },
+                Ok(()) => {
+                    let height = self.chain.height.unwrap_or(0);
+                    let stored = self.secrets.entry(update.app.clone()).or_default();
+                    stored.version = update.at_ms;
+                    stored.version_height = height;
+                    stored.values.extend(update.values.clone());
+                    CommandResult::Applied
+                }
+            },
             Command::SetCordon { node, cordoned } => {
                 if self.chain.nodes.get(node).is_none_or(|n| n.start.region != self.region) {
                     return CommandResult::Rejected {
@@ -569,6 +646,43 @@ mod tests {
         };
         state.chain.apps.insert("hello".into(), record);
         state
+    }
+
+    /// The region's secrets key is set once; secrets need the owner, a newer version, and go
+    /// when the name is registered again by another app.
+    #[test]
+    fn secrets_follow_the_owner_and_leave_with_the_app() {
+        let mut state = with_app();
+        let first = model::sealed::BoxKeypair::generate();
+        assert_eq!(state.apply(&Command::SetSecretsKey { key: first.clone() }), CommandResult::Applied);
+        let second = Command::SetSecretsKey { key: model::sealed::BoxKeypair::generate() };
+        assert!(matches!(state.apply(&second), CommandResult::Skipped { .. }));
+        assert_eq!(state.secrets_key.as_ref().map(|k| k.public_hex()), Some(first.public_hex()));
+
+        let owner = model::keys::Keypair::from_seed([3; 32]);
+        let sealed = model::sealed::seal(&first.public_hex(), b"ctx", b"v").expect("seal");
+        let update = |at_ms, key: &model::keys::Keypair| {
+            model::api::SecretsUpdate::sign(
+                "hello",
+                "eu",
+                BTreeMap::from([("K".to_string(), sealed.clone())]),
+                at_ms,
+                key,
+            )
+        };
+        let stranger = model::keys::Keypair::generate();
+        assert_eq!(state.check_secrets(&update(5, &stranger)).map_err(|e| e.0), Err("forbidden"));
+        assert_eq!(state.apply(&Command::PutSecrets { update: update(5, &owner) }), CommandResult::Applied);
+        assert_eq!(state.check_secrets(&update(5, &owner)).map_err(|e| e.0), Err("conflict"), "a replay");
+        assert_eq!(state.secrets["hello"].values.len(), 1);
+
+        // Removed and registered again later: another app under the name, with no secrets.
+        if let Some(app) = state.chain.apps.get_mut("hello") {
+            app.registered_height = 1;
+        }
+        let block = model::chain::Block::new(1, state.chain.tip_hash.clone(), 1, None, vec![]);
+        assert_eq!(state.apply(&Command::ApplyBlock(block)), CommandResult::Applied);
+        assert!(state.secrets.is_empty());
     }
 
     fn placement(node: &str) -> Placement {

@@ -50,7 +50,7 @@ pub struct ChainTip {
 pub fn status_of(code: &str) -> u16 {
     match code {
         "bad_request" | "invalid_spec" | "invalid_node" | "invalid_announce" | "invalid_transfer"
-        | "missing_module" | "bad_block" | "bad_endpoint" | "invalid_module" | "bad_nonce" => 400,
+        | "missing_module" | "bad_block" | "bad_endpoint" | "invalid_module" | "bad_nonce" | "invalid_secret" => 400,
         "bad_signature" | "unauthorized" => 401,
         "underpaid" | "insufficient_funds" => 402,
         "forbidden" => 403,
@@ -174,6 +174,9 @@ pub struct AppView {
     /// How each region's routes reach the gateways (from each region's leader).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub routing: BTreeMap<String, Routing>,
+    /// Names of the app's secrets this region holds, and their version; never the values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 /// Which gateways route what one region's leader shows.
@@ -569,6 +572,94 @@ pub struct Assignment {
     pub spec_height: u64,
     /// Components to run.
     pub components: Vec<ComponentSpec>,
+    /// The app's secrets, sealed to this node's key (context [`secret_context`] with the node
+    /// id); the guest reads them as environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, crate::sealed::SealedValue>,
+    /// Version of the secrets; a different one means restart with the new values.
+    #[serde(default)]
+    pub secrets_version: u64,
+}
+
+/// The associated data a secret is sealed with: the app, the key name and the holder (a region
+/// for the copy the shard keeps, a node id for a node's copy). A sealed value moved to another
+/// app, name or holder does not open.
+pub fn secret_context(app: &str, key: &str, holder: &str) -> Vec<u8> {
+    format!("fluxplane secret\napp={app}\nkey={key}\nholder={holder}").into_bytes()
+}
+
+/// `GET /v1/secrets-key`: the X25519 key a region's shard opens secrets with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretsKeyView {
+    /// The region.
+    pub region: String,
+    /// The public key, hex; values for this region are sealed to it.
+    pub key: String,
+}
+
+/// The answer to a [`SecretsUpdate`]: what the region now holds, by name only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretsView {
+    /// The app.
+    pub app: AppName,
+    /// The region.
+    pub region: String,
+    /// Every secret name it holds for the app.
+    pub names: Vec<String>,
+    /// The version (signing time of the newest update).
+    pub version: u64,
+}
+
+/// `POST /v1/apps/{name}/secrets`: values for one region's shard, sealed to its key, signed by
+/// the app's owner. Values with the same name replace the stored ones; others are kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecretsUpdate {
+    /// The app.
+    pub app: AppName,
+    /// The region whose key the values are sealed to.
+    pub region: String,
+    /// By name (an environment variable name), each sealed with [`secret_context`] and the
+    /// region as holder.
+    pub values: BTreeMap<String, crate::sealed::SealedValue>,
+    /// When it was signed, milliseconds since the Unix epoch; must be newer than the stored
+    /// version, which stops replays.
+    pub at_ms: u64,
+    /// The signer, who must own the app.
+    pub owner: PublicKeyHex,
+    /// ed25519 over [`SecretsUpdate::signing_bytes`], hex.
+    pub signature: String,
+}
+
+impl SecretsUpdate {
+    /// What is signed: a domain tag, then the JSON of app, region, values and time.
+    pub fn signing_bytes(
+        app: &str,
+        region: &str,
+        values: &BTreeMap<String, crate::sealed::SealedValue>,
+        at_ms: u64,
+    ) -> Vec<u8> {
+        let mut bytes = b"fluxplane-secrets-v1\n".to_vec();
+        bytes.extend(serde_json::to_vec(&(app, region, values, at_ms)).unwrap_or_default());
+        bytes
+    }
+
+    /// Signs an update with the owner's key.
+    pub fn sign(
+        app: &str,
+        region: &str,
+        values: BTreeMap<String, crate::sealed::SealedValue>,
+        at_ms: u64,
+        key: &crate::keys::Keypair,
+    ) -> SecretsUpdate {
+        let signature = key.sign_hex(&Self::signing_bytes(app, region, &values, at_ms));
+        SecretsUpdate { app: app.into(), region: region.into(), values, at_ms, owner: key.public(), signature }
+    }
+
+    /// Checks the signature.
+    pub fn verify(&self) -> Result<(), String> {
+        let bytes = Self::signing_bytes(&self.app, &self.region, &self.values, self.at_ms);
+        crate::keys::verify_hex(&self.owner, &bytes, &self.signature)
+    }
 }
 
 // === routing feed ===

@@ -105,6 +105,17 @@ pub enum Command {
         /// When the leader learned it, ms since the epoch.
         at_ms: u64,
     },
+    /// The region's secrets key, made by a leader the first time one is asked for. The first
+    /// committed wins; a later one is skipped, so every replica opens secrets with the same key.
+    SetSecretsKey {
+        /// The key pair (its `Debug` shows only the public half).
+        key: crate::sealed::BoxKeypair,
+    },
+    /// An app owner's secrets for this region, sealed to the region's key.
+    PutSecrets {
+        /// The signed update.
+        update: crate::api::SecretsUpdate,
+    },
     /// Several commands proposed together, applied in order as if one by one. The leader
     /// batches writes that arrive while earlier ones are still being written, so that a burst
     /// costs one log append instead of one each. Batches do not nest.

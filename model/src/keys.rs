@@ -9,6 +9,16 @@ use serde::{Deserialize, Serialize};
 pub struct PublicKeyHex(pub String);
 
 impl PublicKeyHex {
+    /// The X25519 public key that values are sealed to for the holder of this key, hex.
+    pub fn box_public(&self) -> Result<String, String> {
+        let bytes: [u8; 32] = hex::decode(&self.0)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| "a key is 64 hex digits".to_string())?;
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|e| format!("not an ed25519 key: {e}"))?;
+        Ok(hex::encode(key.to_montgomery().to_bytes()))
+    }
+
     /// Checks that this is 64 hex digits of a valid ed25519 point, so funds and roles are never
     /// given to an address nobody can sign for.
     pub fn check(&self) -> Result<(), String> {
@@ -65,6 +75,12 @@ impl Keypair {
     /// Signs `message` and returns the signature as hex.
     pub fn sign_hex(&self, message: &[u8]) -> String {
         hex::encode(self.0.sign(message).to_bytes())
+    }
+
+    /// The X25519 secret of this key, for opening values sealed to [`PublicKeyHex::box_public`]
+    /// (the standard Ed25519-to-X25519 conversion, as age does for ssh-ed25519 recipients).
+    pub fn box_keypair(&self) -> crate::sealed::BoxKeypair {
+        crate::sealed::BoxKeypair::from_secret_bytes(self.0.to_scalar_bytes())
     }
 }
 

@@ -44,10 +44,34 @@ impl std::fmt::Display for Secret {
     }
 }
 
-/// An X25519 key pair that sealed values are opened with.
+/// An X25519 key pair that sealed values are opened with. It is stored (serialized) as its
+/// secret in hex; `Debug` shows only the public half.
 #[derive(Clone)]
 pub struct BoxKeypair {
     secret: StaticSecret,
+}
+
+impl PartialEq for BoxKeypair {
+    fn eq(&self, other: &Self) -> bool {
+        self.secret.to_bytes() == other.secret.to_bytes()
+    }
+}
+
+impl Serialize for BoxKeypair {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&hex::encode(self.secret.to_bytes()))
+    }
+}
+
+impl<'de> Deserialize<'de> for BoxKeypair {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let bytes: [u8; 32] = hex::decode(&text)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| serde::de::Error::custom("a box key is 64 hex digits"))?;
+        Ok(Self::from_secret_bytes(bytes))
+    }
 }
 
 impl std::fmt::Debug for BoxKeypair {
@@ -176,6 +200,17 @@ mod tests {
         assert_eq!(format!("{secret} {secret:?}"), "<secret> <secret>");
         let sealed = seal(&node.public_hex(), b"", b"s3cret").expect("seal");
         assert!(!format!("{sealed:?} {node:?}").contains(&hex::encode(node.secret_bytes())));
+    }
+
+    /// A value sealed to a node's signing key (converted) opens with that node's key alone.
+    #[test]
+    fn a_node_key_opens_what_is_sealed_to_its_public_key() {
+        let node = crate::keys::Keypair::generate();
+        let to = node.public().box_public().expect("an ed25519 key converts");
+        assert_eq!(to, node.box_keypair().public_hex());
+        let sealed = seal(&to, b"ctx", b"s3cret").expect("seal");
+        assert_eq!(node.box_keypair().open(b"ctx", &sealed).expect("open").expose(), b"s3cret");
+        assert!(crate::keys::Keypair::generate().box_keypair().open(b"ctx", &sealed).is_err());
     }
 
     #[test]

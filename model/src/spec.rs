@@ -164,9 +164,7 @@ impl AppSpec {
                 errors.push(at("hdd"), format!("must be a whole number of GB between 1 and {MAX_HDD_GB}"));
             }
             for key in c.env.keys() {
-                let ok = key.chars().next().is_some_and(|ch| ch.is_ascii_alphabetic() || ch == '_')
-                    && key.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
-                if !ok {
+                if !is_env_name(key) {
                     errors.push(at(&format!("env.{key}")), "names must match [A-Za-z_][A-Za-z0-9_]*");
                 }
             }
@@ -435,3 +433,10 @@ fn opt_u32(t: &toml::Table, key: &str, at: &str, errors: &mut ValidationErrors) 
 
 #[cfg(test)]
 mod tests;
+
+/// Whether `name` may name an environment variable (`env` keys, secret names):
+/// `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn is_env_name(name: &str) -> bool {
+    name.chars().next().is_some_and(|ch| ch.is_ascii_alphabetic() || ch == '_')
+        && name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+}

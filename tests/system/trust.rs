@@ -542,3 +542,92 @@ fn a_full_disk_gives_503s_then_the_chain_resumes_with_no_lost_block() {
         matches!(chain.tx_status(&id), model::api::TxStatus::Included { .. })
     });
 }
+
+/// Every file under `dir` whose name ends in `.log`, concatenated: what the processes logged.
+fn every_log(dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.push_str(&every_log(&path));
+        } else if path.extension().is_some_and(|e| e == "log") {
+            out.push_str(&String::from_utf8_lossy(&std::fs::read(&path).unwrap_or_default()));
+        }
+    }
+    out
+}
+
+/// A secret set with `fluxctl app secret set` reaches the guest (the hello app greets with it),
+/// and never appears in an API answer, a block or a log line. Only the owner can set one, and a
+/// value not sealed to the region's key is refused.
+#[test]
+fn a_secret_reaches_the_guest_and_appears_nowhere_else() {
+    let cloud = Cloud::with_regions(&[(REGION, 1)]);
+    let c = &cloud.cluster;
+    cloud.deploy_hello_as(
+        "name = \"hello\"\ninstances = 1\n[[component]]\nname = \"web\"\nwasm = \"hello.wasm\"\nenv = { GREETING = \"hello\" }\n",
+    );
+    const VALUE: &str = "s3cret-7f3a9c41";
+    let out = c.fluxctl(&["app", "secret", "set", "hello", &format!("GREETING={VALUE}")]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}\n{}", cloud.logs());
+    assert!(stdout.contains("eu: GREETING set"), "{stdout}");
+
+    // The instance restarts with it, and the guest reads it.
+    eventually(Duration::from_secs(30), "the guest greets with the secret", || {
+        cloud.get().and_then(|r| r.text().ok()).is_some_and(|body| body.starts_with(&format!("{VALUE} from")))
+    });
+    let status = c.fluxctl(&["app", "status", "hello"]);
+    assert!(text(&status.stdout).contains("secrets: GREETING"), "{}", text(&status.stdout));
+
+    // Nowhere else: not in any answer of the API, any block, the feed, or any log.
+    let mut seen = String::new();
+    let tip: u64 = c.get::<model::api::ChainTip>(1, "/v1/chain/tip").expect("tip").height;
+    let mut paths: Vec<String> =
+        ["/v1/apps/hello", "/v1/apps", "/v1/status", "/v1/nodes", "/v1/events/eu", "/v1/routes/eu"]
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+    paths.extend((0..=tip).map(|h| format!("/v1/chain/blocks/{h}")));
+    for path in &paths {
+        let answer = c.get::<serde_json::Value>(1, path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        seen.push_str(&answer.to_string());
+    }
+    seen.push_str(&stdout);
+    seen.push_str(&stderr);
+    seen.push_str(&text(&status.stdout));
+    seen.push_str(&every_log(c.dir.path()));
+    assert!(seen.contains("GREETING"), "the check reads what it should");
+    assert!(!seen.contains(VALUE), "the secret's value appears outside the guest");
+
+    // Only the owner sets secrets; a value must be sealed to the region's key.
+    let http = reqwest::blocking::Client::new();
+    let url = &c.replicas[&1].url;
+    let region_key: model::api::SecretsKeyView = c.get(1, "/v1/secrets-key").expect("key");
+    let sealed = |to: &str| {
+        let context = model::api::secret_context("hello", "GREETING", REGION);
+        std::collections::BTreeMap::from([(
+            "GREETING".to_string(),
+            model::sealed::seal(to, &context, b"x").expect("seal"),
+        )])
+    };
+    let post = |update: &model::api::SecretsUpdate| {
+        let resp = http.post(format!("{url}/v1/apps/hello/secrets")).json(update).send().expect("post");
+        (resp.status().as_u16(), resp.text().unwrap_or_default())
+    };
+    let stranger = Keypair::generate();
+    let forged = model::api::SecretsUpdate::sign("hello", REGION, sealed(&region_key.key), chain::now_ms(), &stranger);
+    let (status, body) = post(&forged);
+    assert_eq!(status, 403, "{body}");
+    let elsewhere = model::sealed::BoxKeypair::generate().public_hex();
+    let misdirected =
+        model::api::SecretsUpdate::sign("hello", REGION, sealed(&elsewhere), chain::now_ms(), &c.wallet());
+    let (status, body) = post(&misdirected);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("\"invalid_secret\"") && body.contains("does not open"), "{body}");
+    let good = model::api::SecretsUpdate::sign("hello", REGION, sealed(&region_key.key), chain::now_ms(), &c.wallet());
+    assert_eq!(post(&good).0, 200);
+    let (status, body) = post(&good);
+    assert_eq!(status, 409, "a replayed update: {body}");
+}

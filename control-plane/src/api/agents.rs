@@ -78,16 +78,24 @@ pub(super) async fn heartbeat(State(api): State<Arc<Api>>, body: Bytes) -> Json<
     }
     let reported: Vec<String> = signed.beat.instances.iter().map(|r| r.id.clone()).collect();
     shard.record_heartbeat(&node_id, signed.beat.instances)?;
+    // Secrets go to the node sealed again, to its own key.
+    let node_box = record.start.node_key.box_public();
     let answer = shard.read(|s| {
         let instances: Vec<Assignment> = s
             .placements_on(&node_id)
             .filter_map(|p| {
                 let app = s.chain.apps.get(&p.app)?;
+                let (secrets, secrets_version) = match s.secrets.get(&p.app) {
+                    Some(stored) => (reseal(s, &p.app, stored, &node_id, &node_box), stored.version),
+                    None => (Default::default(), 0),
+                };
                 Some(Assignment {
                     id: p.instance_id(),
                     app: p.app.clone(),
                     spec_height: app.updated_height,
                     components: app.spec.components.clone(),
+                    secrets,
+                    secrets_version,
                 })
             })
             .collect();
@@ -106,6 +114,34 @@ pub(super) async fn heartbeat(State(api): State<Arc<Api>>, body: Bytes) -> Json<
         tracing::debug!(region = %shard.region, node = %node_id, instance = %order.id, "told to stop: {}", order.reason);
     }
     Ok(axum::Json(answer))
+}
+
+/// `app`'s secrets, opened with the region's key and sealed to `node`'s box key. A value that
+/// does not open or seal is left out and logged by name (never by value).
+fn reseal(
+    s: &crate::state::ShardState,
+    app: &str,
+    stored: &crate::state::AppSecrets,
+    node: &str,
+    node_box: &Result<String, String>,
+) -> std::collections::BTreeMap<String, model::sealed::SealedValue> {
+    let mut sealed = std::collections::BTreeMap::new();
+    let (Some(key), Ok(to)) = (s.secrets_key.as_ref(), node_box) else {
+        tracing::warn!(app, node, "secrets not sent: no region key, or the node key does not convert");
+        return sealed;
+    };
+    for (name, value) in &stored.values {
+        let resealed = key
+            .open(&model::api::secret_context(app, name, &s.region), value)
+            .and_then(|opened| model::sealed::seal(to, &model::api::secret_context(app, name, node), opened.expose()));
+        match resealed {
+            Ok(v) => {
+                sealed.insert(name.clone(), v);
+            }
+            Err(e) => tracing::warn!(app, node, secret = %name, "secret not sent: {e}"),
+        }
+    }
+    sealed
 }
 
 /// Why `node` must stop instance `id`, which it reports but is not placed there.

@@ -15,6 +15,7 @@ mod agents;
 mod error;
 mod ledger;
 mod modules;
+mod secrets;
 mod views;
 
 use std::collections::BTreeMap;
@@ -74,6 +75,8 @@ pub fn router(api: Arc<Api>) -> Router {
         .route(paths::WALLET_ROUTE, get(views::wallet))
         .route(paths::TRANSACTIONS, post(ledger::submit_tx))
         .route(paths::APP_CHECKS, post(ledger::check_app))
+        .route(paths::APP_SECRETS_ROUTE, post(secrets::put_secrets))
+        .route(paths::SECRETS_KEY, get(secrets::secrets_key))
         .route(paths::TRANSACTION_ROUTE, get(ledger::tx_status))
         .route(paths::CHAIN_TIP, get(ledger::tip))
         .route(paths::BLOCK_ROUTE, get(ledger::block))

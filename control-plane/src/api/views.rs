@@ -247,6 +247,7 @@ fn local_app_view(api: &Api, name: &str) -> Result<AppView, ApiError> {
         components: record.spec.components,
         unreachable: BTreeMap::new(),
         routing,
+        secrets: shard.read(|s| s.secrets.get(name).map(|v| v.values.keys().cloned().collect()).unwrap_or_default()),
     })
 }
 

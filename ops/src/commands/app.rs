@@ -52,10 +52,31 @@ pub enum AppCommand {
         /// App name.
         name: String,
     },
+    /// Values the app reads as environment variables that are not published (owner only).
+    Secret {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: SecretCommand,
+    },
     /// Remove an app (owner only).
     Rm {
         /// App name.
         name: String,
+    },
+}
+
+/// Secret verbs.
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Set secrets: sealed here to each region's key, sent signed by the owner, and opened only
+    /// for the nodes that run the app. Instances restart to read them.
+    Set {
+        /// App name.
+        name: String,
+        /// `KEY=VALUE`, or `KEY=@FILE` to read the value from a file (a value on the command
+        /// line can end up in the shell's history).
+        #[arg(required = true)]
+        values: Vec<String>,
     },
 }
 
@@ -71,6 +92,7 @@ pub(super) async fn run(cli: &Cli, api: &Client, cmd: &AppCommand) -> anyhow::Re
         AppCommand::List => list(cli, api).await,
         AppCommand::Status { name } => status(cli, api, name).await,
         AppCommand::Rm { name } => rm(cli, api, name).await,
+        AppCommand::Secret { cmd: SecretCommand::Set { name, values } } => set_secrets(cli, api, name, values).await,
     }
 }
 
@@ -124,6 +146,72 @@ async fn dry_run(cli: &Cli, api: &Client, file: &Path, allow_outside: bool) -> a
         check.name
     );
     Ok(())
+}
+
+/// `app secret set`: seals each value to every region's key and sends it to that region.
+async fn set_secrets(cli: &Cli, api: &Client, app: &str, pairs: &[String]) -> anyhow::Result<()> {
+    let (key, _) = keys::load(cli.key.as_ref())?;
+    let mut values = std::collections::BTreeMap::new();
+    for pair in pairs {
+        let (name, value) = pair.split_once('=').with_context(|| format!("`{pair}` is not KEY=VALUE"))?;
+        anyhow::ensure!(
+            model::spec::is_env_name(name),
+            "secret name `{name}` must match [A-Za-z_][A-Za-z0-9_]*: the app reads it as an environment variable"
+        );
+        let bytes = match value.strip_prefix('@') {
+            Some(path) => std::fs::read(path).with_context(|| format!("reading the value of {name} from {path}"))?,
+            None => value.as_bytes().to_vec(),
+        };
+        values.insert(name.to_string(), bytes);
+    }
+    let view = api.app(app).await.with_context(|| format!("looking up `{app}`"))?;
+    anyhow::ensure!(
+        view.owner == key.public(),
+        "`{app}` is owned by {}; only its owner can set its secrets (this key is {})",
+        view.owner,
+        key.public()
+    );
+    // Every region: the app may be placed, or spill, anywhere its rules allow.
+    let regions = api.regions().await.context("listing the regions")?;
+    let at_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let mut failed = Vec::new();
+    for region in regions {
+        let urls = region.urls();
+        if urls.is_empty() {
+            // Nothing runs there before a control plane does; set the secrets again after.
+            eprintln!("{}: skipped: no control replica is published for it yet", region.name);
+            continue;
+        }
+        let result = async {
+            let region_api = Client::new(urls)?;
+            let sealing = region_api.secrets_key().await.context("asking for its secrets key")?;
+            anyhow::ensure!(sealing.region == region.name, "its replicas serve region {}", sealing.region);
+            let mut sealed = std::collections::BTreeMap::new();
+            for (name, value) in &values {
+                let context = model::api::secret_context(app, name, &region.name);
+                sealed.insert(
+                    name.clone(),
+                    model::sealed::seal(&sealing.key, &context, value).map_err(anyhow::Error::msg)?,
+                );
+            }
+            let update = model::api::SecretsUpdate::sign(app, &region.name, sealed, at_ms, &key);
+            Ok(region_api.put_secrets(&update).await?)
+        }
+        .await;
+        match result {
+            Ok(stored) => println!("{}: {} set (holds {})", region.name, pairs_names(&values), stored.names.join(", ")),
+            Err(e) => {
+                eprintln!("{}: not set: {e:#}", region.name);
+                failed.push(region.name);
+            }
+        }
+    }
+    anyhow::ensure!(failed.is_empty(), "secrets not set in {}; run the command again", failed.join(", "));
+    Ok(())
+}
+
+fn pairs_names(values: &std::collections::BTreeMap<String, Vec<u8>>) -> String {
+    values.keys().cloned().collect::<Vec<_>>().join(", ")
 }
 
 /// Reads a manifest and returns the spec in chain form, uploading its modules through `api`
@@ -401,6 +489,9 @@ async fn status(cli: &Cli, api: &Client, name: &str) -> anyhow::Result<()> {
     }
     let quotas: Vec<String> = app.quotas.iter().map(|(r, q)| format!("{r} {q}")).collect();
     println!("quotas: {}", if quotas.is_empty() { "none".to_string() } else { quotas.join(", ") });
+    if !app.secrets.is_empty() {
+        println!("secrets: {} (values are never shown)", app.secrets.join(", "));
+    }
     for (region, routing) in &app.routing {
         let gateways: Vec<String> = routing
             .gateways
