@@ -1,6 +1,7 @@
 //! Pure domain types for fluxplane: the app manifest and its validation, geography and regions,
-//! node tiers, the price formula and transaction fees, sealing secret values to a key, chain transactions and the chain state they build, and the
-//! wire types that the API, `fluxctl`, agents and gateways exchange.
+//! node tiers, the price formula and transaction fees, sealing secret values to a key, chain
+//! transactions and the chain state they build, and the wire types that the API, `fluxctl`,
+//! agents and gateways exchange.
 //!
 //! This crate does no I/O and must not depend on tokio, openraft, wasmtime or any other runtime
 //! crate: every other crate builds on it, and `fluxctl` and the gateway link it without the

@@ -302,7 +302,8 @@ impl std::error::Error for ValidationErrors {}
 // === TOML walking ===
 
 fn parse_table(table: &toml::Table, errors: &mut ValidationErrors) -> AppSpec {
-    const KNOWN: [&str; 6] = ["name", "description", "instances", "geolocation", "expire", "component"];
+    // `secrets` never reaches the spec (see [`manifest_secrets`]).
+    const KNOWN: [&str; 7] = ["name", "description", "instances", "geolocation", "expire", "component", "secrets"];
     for key in table.keys().filter(|k| !KNOWN.contains(&k.as_str())) {
         errors.push(key.as_str(), format!("unknown field (expected one of {})", KNOWN.join(", ")));
     }
@@ -433,6 +434,35 @@ fn opt_u32(t: &toml::Table, key: &str, at: &str, errors: &mut ValidationErrors) 
 
 #[cfg(test)]
 mod tests;
+
+/// A manifest's `[secrets]` table: name to value as written (`@PATH` names a file to read the
+/// value from). It is kept out of [`AppSpec`], which is published on chain; `fluxctl` seals the
+/// values instead (see "Secrets" in `docs/architecture.md`).
+pub fn manifest_secrets(text: &str) -> Result<BTreeMap<String, String>, ValidationErrors> {
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ValidationErrors::one("manifest", format!("not valid TOML: {}", e.message())))?;
+    let mut errors = ValidationErrors::default();
+    let mut secrets = BTreeMap::new();
+    match table.get("secrets") {
+        None => {}
+        Some(toml::Value::Table(t)) => {
+            for (name, value) in t {
+                if !is_env_name(name) {
+                    errors.push(format!("secrets.{name}"), "names must match [A-Za-z_][A-Za-z0-9_]*");
+                }
+                match value.as_str() {
+                    Some(v) => {
+                        secrets.insert(name.clone(), v.to_string());
+                    }
+                    None => errors.push(format!("secrets.{name}"), "must be a string (or \"@FILE\" to read one)"),
+                }
+            }
+        }
+        Some(_) => errors.push("secrets", "must be a table of NAME = \"value\""),
+    }
+    errors.into_result().map(|()| secrets)
+}
 
 /// Whether `name` may name an environment variable (`env` keys, secret names):
 /// `[A-Za-z_][A-Za-z0-9_]*`.

@@ -572,7 +572,7 @@ fn a_secret_reaches_the_guest_and_appears_nowhere_else() {
     let out = c.fluxctl(&["app", "secret", "set", "hello", &format!("GREETING={VALUE}")]);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{stdout}{stderr}\n{}", cloud.logs());
-    assert!(stdout.contains("eu: GREETING set"), "{stdout}");
+    assert!(stderr.contains("eu: GREETING set"), "{stderr}");
 
     // The instance restarts with it, and the guest reads it.
     eventually(Duration::from_secs(30), "the guest greets with the secret", || {
@@ -630,4 +630,21 @@ fn a_secret_reaches_the_guest_and_appears_nowhere_else() {
     assert_eq!(post(&good).0, 200);
     let (status, body) = post(&good);
     assert_eq!(status, 409, "a replayed update: {body}");
+
+    // A manifest's [secrets] table: set by the deploy, never in the published spec.
+    const FROM_MANIFEST: &str = "manifest-secret-0b5e";
+    cloud.deploy_module_as(
+        &repo().join("examples/hello/hello.wasm"),
+        &format!(
+            "name = \"vault\"\ninstances = 1\n[[component]]\nname = \"web\"\nwasm = \"hello.wasm\"\n\n[secrets]\nGREETING = \"{FROM_MANIFEST}\"\n"
+        ),
+    );
+    eventually(Duration::from_secs(30), "the vault guest greets with the manifest's secret", || {
+        cloud
+            .get_app("vault", "/", Duration::from_secs(5))
+            .and_then(|r| r.text().ok())
+            .is_some_and(|body| body.starts_with(&format!("{FROM_MANIFEST} from")))
+    });
+    let spec = c.get::<serde_json::Value>(1, "/v1/apps/vault").expect("app").to_string();
+    assert!(spec.contains("GREETING") && !spec.contains(FROM_MANIFEST), "{spec}");
 }

@@ -164,3 +164,16 @@ fn the_description_limit_counts_characters() {
     let refused = spec(&"é".repeat(257)).expect_err("too long");
     assert!(refused.to_string().contains("description"), "{refused}");
 }
+
+/// `[secrets]` is read on its own and never reaches the published spec.
+#[test]
+fn secrets_stay_out_of_the_spec() {
+    let text = "name = \"vault\"\n[[component]]\nname = \"web\"\nwasm = \"x.wasm\"\n\n[secrets]\nDB_PASSWORD = \"s3cret\"\nKEY = \"@key.pem\"\n";
+    let spec = AppSpec::from_toml(text).expect("a manifest with secrets is valid");
+    assert!(!serde_json::to_string(&spec).expect("json").contains("s3cret"));
+    let secrets = manifest_secrets(text).expect("secrets");
+    assert_eq!(secrets["DB_PASSWORD"], "s3cret");
+    assert_eq!(secrets["KEY"], "@key.pem");
+    let bad = manifest_secrets("[secrets]\n\"1BAD\" = \"x\"\nN = 5\n").expect_err("refused");
+    assert!(bad.to_string().contains("secrets.1BAD") && bad.to_string().contains("secrets.N"), "{bad}");
+}

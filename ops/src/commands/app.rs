@@ -138,6 +138,10 @@ async fn dry_run(cli: &Cli, api: &Client, file: &Path, allow_outside: bool) -> a
         None if check.feasible => println!("  feasible: yes"),
         reason => println!("  feasible: no: {}", reason.as_deref().unwrap_or("no reason given")),
     }
+    let secrets = read_manifest_secrets(file)?;
+    if !secrets.is_empty() {
+        println!("  secrets: {} (sealed and set once the app is on chain)", pairs_names(&secrets));
+    }
     println!("nothing was sent");
     anyhow::ensure!(check.feasible, "`{}` cannot be placed on the nodes on chain", check.name);
     anyhow::ensure!(
@@ -146,6 +150,24 @@ async fn dry_run(cli: &Cli, api: &Client, file: &Path, allow_outside: bool) -> a
         check.name
     );
     Ok(())
+}
+
+/// The manifest's `[secrets]`, with `@FILE` values read (relative to the manifest).
+fn read_manifest_secrets(file: &Path) -> anyhow::Result<std::collections::BTreeMap<String, Vec<u8>>> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let written =
+        model::spec::manifest_secrets(&text).map_err(|e| anyhow::anyhow!("{} is invalid:\n{e}", file.display()))?;
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let mut values = std::collections::BTreeMap::new();
+    for (name, value) in written {
+        let bytes = match value.strip_prefix('@') {
+            Some(path) => std::fs::read(dir.join(path))
+                .with_context(|| format!("secrets.{name}: reading {}", dir.join(path).display()))?,
+            None => value.into_bytes(),
+        };
+        values.insert(name, bytes);
+    }
+    Ok(values)
 }
 
 /// `app secret set`: seals each value to every region's key and sends it to that region.
@@ -164,6 +186,16 @@ async fn set_secrets(cli: &Cli, api: &Client, app: &str, pairs: &[String]) -> an
         };
         values.insert(name.to_string(), bytes);
     }
+    seal_and_send(api, &key, app, &values).await
+}
+
+/// Seals `values` to every region's key and sends them to that region, signed by `key`.
+async fn seal_and_send(
+    api: &Client,
+    key: &Keypair,
+    app: &str,
+    values: &std::collections::BTreeMap<String, Vec<u8>>,
+) -> anyhow::Result<()> {
     let view = api.app(app).await.with_context(|| format!("looking up `{app}`"))?;
     anyhow::ensure!(
         view.owner == key.public(),
@@ -187,19 +219,19 @@ async fn set_secrets(cli: &Cli, api: &Client, app: &str, pairs: &[String]) -> an
             let sealing = region_api.secrets_key().await.context("asking for its secrets key")?;
             anyhow::ensure!(sealing.region == region.name, "its replicas serve region {}", sealing.region);
             let mut sealed = std::collections::BTreeMap::new();
-            for (name, value) in &values {
+            for (name, value) in values {
                 let context = model::api::secret_context(app, name, &region.name);
                 sealed.insert(
                     name.clone(),
                     model::sealed::seal(&sealing.key, &context, value).map_err(anyhow::Error::msg)?,
                 );
             }
-            let update = model::api::SecretsUpdate::sign(app, &region.name, sealed, at_ms, &key);
+            let update = model::api::SecretsUpdate::sign(app, &region.name, sealed, at_ms, key);
             Ok(region_api.put_secrets(&update).await?)
         }
         .await;
         match result {
-            Ok(stored) => println!("{}: {} set (holds {})", region.name, pairs_names(&values), stored.names.join(", ")),
+            Ok(stored) => eprintln!("{}: {} set (holds {})", region.name, pairs_names(values), stored.names.join(", ")),
             Err(e) => {
                 eprintln!("{}: not set: {e:#}", region.name);
                 failed.push(region.name);
@@ -283,6 +315,7 @@ async fn deploy(
     let started = Instant::now();
     let deadline = started + timeout;
     let (key, _) = keys::load(cli.key.as_ref())?;
+    let secrets = read_manifest_secrets(file)?;
     let spec = prepare(api, file, allow_outside).await?;
     let name = spec.name.clone();
     let price = model::price::app_price(&spec);
@@ -294,12 +327,30 @@ async fn deploy(
         short(&resp.tx_id, 12),
         format_flux(price)
     );
-    if !wait {
+    if !wait && secrets.is_empty() {
         println!("{url}");
         return Ok(());
     }
     let height = wait_included(api, &resp.tx_id, deadline).await?;
     eprintln!("registered in block {height} ({:.1}s)", started.elapsed().as_secs_f64());
+    if !secrets.is_empty() {
+        // Secrets are set by the owner of an app on chain: once the shard has the block.
+        loop {
+            match api.app(&name).await {
+                Ok(app) if app.updated_height >= height => break,
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+            anyhow::ensure!(Instant::now() < deadline, "timed out waiting for `{name}` on chain to set its secrets");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        seal_and_send(api, &key, &name, &secrets).await?;
+    }
+    if !wait {
+        println!("{url}");
+        return Ok(());
+    }
     let (mut last_placed, mut last_running) = (usize::MAX, usize::MAX);
     loop {
         let app = match api.app(&name).await {
