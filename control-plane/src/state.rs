@@ -63,6 +63,9 @@ pub struct ShardState {
     touched: Touched,
 }
 
+/// Most secrets one app holds in a region.
+pub const MAX_APP_SECRETS: usize = 32;
+
 /// One app's secrets in a region.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AppSecrets {
@@ -240,6 +243,15 @@ impl ShardState {
             ));
         }
         update.verify().map_err(|e| ("bad_signature", format!("the update's signature: {e}")))?;
+        let stored = self.secrets.get(&update.app);
+        let names: BTreeSet<&String> =
+            stored.into_iter().flat_map(|v| v.values.keys()).chain(update.values.keys()).collect();
+        if names.len() > MAX_APP_SECRETS {
+            return Err((
+                "invalid_secret",
+                format!("`{}` would hold {} secrets; at most {MAX_APP_SECRETS}", update.app, names.len()),
+            ));
+        }
         if let Some(stored) = self.secrets.get(&update.app)
             && update.at_ms <= stored.version
         {

@@ -79,26 +79,29 @@ pub(super) async fn heartbeat(State(api): State<Arc<Api>>, body: Bytes) -> Json<
     let reported: Vec<String> = signed.beat.instances.iter().map(|r| r.id.clone()).collect();
     shard.record_heartbeat(&node_id, signed.beat.instances)?;
     // Secrets go to the node sealed again, to its own key.
-    let node_box = record.start.node_key.box_public();
-    let answer = shard.read(|s| {
+    // Secrets are copied out under the lock and sealed again after it: the X25519 work of a
+    // node with many secrets must not hold up the shard's writers.
+    let mut sealed_here: Vec<(usize, crate::state::AppSecrets)> = Vec::new();
+    let (mut answer, region_key) = shard.read(|s| {
         let instances: Vec<Assignment> = s
             .placements_on(&node_id)
             .filter_map(|p| {
                 let app = s.chain.apps.get(&p.app)?;
-                let (secrets, secrets_version) = match s.secrets.get(&p.app) {
-                    Some(stored) => (reseal(s, &p.app, stored, &node_id, &node_box), stored.version),
-                    None => (Default::default(), 0),
-                };
                 Some(Assignment {
                     id: p.instance_id(),
                     app: p.app.clone(),
                     spec_height: app.updated_height,
                     components: app.spec.components.clone(),
-                    secrets,
-                    secrets_version,
+                    secrets: Default::default(),
+                    secrets_version: s.secrets.get(&p.app).map_or(0, |stored| stored.version),
                 })
             })
             .collect();
+        for (i, a) in instances.iter().enumerate() {
+            if let Some(stored) = s.secrets.get(&a.app) {
+                sealed_here.push((i, stored.clone()));
+            }
+        }
         let stop = reported
             .into_iter()
             .filter(|id| !instances.iter().any(|a| &a.id == id))
@@ -107,8 +110,16 @@ pub(super) async fn heartbeat(State(api): State<Arc<Api>>, body: Bytes) -> Json<
                 StopOrder { id, reason }
             })
             .collect();
-        Assignments { instances, stop }
+        (Assignments { instances, stop }, s.secrets_key.clone())
     });
+    if !sealed_here.is_empty() {
+        let node_box = record.start.node_key.box_public();
+        for (i, stored) in sealed_here {
+            if let Some(a) = answer.instances.get_mut(i) {
+                a.secrets = reseal(region_key.as_ref(), &shard.region, &a.app, &stored, &node_id, &node_box);
+            }
+        }
+    }
     for order in &answer.stop {
         // Debug: a node that keeps reporting instances it should not run would flood the log.
         tracing::debug!(region = %shard.region, node = %node_id, instance = %order.id, "told to stop: {}", order.reason);
@@ -119,20 +130,21 @@ pub(super) async fn heartbeat(State(api): State<Arc<Api>>, body: Bytes) -> Json<
 /// `app`'s secrets, opened with the region's key and sealed to `node`'s box key. A value that
 /// does not open or seal is left out and logged by name (never by value).
 fn reseal(
-    s: &crate::state::ShardState,
+    region_key: Option<&model::sealed::BoxKeypair>,
+    region: &str,
     app: &str,
     stored: &crate::state::AppSecrets,
     node: &str,
     node_box: &Result<String, String>,
 ) -> std::collections::BTreeMap<String, model::sealed::SealedValue> {
     let mut sealed = std::collections::BTreeMap::new();
-    let (Some(key), Ok(to)) = (s.secrets_key.as_ref(), node_box) else {
+    let (Some(key), Ok(to)) = (region_key, node_box) else {
         tracing::warn!(app, node, "secrets not sent: no region key, or the node key does not convert");
         return sealed;
     };
     for (name, value) in &stored.values {
         let resealed = key
-            .open(&model::api::secret_context(app, name, &s.region), value)
+            .open(&model::api::secret_context(app, name, region), value)
             .and_then(|opened| model::sealed::seal(to, &model::api::secret_context(app, name, node), opened.expose()));
         match resealed {
             Ok(v) => {

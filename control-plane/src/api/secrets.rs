@@ -12,11 +12,10 @@ use model::sealed::BoxKeypair;
 
 use super::ledger::parse_json;
 use super::{Api, ApiError};
+use crate::state::MAX_APP_SECRETS as MAX_SECRETS;
 
 type Json<T> = Result<axum::Json<T>, ApiError>;
 
-/// Most secrets one app may hold in a region.
-const MAX_SECRETS: usize = 32;
 /// Largest secret value, in bytes.
 const MAX_SECRET_BYTES: usize = 4096;
 /// How far an update's signing time may be from this replica's clock: bounds replays of an
