@@ -77,6 +77,7 @@ impl Instance {
         InstanceReport {
             id: self.assignment.id.clone(),
             spec_height: self.assignment.spec_height,
+            secrets_version: self.assignment.secrets_version,
             endpoints,
             healthy,
             message,
@@ -231,13 +232,15 @@ async fn health_loop(config: AgentConfig, instances: Instances) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let targets: Vec<(String, u64, Endpoints)> = instances
+        let targets: Vec<(String, (u64, u64), Endpoints)> = instances
             .lock()
             .values()
             .filter_map(|i| match &i.phase {
-                Phase::Running { servers, .. } => {
-                    Some((i.assignment.id.clone(), i.assignment.spec_height, addrs(servers)))
-                }
+                Phase::Running { servers, .. } => Some((
+                    i.assignment.id.clone(),
+                    (i.assignment.spec_height, i.assignment.secrets_version),
+                    addrs(servers),
+                )),
                 _ => None,
             })
             .collect();
@@ -247,7 +250,7 @@ async fn health_loop(config: AgentConfig, instances: Instances) {
         });
         for (id, height, (ok, why)) in futures::future::join_all(checks).await {
             if let Some(i) = instances.lock().get_mut(&id)
-                && i.assignment.spec_height == height
+                && (i.assignment.spec_height, i.assignment.secrets_version) == height
                 && let Phase::Running { healthy, message, .. } = &mut i.phase
             {
                 *healthy = ok;

@@ -243,9 +243,24 @@ impl ShardState {
             ));
         }
         update.verify().map_err(|e| ("bad_signature", format!("the update's signature: {e}")))?;
+        if update.values.is_empty() && update.unset.is_empty() {
+            return Err(("invalid_secret", "the update sets and removes nothing".into()));
+        }
+        if let Some(bad) = update.values.keys().chain(&update.unset).find(|n| !model::spec::is_env_name(n)) {
+            return Err((
+                "invalid_secret",
+                format!(
+                    "secret name `{bad}` must match [A-Za-z_][A-Za-z0-9_]*: the guest reads it as an environment variable"
+                ),
+            ));
+        }
         let stored = self.secrets.get(&update.app);
-        let names: BTreeSet<&String> =
-            stored.into_iter().flat_map(|v| v.values.keys()).chain(update.values.keys()).collect();
+        let names: BTreeSet<&String> = stored
+            .into_iter()
+            .flat_map(|v| v.values.keys())
+            .filter(|n| !update.unset.contains(n))
+            .chain(update.values.keys())
+            .collect();
         if names.len() > MAX_APP_SECRETS {
             return Err((
                 "invalid_secret",
@@ -400,6 +415,7 @@ impl ShardState {
                     let stored = self.secrets.entry(update.app.clone()).or_default();
                     stored.version = update.at_ms;
                     stored.version_height = height;
+                    stored.values.retain(|name, _| !update.unset.contains(name));
                     stored.values.extend(update.values.clone());
                     CommandResult::Applied
                 }

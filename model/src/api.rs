@@ -174,7 +174,7 @@ pub struct AppView {
     /// How each region's routes reach the gateways (from each region's leader).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub routing: BTreeMap<String, Routing>,
-    /// Names of the app's secrets this region holds, and their version; never the values.
+    /// Names of the app's secrets this region holds; never the values.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
 }
@@ -530,6 +530,10 @@ pub struct InstanceReport {
     pub id: String,
     /// Spec height it runs.
     pub spec_height: u64,
+    /// Version of the secrets it runs with (0: none); the shard sends the sealed values only
+    /// when it is not the current one.
+    #[serde(default)]
+    pub secrets_version: u64,
     /// Component name to `addr:port`.
     pub endpoints: BTreeMap<String, String>,
     /// Whether its health check passes.
@@ -573,7 +577,8 @@ pub struct Assignment {
     /// Components to run.
     pub components: Vec<ComponentSpec>,
     /// The app's secrets, sealed to this node's key (context [`secret_context`] with the node
-    /// id); the guest reads them as environment variables.
+    /// id); the guest reads them as environment variables. Sent only while the node does not
+    /// report running `secrets_version` already.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, crate::sealed::SealedValue>,
     /// Version of the secrets; a different one means restart with the new values.
@@ -621,6 +626,9 @@ pub struct SecretsUpdate {
     /// By name (an environment variable name), each sealed with [`secret_context`] and the
     /// region as holder.
     pub values: BTreeMap<String, crate::sealed::SealedValue>,
+    /// Names to remove.
+    #[serde(default)]
+    pub unset: Vec<String>,
     /// When it was signed, milliseconds since the Unix epoch; must be newer than the stored
     /// version, which stops replays.
     pub at_ms: u64,
@@ -631,19 +639,21 @@ pub struct SecretsUpdate {
 }
 
 impl SecretsUpdate {
-    /// What is signed: a domain tag, then the JSON of app, region, values and time.
+    /// What is signed: a domain tag, then the JSON of app, region, values, removed names and
+    /// time.
     pub fn signing_bytes(
         app: &str,
         region: &str,
         values: &BTreeMap<String, crate::sealed::SealedValue>,
+        unset: &[String],
         at_ms: u64,
     ) -> Vec<u8> {
         let mut bytes = b"fluxplane-secrets-v1\n".to_vec();
-        bytes.extend(serde_json::to_vec(&(app, region, values, at_ms)).unwrap_or_default());
+        bytes.extend(serde_json::to_vec(&(app, region, values, unset, at_ms)).unwrap_or_default());
         bytes
     }
 
-    /// Signs an update with the owner's key.
+    /// Signs an update that sets `values` with the owner's key.
     pub fn sign(
         app: &str,
         region: &str,
@@ -651,13 +661,25 @@ impl SecretsUpdate {
         at_ms: u64,
         key: &crate::keys::Keypair,
     ) -> SecretsUpdate {
-        let signature = key.sign_hex(&Self::signing_bytes(app, region, &values, at_ms));
-        SecretsUpdate { app: app.into(), region: region.into(), values, at_ms, owner: key.public(), signature }
+        Self::sign_with_unset(app, region, values, Vec::new(), at_ms, key)
+    }
+
+    /// Signs an update that sets `values` and removes `unset`.
+    pub fn sign_with_unset(
+        app: &str,
+        region: &str,
+        values: BTreeMap<String, crate::sealed::SealedValue>,
+        unset: Vec<String>,
+        at_ms: u64,
+        key: &crate::keys::Keypair,
+    ) -> SecretsUpdate {
+        let signature = key.sign_hex(&Self::signing_bytes(app, region, &values, &unset, at_ms));
+        SecretsUpdate { app: app.into(), region: region.into(), values, unset, at_ms, owner: key.public(), signature }
     }
 
     /// Checks the signature.
     pub fn verify(&self) -> Result<(), String> {
-        let bytes = Self::signing_bytes(&self.app, &self.region, &self.values, self.at_ms);
+        let bytes = Self::signing_bytes(&self.app, &self.region, &self.values, &self.unset, self.at_ms);
         crate::keys::verify_hex(&self.owner, &bytes, &self.signature)
     }
 }

@@ -1,5 +1,6 @@
 //! Trust boundaries: what a hostile node operator cannot make the cloud do.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use model::api::{Assignments, Heartbeat, InstanceReport, SignedHeartbeat};
@@ -81,6 +82,7 @@ fn a_rogue_node_cannot_point_the_gateway_at_the_control_plane() {
     let lie = InstanceReport {
         id: assignment.id.clone(),
         spec_height: assignment.spec_height,
+        secrets_version: assignment.secrets_version,
         endpoints: [("web".to_string(), control_addr.clone())].into(),
         healthy: true,
         message: None,
@@ -630,6 +632,20 @@ fn a_secret_reaches_the_guest_and_appears_nowhere_else() {
     assert_eq!(post(&good).0, 200);
     let (status, body) = post(&good);
     assert_eq!(status, 409, "a replayed update: {body}");
+    let context = model::api::secret_context("hello", "GREETING", REGION);
+    let nul = model::sealed::seal(&region_key.key, &context, b"a\0b").expect("seal");
+    let binary = BTreeMap::from([("GREETING".to_string(), nul)]);
+    let (status, body) = post(&model::api::SecretsUpdate::sign("hello", REGION, binary, chain::now_ms(), &c.wallet()));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("UTF-8"), "{body}");
+
+    // Removed: the instance restarts without it, and greets with the plain env again.
+    let out = c.fluxctl(&["app", "secret", "rm", "hello", "GREETING"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("eu: GREETING removed"), "{}", text(&out.stderr));
+    eventually(Duration::from_secs(30), "the guest greets without the secret", || {
+        cloud.get().and_then(|r| r.text().ok()).is_some_and(|body| body.starts_with("hello from"))
+    });
 
     // A manifest's [secrets] table: set by the deploy, never in the published spec.
     const FROM_MANIFEST: &str = "manifest-secret-0b5e";

@@ -77,6 +77,9 @@ pub(super) async fn heartbeat(State(api): State<Arc<Api>>, body: Bytes) -> Json<
         }
     }
     let reported: Vec<String> = signed.beat.instances.iter().map(|r| r.id.clone()).collect();
+    // What secrets each reported instance runs with: values are sent only to one that lacks them.
+    let running_secrets: std::collections::HashMap<String, u64> =
+        signed.beat.instances.iter().map(|r| (r.id.clone(), r.secrets_version)).collect();
     shard.record_heartbeat(&node_id, signed.beat.instances)?;
     // Secrets go to the node sealed again, to its own key.
     // Secrets are copied out under the lock and sealed again after it: the X25519 work of a
@@ -98,7 +101,9 @@ pub(super) async fn heartbeat(State(api): State<Arc<Api>>, body: Bytes) -> Json<
             })
             .collect();
         for (i, a) in instances.iter().enumerate() {
-            if let Some(stored) = s.secrets.get(&a.app) {
+            if let Some(stored) = s.secrets.get(&a.app)
+                && running_secrets.get(&a.id) != Some(&stored.version)
+            {
                 sealed_here.push((i, stored.clone()));
             }
         }

@@ -52,8 +52,11 @@ pub(super) async fn put_secrets(
             format!("secrets sealed for region {} were sent to region {}", update.region, api.shard.region),
         ));
     }
-    if update.values.is_empty() || update.values.len() > MAX_SECRETS {
-        return Err(ApiError::new("invalid_secret", format!("an update sets 1 to {MAX_SECRETS} secrets")));
+    if update.values.len() > MAX_SECRETS || update.unset.len() > MAX_SECRETS {
+        return Err(ApiError::new(
+            "invalid_secret",
+            format!("an update sets or removes at most {MAX_SECRETS} secrets"),
+        ));
     }
     if chain::now_ms().abs_diff(update.at_ms) > MAX_SKEW_MS {
         return Err(ApiError::new(
@@ -67,14 +70,6 @@ pub(super) async fn put_secrets(
         ApiError::new("invalid_secret", "this region has no secrets key yet: ask GET /v1/secrets-key, then seal to it")
     })?;
     for (secret, sealed) in &update.values {
-        if !model::spec::is_env_name(secret) {
-            return Err(ApiError::new(
-                "invalid_secret",
-                format!(
-                    "secret name `{secret}` must match [A-Za-z_][A-Za-z0-9_]*: the guest reads it as an environment variable"
-                ),
-            ));
-        }
         // Opened only to check it: the value goes no further than this stack frame.
         let opened = key.open(&secret_context(&update.app, secret, &update.region), sealed).map_err(|e| {
             ApiError::new(
@@ -85,10 +80,20 @@ pub(super) async fn put_secrets(
         if opened.expose().len() > MAX_SECRET_BYTES {
             return Err(ApiError::new("invalid_secret", format!("secret `{secret}` is over {MAX_SECRET_BYTES} bytes")));
         }
+        // The guest reads an environment variable: text, with no NUL to cut it short.
+        if std::str::from_utf8(opened.expose()).is_err() || opened.expose().contains(&0) {
+            return Err(ApiError::new(
+                "invalid_secret",
+                format!("secret `{secret}` is not UTF-8 text without NUL bytes (encode binary values, e.g. in base64)"),
+            ));
+        }
     }
     match api.shard.propose(Command::PutSecrets { update: update.clone() }).await? {
-        // Checked above; only a race (another update committed first) lands here.
-        CommandResult::Rejected { reason } => return Err(ApiError::new("conflict", reason)),
+        // Checked above; a race (another update committed first) lands here: say which rule.
+        CommandResult::Rejected { reason } => {
+            let (code, message) = api.shard.read(|s| s.check_secrets(&update)).err().unwrap_or(("conflict", reason));
+            return Err(ApiError::new(code, message));
+        }
         _ => tracing::info!(app = %update.app, names = ?update.values.keys().collect::<Vec<_>>(), "secrets set"),
     }
     let view = api.shard.read(|s| {

@@ -78,6 +78,14 @@ pub enum SecretCommand {
         #[arg(required = true)]
         values: Vec<String>,
     },
+    /// Remove secrets by name (instances restart without them).
+    Rm {
+        /// App name.
+        name: String,
+        /// Secret names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
 }
 
 pub(super) async fn run(cli: &Cli, api: &Client, cmd: &AppCommand) -> anyhow::Result<()> {
@@ -93,6 +101,10 @@ pub(super) async fn run(cli: &Cli, api: &Client, cmd: &AppCommand) -> anyhow::Re
         AppCommand::Status { name } => status(cli, api, name).await,
         AppCommand::Rm { name } => rm(cli, api, name).await,
         AppCommand::Secret { cmd: SecretCommand::Set { name, values } } => set_secrets(cli, api, name, values).await,
+        AppCommand::Secret { cmd: SecretCommand::Rm { name, names } } => {
+            let (key, _) = keys::load(cli.key.as_ref())?;
+            seal_and_send(api, &key, name, &Default::default(), names).await
+        }
     }
 }
 
@@ -186,7 +198,7 @@ async fn set_secrets(cli: &Cli, api: &Client, app: &str, pairs: &[String]) -> an
         };
         values.insert(name.to_string(), bytes);
     }
-    seal_and_send(api, &key, app, &values).await
+    seal_and_send(api, &key, app, &values, &[]).await
 }
 
 /// Seals `values` to every region's key and sends them to that region, signed by `key`.
@@ -195,17 +207,30 @@ async fn seal_and_send(
     key: &Keypair,
     app: &str,
     values: &std::collections::BTreeMap<String, Vec<u8>>,
+    unset: &[String],
 ) -> anyhow::Result<()> {
+    for (name, value) in values {
+        // The guest reads an environment variable: text, which a NUL byte would cut short.
+        anyhow::ensure!(
+            std::str::from_utf8(value).is_ok() && !value.contains(&0),
+            "the value of {name} is not UTF-8 text without NUL bytes (encode binary values, e.g. in base64)"
+        );
+    }
     let view = api.app(app).await.with_context(|| format!("looking up `{app}`"))?;
     anyhow::ensure!(
         view.owner == key.public(),
-        "`{app}` is owned by {}; only its owner can set its secrets (this key is {})",
+        "`{app}` is owned by {}; only its owner can change its secrets (this key is {})",
         view.owner,
         key.public()
     );
     // Every region: the app may be placed, or spill, anywhere its rules allow.
     let regions = api.regions().await.context("listing the regions")?;
     let at_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let what = match (values.is_empty(), unset.is_empty()) {
+        (false, true) => format!("{} set", pairs_names(values)),
+        (true, false) => format!("{} removed", unset.join(", ")),
+        _ => format!("{} set, {} removed", pairs_names(values), unset.join(", ")),
+    };
     let mut failed = Vec::new();
     for region in regions {
         let urls = region.urls();
@@ -226,19 +251,29 @@ async fn seal_and_send(
                     model::sealed::seal(&sealing.key, &context, value).map_err(anyhow::Error::msg)?,
                 );
             }
-            let update = model::api::SecretsUpdate::sign(app, &region.name, sealed, at_ms, key);
-            Ok(region_api.put_secrets(&update).await?)
+            let update =
+                model::api::SecretsUpdate::sign_with_unset(app, &region.name, sealed, unset.to_vec(), at_ms, key);
+            // Right after a deploy a region may not have applied the app's block yet.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                match region_api.put_secrets(&update).await {
+                    Err(e) if e.is_not_found() && Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    other => return Ok(other?),
+                }
+            }
         }
         .await;
         match result {
-            Ok(stored) => eprintln!("{}: {} set (holds {})", region.name, pairs_names(values), stored.names.join(", ")),
+            Ok(stored) => eprintln!("{}: {what} (holds {})", region.name, stored.names.join(", ")),
             Err(e) => {
-                eprintln!("{}: not set: {e:#}", region.name);
+                eprintln!("{}: not changed: {e:#}", region.name);
                 failed.push(region.name);
             }
         }
     }
-    anyhow::ensure!(failed.is_empty(), "secrets not set in {}; run the command again", failed.join(", "));
+    anyhow::ensure!(failed.is_empty(), "secrets not changed in {}; run the command again", failed.join(", "));
     Ok(())
 }
 
@@ -345,7 +380,7 @@ async fn deploy(
             anyhow::ensure!(Instant::now() < deadline, "timed out waiting for `{name}` on chain to set its secrets");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        seal_and_send(api, &key, &name, &secrets).await?;
+        seal_and_send(api, &key, &name, &secrets, &[]).await?;
     }
     if !wait {
         println!("{url}");

@@ -204,6 +204,7 @@ async fn run_agent(
                     .map(|a| InstanceReport {
                         id: a.id.clone(),
                         spec_height: a.spec_height,
+                        secrets_version: a.secrets_version,
                         endpoints: a
                             .components
                             .iter()
