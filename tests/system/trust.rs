@@ -664,3 +664,31 @@ fn a_secret_reaches_the_guest_and_appears_nowhere_else() {
     let spec = c.get::<serde_json::Value>(1, "/v1/apps/vault").expect("app").to_string();
     assert!(spec.contains("GREETING") && !spec.contains(FROM_MANIFEST), "{spec}");
 }
+
+/// A garbled `chain.redb` (a page overwritten, at the header or deeper) stops `fluxplane chain`
+/// at start with an error that names the file, never a panic.
+#[test]
+fn a_garbled_chain_store_stops_the_chain_with_its_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("chain");
+    let mut chain = ChainProc::start(&data, "100ms", dir.path().join("chain.log"));
+    eventually(Duration::from_secs(10), "a few blocks", || chain.tip() >= 3);
+    assert!(chain.proc.terminate(Duration::from_secs(10)).is_some(), "the chain stops on SIGTERM");
+    let store = data.join("chain.redb");
+    let intact = std::fs::read(&store).expect("store");
+    for offset in [0usize, 4096, 8192] {
+        let mut bytes = intact.clone();
+        let end = (offset + 4096).min(bytes.len());
+        bytes[offset..end].fill(0xa5);
+        std::fs::write(&store, &bytes).expect("garble");
+        let listen = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+        let mut args = strings(&["chain", "--listen", &listen, "--data-dir"]);
+        args.push(path_str(&data));
+        let mut garbled = Proc::spawn("chain", fluxplane(), &args, dir.path().join(format!("garbled-{offset}.log")));
+        let status = garbled.wait_exit(Duration::from_secs(20)).expect("the chain exits at start");
+        let output = garbled.output();
+        assert!(!status.success(), "started on a store garbled at {offset}:\n{output}");
+        assert!(output.contains(&path_str(&store)), "the error names the file:\n{output}");
+        assert!(!output.contains("panicked"), "a panic, not an error:\n{output}");
+    }
+}
