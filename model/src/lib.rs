@@ -1,4 +1,4 @@
-//! Pure domain types for fluxplane: the app manifest and its validation, geography and regions,
+//! Pure domain types for fluxplane: the app manifest and its validation, Flux v8 JSON specs, geography and regions,
 //! node tiers, the price formula and transaction fees, sealing secret values to a key, chain
 //! transactions and the chain state they build, and the wire types that the API, `fluxctl`,
 //! agents and gateways exchange.
@@ -14,6 +14,7 @@ pub mod chain;
 pub mod command;
 pub mod event;
 pub mod fee;
+pub mod flux;
 pub mod geo;
 pub mod keys;
 pub mod price;

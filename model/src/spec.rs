@@ -272,11 +272,11 @@ pub struct FieldError {
 pub struct ValidationErrors(pub Vec<FieldError>);
 
 impl ValidationErrors {
-    fn one(path: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn one(path: &str, message: impl Into<String>) -> Self {
         Self(vec![FieldError { path: path.into(), message: message.into() }])
     }
 
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(FieldError { path: path.into(), message: message.into() });
     }
 
@@ -285,7 +285,7 @@ impl ValidationErrors {
         self.0.is_empty()
     }
 
-    fn into_result(self) -> Result<(), ValidationErrors> {
+    pub(crate) fn into_result(self) -> Result<(), ValidationErrors> {
         if self.is_empty() { Ok(()) } else { Err(self) }
     }
 }
