@@ -18,4 +18,4 @@ mod tx;
 
 pub use error::ClientError;
 pub use transport::{Client, DEFAULT_TIMEOUT, listener_of, parse_urls};
-pub use tx::sign_and_submit;
+pub use tx::{jitter_ms, sign_and_submit};

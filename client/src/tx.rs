@@ -26,17 +26,16 @@ pub async fn sign_and_submit(
             Err(e) if e.code() == Some("stale_nonce") && attempt < STALE_NONCE_RETRIES => {
                 attempt += 1;
                 // Spread the retries of the clients that collided.
-                let jitter = u64::from(rand_byte()) % 50;
-                tokio::time::sleep(std::time::Duration::from_millis(10 * attempt + jitter)).await;
+                tokio::time::sleep(std::time::Duration::from_millis(10 * attempt + jitter_ms(50))).await;
             }
             other => return other,
         }
     }
 }
 
-/// A byte that differs between processes and calls, for jitter.
-fn rand_byte() -> u8 {
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    (nanos ^ std::process::id()).to_le_bytes()[0] ^ (nanos >> 8) as u8
+/// 0 to `bound - 1` milliseconds, different between processes and calls: spreads the retries
+/// of clients that collided.
+pub fn jitter_ms(bound: u64) -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    u64::from(nanos ^ std::process::id().rotate_left(16)) % bound.max(1)
 }

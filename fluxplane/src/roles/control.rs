@@ -319,16 +319,9 @@ async fn publish(
                 return;
             }
             Err(chain::ChainError::Rejected { code, .. }) if code == "stale_nonce" => {
-                pause = Duration::from_millis(50 + (id % 8) * 40 + now_jitter_ms());
+                pause = Duration::from_millis(50 + (id % 8) * 40 + client::jitter_ms(100));
             }
             Err(e) => tracing::warn!(%region, id, "publishing this replica: {e}; retrying"),
         }
     }
-}
-
-/// 0–99 ms, different between replicas that collided on a nonce in the same instant.
-fn now_jitter_ms() -> u64 {
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    u64::from((nanos ^ std::process::id()) % 100)
 }
