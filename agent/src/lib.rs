@@ -283,6 +283,20 @@ async fn start(
     config: &AgentConfig,
     a: &Assignment,
 ) -> anyhow::Result<Vec<(String, InstanceServer)>> {
+    // Secrets arrive sealed to this node's key, and are opened only here, once, for the guest.
+    let opener = config.key.box_keypair();
+    let mut secrets = BTreeMap::new();
+    for (name, sealed) in &a.secrets {
+        let context = model::api::secret_context(&a.app, name, &config.node_id);
+        match opener.open(&context, sealed) {
+            Ok(value) => {
+                secrets.insert(name.clone(), String::from_utf8_lossy(value.expose()).into_owned());
+            }
+            Err(e) => {
+                tracing::warn!(node = %config.node_id, instance = %a.id, secret = %name, "a secret does not open: {e}")
+            }
+        }
+    }
     let mut servers: Vec<(String, InstanceServer)> = Vec::new();
     for c in &a.components {
         let hash = c.wasm_hash().with_context(|| format!("component {} has no module hash", c.name))?;
@@ -292,19 +306,7 @@ async fn start(
         let mut env = c.env.clone();
         env.insert("FLUXPLANE_NODE".into(), config.node_id.clone());
         env.insert("FLUXPLANE_APP".into(), a.app.clone());
-        // Secrets arrive sealed to this node's key, and are opened only here, for the guest.
-        let opener = config.key.box_keypair();
-        for (name, sealed) in &a.secrets {
-            let context = model::api::secret_context(&a.app, name, &config.node_id);
-            match opener.open(&context, sealed) {
-                Ok(value) => {
-                    env.insert(name.clone(), String::from_utf8_lossy(value.expose()).into_owned());
-                }
-                Err(e) => {
-                    tracing::warn!(node = %config.node_id, instance = %a.id, secret = %name, "a secret does not open: {e}")
-                }
-            }
-        }
+        env.extend(secrets.clone());
         let limits = InstanceLimits {
             memory_bytes: (c.ram_mb as usize) << 20,
             deadline: config.request_deadline,
@@ -363,10 +365,10 @@ async fn check_health(config: &AgentConfig, addrs: &[(String, SocketAddr)]) -> (
     (true, None)
 }
 
-/// One pool of connections to the node's own instances, for every health check.
 /// Where the next instance port search starts (shared by the agents of one process).
 static NEXT_PORT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// One pool of connections to the node's own instances, for every health check.
 static HEALTH_HTTP: std::sync::LazyLock<reqwest::Client> =
     // The node's own instances: never through a proxy from the environment.
     std::sync::LazyLock::new(|| reqwest::Client::builder().no_proxy().build().unwrap_or_default());
