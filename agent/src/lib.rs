@@ -146,7 +146,12 @@ async fn beat_loop(
         }
         let reports: Vec<InstanceReport> = instances.lock().values().map(|i| i.report(config.advertise)).collect();
         let beat = SignedHeartbeat::sign(
-            Heartbeat { node: config.node_id.clone(), at_ms: now_ms(), instances: reports },
+            Heartbeat {
+                node: config.node_id.clone(),
+                at_ms: now_ms(),
+                instances: reports,
+                unavailable: Default::default(),
+            },
             &config.key,
         );
         // A beat older than two periods is worth less than the next one.

@@ -31,6 +31,12 @@ pub trait Liveness {
     fn is_steady(&self, node: &str) -> bool {
         self.is_fresh(node)
     }
+
+    /// Why `node` cannot run workloads needing `needs` right now, though it declares them on
+    /// chain: its last heartbeat said so (for example, its Docker engine does not answer).
+    fn lacks(&self, _node: &str, _needs: model::chain::Capabilities) -> Option<String> {
+        None
+    }
 }
 
 /// When and how the leader judges.
@@ -108,11 +114,13 @@ fn judge<'a>(
         why.contains_key(node) || s.avoid.get(app).and_then(|a| a.get(node)).is_some_and(|until| *until > j.now_ms)
     };
     let current: BTreeSet<String> = placed.map(|p| p.keys().cloned().collect()).unwrap_or_default();
+    let needs = record.spec.needs();
     let candidate = |n: &'a NodeRecord| Candidate {
         node: n,
         up: up(s, live, j, &current, &n.start.node_id),
         cordoned: s.cordoned.contains(&n.start.node_id),
         free: n.resources().saturating_sub(&s.used_on(&n.start.node_id)),
+        lacks: live.lacks(&n.start.node_id, needs),
     };
     // The nodes that hold an instance, then new ones walked from the emptiest open node: only as
     // many as could be placed, each filtered as `place` would. So `place` sees a handful of
@@ -237,18 +245,20 @@ pub fn shortfall_message(
     let (eligible_nodes, open) = (capacity.eligible.eligible(spec, &s.region), capacity.open.eligible(spec, &s.region));
     let room = candidates
         .iter()
-        .filter(|c| c.up && !c.cordoned && eligible(spec, c.node) && !current.contains(&c.node.start.node_id))
+        .filter(|c| c.up && c.lacks.is_none() && !c.cordoned && eligible(spec, c.node))
+        .filter(|c| !current.contains(&c.node.start.node_id))
         .filter(|c| c.free.fits(&need))
         .count();
     format!(
         "{placed} of {} placed: {eligible_nodes} eligible node(s) in {}, {open} open (up, not cordoned), {} with room \
-         for cpu {} ram {} MB hdd {} GB",
+         for cpu {} ram {} MB hdd {} GB{}",
         quota.place,
         s.region,
         kept + room,
         need.cpu_tenths as f64 / 10.0,
         need.ram_mb,
-        need.hdd_gb
+        need.hdd_gb,
+        crate::scheduler::lacking_note(candidates.iter().filter(|c| c.up && eligible(spec, c.node)))
     )
 }
 
@@ -348,6 +358,7 @@ mod tests {
                 up: up(s, live, j, &current, &n.start.node_id),
                 cordoned: s.cordoned.contains(&n.start.node_id),
                 free: n.resources().saturating_sub(&s.used_on(&n.start.node_id)),
+                lacks: None,
             })
             .collect();
         let mut d = place(&record.spec, quota, &candidates, &current);

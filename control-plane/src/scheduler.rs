@@ -10,14 +10,18 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use model::NodeId;
 use model::capacity::{RegionReport, Shortage};
-use model::chain::{Capability, ChainState, NodeRecord};
+use model::chain::{Capabilities, ChainState, NodeRecord};
 use model::spec::{AppSpec, geo_allows};
 use model::tier::Resources;
 
-/// Whether `node` may run `spec` at all (geolocation and capability), ignoring capacity.
+/// Whether `node` may run `spec` at all (geolocation and the capabilities it declares on
+/// chain), ignoring capacity and whether those capabilities work right now.
 pub fn eligible(spec: &AppSpec, node: &NodeRecord) -> bool {
-    node.start.capabilities.contains(&Capability::Wasm)
-        && geo_allows(&spec.geolocation, &node.start.continent, &node.start.country)
+    declared(node).covers(spec.needs()) && geo_allows(&spec.geolocation, &node.start.continent, &node.start.country)
+}
+
+fn declared(node: &NodeRecord) -> Capabilities {
+    Capabilities::of(&node.start.capabilities)
 }
 
 /// Whether every instance of `spec` could be placed on `nodes` (those on chain, live or not):
@@ -26,8 +30,15 @@ pub fn eligible(spec: &AppSpec, node: &NodeRecord) -> bool {
 /// before it is paid for.
 pub fn feasibility<'a>(spec: &AppSpec, nodes: impl IntoIterator<Item = &'a NodeRecord>) -> Result<(), String> {
     let need = spec.instance_resources();
-    let (mut matching, mut fitting) = (0usize, 0usize);
-    for node in nodes.into_iter().filter(|n| eligible(spec, n)) {
+    let (mut matching, mut fitting, mut lacking) = (0usize, 0usize, 0usize);
+    for node in nodes {
+        if !geo_allows(&spec.geolocation, &node.start.continent, &node.start.country) {
+            continue;
+        }
+        if !declared(node).covers(spec.needs()) {
+            lacking += 1;
+            continue;
+        }
         matching += 1;
         fitting += usize::from(node.resources().fits(&need));
     }
@@ -39,21 +50,28 @@ pub fn feasibility<'a>(spec: &AppSpec, nodes: impl IntoIterator<Item = &'a NodeR
     } else {
         spec.geolocation.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(", ")
     };
+    let needs: Vec<String> = Capabilities::default().missing(spec.needs()).iter().map(|c| c.to_string()).collect();
+    let without = match lacking {
+        0 => String::new(),
+        n => format!(" ({n} more match them but do not run {})", needs.join(" and ")),
+    };
     Err(format!(
         "{} instance(s) need as many nodes, and no more than {fitting} could ever take one: {matching} node(s) on \
-         chain match the geolocation rules ({rules}), {fitting} of them have room for cpu {} ram {} MB hdd {} GB \
-         even when empty (the largest tier, stratus, has cpu 8 ram 64000 MB hdd 880 GB)",
+         chain match the geolocation rules ({rules}) and run {}{without}, {fitting} of them have room for cpu {} \
+         ram {} MB hdd {} GB even when empty (the largest tier, stratus, has cpu 8 ram 64000 MB hdd 880 GB)",
         spec.instances,
+        needs.join(" and "),
         need.cpu_tenths as f64 / 10.0,
         need.ram_mb,
         need.hdd_gb
     ))
 }
 
-/// Nodes that can run WASM, counted by region and by `(continent, country)`: all a quota
-/// depends on, so that quotas never walk every node (countries are few, nodes many).
+/// Nodes counted by region, by `(continent, country)` and by the capabilities they declare:
+/// all a quota depends on, so that quotas never walk every node (countries and capability
+/// sets are few, nodes many).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NodeCounts(BTreeMap<String, BTreeMap<(String, String), u32>>);
+pub struct NodeCounts(BTreeMap<String, BTreeMap<(String, String, Capabilities), u32>>);
 
 impl NodeCounts {
     /// Counts `nodes`.
@@ -65,21 +83,16 @@ impl NodeCounts {
         counts
     }
 
-    /// Counts one more node (if it can run WASM).
+    /// Counts one more node.
     pub fn add(&mut self, node: &NodeRecord) {
-        if node.start.capabilities.contains(&Capability::Wasm) {
-            let place = (node.start.continent.clone(), node.start.country.clone());
-            *self.0.entry(node.start.region.clone()).or_default().entry(place).or_default() += 1;
-        }
+        let place = (node.start.continent.clone(), node.start.country.clone(), declared(node));
+        *self.0.entry(node.start.region.clone()).or_default().entry(place).or_default() += 1;
     }
 
     /// Counts one node fewer.
     pub fn remove(&mut self, node: &NodeRecord) {
-        if !node.start.capabilities.contains(&Capability::Wasm) {
-            return;
-        }
         let Some(region) = self.0.get_mut(&node.start.region) else { return };
-        let place = (node.start.continent.clone(), node.start.country.clone());
+        let place = (node.start.continent.clone(), node.start.country.clone(), declared(node));
         if let Some(n) = region.get_mut(&place) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -96,12 +109,15 @@ impl NodeCounts {
         self.0.remove(region);
     }
 
-    /// Nodes of `region` that `spec`'s geolocation allows.
+    /// Nodes of `region` that `spec`'s geolocation allows and that declare what it needs.
     pub fn eligible(&self, spec: &AppSpec, region: &str) -> u32 {
+        let needs = spec.needs();
         self.0.get(region).map_or(0, |places| {
             places
                 .iter()
-                .filter(|((continent, country), _)| geo_allows(&spec.geolocation, continent, country))
+                .filter(|((continent, country, caps), _)| {
+                    caps.covers(needs) && geo_allows(&spec.geolocation, continent, country)
+                })
                 .fold(0u32, |sum, (_, n)| sum.saturating_add(*n))
         })
     }
@@ -269,6 +285,9 @@ pub struct Candidate<'a> {
     pub cordoned: bool,
     /// Capacity left, not counting the app being placed.
     pub free: Resources,
+    /// Why the node cannot run the app's workloads right now although it declares them (its
+    /// Docker engine does not answer, say), from its last heartbeat.
+    pub lacks: Option<String>,
 }
 
 /// What to change for one app in one region.
@@ -302,7 +321,7 @@ impl Decision {
 pub fn place(spec: &AppSpec, quota: Quota, candidates: &[Candidate<'_>], current: &BTreeSet<NodeId>) -> Decision {
     let need = spec.instance_resources();
     let (quota, keep_up_to) = (quota.place as usize, quota.keep.max(quota.place) as usize);
-    let usable = |c: &Candidate<'_>| c.up && eligible(spec, c.node);
+    let usable = |c: &Candidate<'_>| c.up && c.lacks.is_none() && eligible(spec, c.node);
     let by_id: std::collections::HashMap<&str, &Candidate<'_>> =
         candidates.iter().map(|c| (c.node.start.node_id.as_str(), c)).collect();
     let mut keep: Vec<&NodeId> = Vec::new();
@@ -337,14 +356,28 @@ pub fn place(spec: &AppSpec, quota: Quota, candidates: &[Candidate<'_>], current
         let eligible_up = candidates.iter().filter(|c| usable(c)).count();
         let down = candidates.iter().filter(|c| !c.up && eligible(spec, c.node)).count();
         format!(
-            "{placed} of {quota} placed: {eligible_up} eligible node(s) up, {down} down, {} with room for cpu {} ram {} MB hdd {} GB",
+            "{placed} of {quota} placed: {eligible_up} eligible node(s) up, {down} down, {} with room for cpu {} ram {} MB hdd {} GB{}",
             keep.len() + open_count,
             need.cpu_tenths as f64 / 10.0,
             need.ram_mb,
-            need.hdd_gb
+            need.hdd_gb,
+            lacking_note(candidates.iter().filter(|c| c.up && eligible(spec, c.node)))
         )
     });
     Decision { place, remove, shortfall }
+}
+
+/// `; N up node(s) cannot run it now: why` for candidates that lack a capability they declare.
+pub fn lacking_note<'a, 'b: 'a>(candidates: impl Iterator<Item = &'a Candidate<'b>>) -> String {
+    let lacking: Vec<(&str, &str)> =
+        candidates.filter_map(|c| Some((c.node.start.node_id.as_str(), c.lacks.as_deref()?))).collect();
+    match lacking.as_slice() {
+        [] => String::new(),
+        [(node, why), rest @ ..] => {
+            let more = if rest.is_empty() { String::new() } else { format!(" (and {} more)", rest.len()) };
+            format!("; {} up node(s) cannot run it now: {node}: {why}{more}", lacking.len())
+        }
+    }
 }
 
 #[cfg(test)]

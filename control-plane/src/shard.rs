@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use model::NodeId;
 use model::api::{InstanceReport, MemberView, ReplicaStatus, Route, RouteFeed};
+use model::chain::Capability;
 use model::command::{Command, CommandResult};
 use model::event::EventKind;
 use model::keys::Keypair;
@@ -183,6 +184,8 @@ struct Soft {
 struct NodeSoft {
     beat: Instant,
     reports: Vec<InstanceReport>,
+    /// Capabilities it declares on chain but cannot use now, and why (from its last beat).
+    unavailable: BTreeMap<Capability, String>,
 }
 
 /// Stripes of [`Beats`]: enough that heartbeats of different nodes rarely meet on a lock.
@@ -282,6 +285,17 @@ impl crate::reconcile::Liveness for Shard {
 
     fn is_steady(&self, node: &str) -> bool {
         self.since_heartbeat(node).is_some_and(|d| d < self.node_timeout / 2)
+    }
+
+    fn lacks(&self, node: &str, needs: model::chain::Capabilities) -> Option<String> {
+        let stripe = self.beats.stripe(node);
+        let unavailable = &stripe.get(node)?.unavailable;
+        let why: Vec<String> = unavailable
+            .iter()
+            .filter(|(cap, _)| needs.covers(model::chain::Capabilities::of(std::slice::from_ref(*cap))))
+            .map(|(cap, why)| format!("{cap}: {why}"))
+            .collect();
+        (!why.is_empty()).then(|| why.join("; "))
     }
 }
 
@@ -822,28 +836,39 @@ impl Shard {
     }
 
     /// Records a verified heartbeat (soft state, leader only).
-    pub fn record_heartbeat(&self, node: &str, reports: Vec<InstanceReport>) -> Result<(), SoftError> {
+    pub fn record_heartbeat(
+        &self,
+        node: &str,
+        reports: Vec<InstanceReport>,
+        unavailable: BTreeMap<Capability, String>,
+    ) -> Result<(), SoftError> {
         self.soft_leader()?;
         let mut stripe = self.beats.stripe(node);
         let now = Instant::now();
-        let (was_fresh, changed) = match stripe.get_mut(node) {
+        let (was_fresh, changed, abilities_changed) = match stripe.get_mut(node) {
             Some(known) => {
                 let was_fresh = known.beat.elapsed() < self.node_timeout;
                 let changed = known.reports != reports;
+                let abilities_changed = known.unavailable != unavailable;
                 known.beat = now;
                 if changed {
                     known.reports = reports;
                 }
-                (was_fresh, changed)
+                if abilities_changed {
+                    known.unavailable = unavailable;
+                }
+                (was_fresh, changed, abilities_changed)
             }
             None => {
-                stripe.insert(node.to_string(), NodeSoft { beat: now, reports });
-                (false, true)
+                stripe.insert(node.to_string(), NodeSoft { beat: now, reports, unavailable });
+                (false, true, false)
             }
         };
         // Bumped before the lock is released: a view that sees the new reports also sees a feed
         // version that carries them (`deploy --wait` relies on it).
-        if !was_fresh {
+        // A node whose Docker engine came back (or went) is judged again like a node that
+        // came back: the apps short of nodes may use it now.
+        if !was_fresh || abilities_changed {
             self.touched().fresh_node(node);
         } else if changed {
             self.touched().reported(node);
@@ -891,6 +916,11 @@ impl Shard {
             .collect();
         gateways.sort();
         gateways
+    }
+
+    /// The capabilities `node` declares but said, in its last beat, it cannot use now.
+    pub fn unavailable(&self, node: &str) -> BTreeMap<Capability, String> {
+        self.beats.stripe(node).get(node).map(|n| n.unavailable.clone()).unwrap_or_default()
     }
 
     /// Time since `node`'s last heartbeat reached this replica.

@@ -40,7 +40,7 @@ pub fn cloud(nodes: usize, apps: usize) -> ChainState {
             expire: 100_000,
             components: vec![ComponentSpec {
                 name: "web".into(),
-                wasm: "blake3:00".into(),
+                workload: model::spec::Workload::Wasm("blake3:00".into()),
                 cpu_tenths: 1,
                 ram_mb: 64,
                 hdd_gb: 1,

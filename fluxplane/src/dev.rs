@@ -200,7 +200,7 @@ async fn deploy_demo(api_url: &str, wallet: &Keypair) -> anyhow::Result<()> {
     let hash = blake3::hash(HELLO_WASM).to_hex().to_string();
     api.put_blob(&hash, HELLO_WASM.to_vec()).await?;
     for c in &mut spec.components {
-        c.wasm = format!("{}{hash}", model::spec::BLAKE3_PREFIX);
+        c.workload = model::spec::Workload::Wasm(format!("{}{hash}", model::spec::BLAKE3_PREFIX));
     }
     ops::commands::submit_spec(&api, wallet, spec).await?;
     println!("demo: deploying `hello`; soon at http://hello.app.localhost:<gateway port>/");

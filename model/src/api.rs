@@ -270,8 +270,11 @@ pub struct NodeView {
     pub continent: String,
     /// Country code.
     pub country: String,
-    /// Capabilities.
+    /// Capabilities, as declared on chain.
     pub capabilities: Vec<Capability>,
+    /// Declared capabilities it cannot use now, and why, as its last heartbeat said.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unavailable: BTreeMap<Capability, String>,
     /// The address it serves instances on (registered on chain).
     pub address: std::net::IpAddr,
     /// The ports its instances listen on (registered on chain).
@@ -492,6 +495,10 @@ pub struct Heartbeat {
     pub at_ms: u64,
     /// Instances the agent runs.
     pub instances: Vec<InstanceReport>,
+    /// Capabilities the node declares on chain but cannot use now, and why (its Docker engine
+    /// does not answer, say): no new instance needing one is placed on it meanwhile.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unavailable: BTreeMap<Capability, String>,
 }
 
 /// A heartbeat signed with the node key.

@@ -25,6 +25,53 @@ pub enum Capability {
     Oci,
 }
 
+impl Capability {
+    /// Every capability, in order.
+    pub const ALL: [Capability; 2] = [Capability::Wasm, Capability::Oci];
+
+    /// Its name, as written in specs and views.
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::Wasm => "wasm",
+            Capability::Oci => "oci",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        match self {
+            Capability::Wasm => 1,
+            Capability::Oci => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for Capability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A set of capabilities, small enough to count nodes by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Capabilities(u8);
+
+impl Capabilities {
+    /// The set of `caps`.
+    pub fn of<'a>(caps: impl IntoIterator<Item = &'a Capability>) -> Capabilities {
+        Capabilities(caps.into_iter().fold(0, |bits, c| bits | c.bit()))
+    }
+
+    /// Whether every capability of `other` is in this set.
+    pub fn covers(self, other: Capabilities) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The capabilities of `other` missing here.
+    pub fn missing(self, other: Capabilities) -> Vec<Capability> {
+        Capability::ALL.into_iter().filter(|c| other.0 & c.bit() != 0 && self.0 & c.bit() == 0).collect()
+    }
+}
+
 /// A node operator's announcement: lock collateral and join a region.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeStart {

@@ -46,7 +46,7 @@ mod tests {
             expire,
             components: vec![ComponentSpec {
                 name: "w".into(),
-                wasm: "w".into(),
+                workload: crate::spec::Workload::Wasm("w".into()),
                 cpu_tenths,
                 ram_mb,
                 hdd_gb,

@@ -55,17 +55,79 @@ pub struct AppSpec {
 pub struct ComponentSpec {
     /// Unique within the app; same syntax as an app name.
     pub name: String,
-    /// In a manifest, a path relative to it; on chain, `blake3:<hex>` of the module's bytes.
-    pub wasm: String,
+    /// What runs. Flattened, so a WASM component serializes as `"wasm": "..."` exactly as it did
+    /// before containers existed: signatures and block hashes cover this JSON.
+    #[serde(flatten)]
+    pub workload: Workload,
     /// Tenths of a core.
     pub cpu_tenths: u32,
-    /// Memory in MB; it is also the guest's linear-memory limit.
+    /// Memory in MB; the guest's linear-memory limit, or the container's memory limit.
     pub ram_mb: u32,
     /// Disk in GB.
     pub hdd_gb: u32,
-    /// Environment variables given to the guest.
+    /// Environment variables given to the workload.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+}
+
+/// What a component runs; it decides which node capability the component needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Workload {
+    /// A wasi:http component. In a manifest, a path relative to it; on chain, `blake3:<hex>` of
+    /// the module's bytes.
+    #[serde(rename = "wasm")]
+    Wasm(String),
+    /// An OCI image, run as a container.
+    #[serde(rename = "oci")]
+    Oci(OciWorkload),
+}
+
+/// A container component.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OciWorkload {
+    /// The image, `name:tag` (or `name@sha256:...`).
+    pub image: String,
+    /// An image archive (`docker save` or OCI layout tar) to load the image from: in a
+    /// manifest a path relative to it, on chain `blake3:<hex>` of the uploaded archive. Without
+    /// one, a node uses the image it has, or pulls it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<String>,
+    /// The ports the container serves; the first is the component's main port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<OciPort>,
+    /// Arguments that replace the image's command.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<String>,
+    /// Paths in the container backed by a local volume that outlives restarts of the instance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    /// A path answered with a status below 500 when healthy; without one, a TCP connect to the
+    /// main port is the health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_path: Option<String>,
+}
+
+/// One port a container serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OciPort {
+    /// The port inside the container.
+    pub container: u16,
+    /// The app-wide port it is published as: it names the route `<app>_<port>.app.<domain>`.
+    /// Host ports are chosen by each node, never by the app.
+    pub public: u16,
+    /// A custom domain routed to this port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+}
+
+impl Workload {
+    /// The node capability that runs it.
+    pub fn capability(&self) -> crate::chain::Capability {
+        match self {
+            Workload::Wasm(_) => crate::chain::Capability::Wasm,
+            Workload::Oci(_) => crate::chain::Capability::Oci,
+        }
+    }
 }
 
 impl ComponentSpec {
@@ -74,9 +136,34 @@ impl ComponentSpec {
         Resources { cpu_tenths: self.cpu_tenths, ram_mb: self.ram_mb, hdd_gb: self.hdd_gb }
     }
 
-    /// The module's content hash, if `wasm` is a `blake3:` reference.
+    /// The node capability this component needs.
+    pub fn capability(&self) -> crate::chain::Capability {
+        self.workload.capability()
+    }
+
+    /// The module's content hash, if this is a WASM component with a `blake3:` reference.
     pub fn wasm_hash(&self) -> Option<&str> {
-        self.wasm.strip_prefix(BLAKE3_PREFIX)
+        match &self.workload {
+            Workload::Wasm(module) => module.strip_prefix(BLAKE3_PREFIX),
+            Workload::Oci(_) => None,
+        }
+    }
+
+    /// The blobs a node fetches to run this component (a module or an image archive), as
+    /// written: `blake3:<hex>` on chain, a path in a manifest. Field name first.
+    pub fn blobs(&self) -> Vec<(&'static str, &str)> {
+        match &self.workload {
+            Workload::Wasm(module) => vec![("wasm", module.as_str())],
+            Workload::Oci(oci) => oci.archive.iter().map(|a| ("image_archive", a.as_str())).collect(),
+        }
+    }
+
+    /// The same, writable, so that `fluxctl` can replace paths with uploaded hashes.
+    pub fn blobs_mut(&mut self) -> Vec<(&'static str, &mut String)> {
+        match &mut self.workload {
+            Workload::Wasm(module) => vec![("wasm", module)],
+            Workload::Oci(oci) => oci.archive.iter_mut().map(|a| ("image_archive", a)).collect(),
+        }
     }
 }
 
@@ -84,6 +171,12 @@ impl AppSpec {
     /// The resources one instance of the app reserves on a node (all components together).
     pub fn instance_resources(&self) -> Resources {
         self.components.iter().fold(Resources::default(), |acc, c| acc.add(&c.resources()))
+    }
+
+    /// The capabilities a node needs to run an instance: one per kind of workload.
+    pub fn needs(&self) -> crate::chain::Capabilities {
+        let caps: Vec<crate::chain::Capability> = self.components.iter().map(ComponentSpec::capability).collect();
+        crate::chain::Capabilities::of(&caps)
     }
 
     /// Parses and validates a TOML manifest, reporting every problem found.
@@ -112,9 +205,10 @@ impl AppSpec {
         let mut errors = ValidationErrors::default();
         self.check(&mut errors);
         for (i, c) in self.components.iter().enumerate() {
-            let ok = c.wasm_hash().is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
-            if !ok {
-                errors.push(format!("component[{i}].wasm"), "must be `blake3:<64 hex digits>` once uploaded");
+            for (field, blob) in c.blobs() {
+                if !is_blob_ref(blob) {
+                    errors.push(format!("component[{i}].{field}"), "must be `blake3:<64 hex digits>` once uploaded");
+                }
             }
         }
         errors.into_result()
@@ -141,6 +235,8 @@ impl AppSpec {
             errors.push("component", format!("at most {MAX_COMPONENTS} components"));
         }
         let mut seen = std::collections::BTreeSet::new();
+        // Public ports are app-wide: each names one route.
+        let mut ports = std::collections::BTreeSet::new();
         for (i, c) in self.components.iter().enumerate() {
             let at = |field: &str| format!("component[{i}].{field}");
             if let Err(m) = check_name(&c.name) {
@@ -148,8 +244,12 @@ impl AppSpec {
             } else if !seen.insert(c.name.as_str()) {
                 errors.push(at("name"), format!("`{}` is used by another component", c.name));
             }
-            if c.wasm.trim().is_empty() {
-                errors.push(at("wasm"), "must name the component's .wasm file");
+            match &c.workload {
+                Workload::Wasm(module) if module.trim().is_empty() => {
+                    errors.push(at("wasm"), "must name the component's .wasm file");
+                }
+                Workload::Wasm(_) => {}
+                Workload::Oci(oci) => check_oci(oci, &at, &mut ports, errors),
             }
             if !(1..=MAX_CPU_TENTHS).contains(&c.cpu_tenths) {
                 errors.push(at("cpu"), "must be a step of 0.1 between 0.1 and 15");
@@ -170,6 +270,87 @@ impl AppSpec {
             }
         }
     }
+}
+
+/// Most ports one container component may serve (Flux's limit).
+pub const MAX_OCI_PORTS: usize = 5;
+
+fn check_oci(
+    oci: &OciWorkload,
+    at: &dyn Fn(&str) -> String,
+    public_ports: &mut std::collections::BTreeSet<u16>,
+    errors: &mut ValidationErrors,
+) {
+    if let Err(m) = check_image_ref(&oci.image) {
+        errors.push(at("image"), m);
+    }
+    if let Some(archive) = &oci.archive
+        && archive.trim().is_empty()
+    {
+        errors.push(at("image_archive"), "must name a .tar file (docker save or OCI layout)");
+    }
+    if oci.ports.len() > MAX_OCI_PORTS {
+        errors.push(at("ports"), format!("at most {MAX_OCI_PORTS} ports per component"));
+    }
+    for (j, p) in oci.ports.iter().enumerate() {
+        if p.container == 0 {
+            errors.push(at(&format!("ports[{j}]")), "container ports are 1-65535");
+        } else if p.public == 0 {
+            errors.push(at(&format!("ports[{j}]")), "public ports are 1-65535");
+        } else if !public_ports.insert(p.public) {
+            errors.push(at(&format!("ports[{j}]")), format!("public port {} is published twice in this app", p.public));
+        }
+        if let Some(d) = &p.domain
+            && !is_domain(d)
+        {
+            errors.push(at(&format!("ports[{j}].domain")), format!("`{d}` is not a domain name"));
+        }
+    }
+    for (j, c) in oci.commands.iter().enumerate() {
+        if c.contains('\0') {
+            errors.push(at(&format!("commands[{j}]")), "must not contain NUL");
+        }
+    }
+    for (j, v) in oci.volumes.iter().enumerate() {
+        if !v.starts_with('/') || v.contains('\0') || v.split('/').any(|part| part == "..") {
+            errors.push(at(&format!("volumes[{j}]")), "must be an absolute path in the container, without `..`");
+        }
+    }
+    if let Some(path) = &oci.health_path
+        && (!path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' '))
+    {
+        errors.push(at("health"), "must be a path such as /healthz");
+    }
+}
+
+/// Checks an image reference: `[registry/]name[:tag][@digest]`, Docker's characters only.
+pub fn check_image_ref(image: &str) -> Result<(), String> {
+    let ok_chars = image.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/:@".contains(&b));
+    if image.is_empty() || image.len() > 200 || !ok_chars || image.starts_with(['-', '.', '/', ':', '@']) {
+        return Err(
+            "must be an image reference such as `nginx:1.27` or `registry.example/app:v2` (at most 200 characters)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Whether `text` is a DNS name: dot-separated labels of letters, digits and dashes.
+pub fn is_domain(text: &str) -> bool {
+    text.len() <= 253
+        && text.contains('.')
+        && text.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// Whether `text` is `blake3:<64 hex digits>`.
+pub fn is_blob_ref(text: &str) -> bool {
+    text.strip_prefix(BLAKE3_PREFIX).is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Checks an app or component name: a DNS label of lowercase letters, digits and dashes.
@@ -343,12 +524,43 @@ fn parse_table(table: &toml::Table, errors: &mut ValidationErrors) -> AppSpec {
 }
 
 fn parse_component(t: &toml::Table, at: &str, errors: &mut ValidationErrors) -> ComponentSpec {
-    const KNOWN: [&str; 6] = ["name", "wasm", "cpu", "ram", "hdd", "env"];
+    const KNOWN: [&str; 12] = [
+        "name",
+        "wasm",
+        "image",
+        "image_archive",
+        "ports",
+        "commands",
+        "volumes",
+        "health",
+        "cpu",
+        "ram",
+        "hdd",
+        "env",
+    ];
+    /// Keys that only a container component takes.
+    const OCI_ONLY: [&str; 6] = ["image_archive", "ports", "commands", "volumes", "health", "image"];
     for key in t.keys().filter(|k| !KNOWN.contains(&k.as_str())) {
         errors.push(format!("{at}{key}"), format!("unknown field (expected one of {})", KNOWN.join(", ")));
     }
     let name = req_str(t, "name", at, errors);
-    let wasm = req_str(t, "wasm", at, errors);
+    let workload = match (t.contains_key("wasm"), t.contains_key("image")) {
+        (true, false) => {
+            for key in OCI_ONLY.iter().filter(|k| t.contains_key(**k)) {
+                errors.push(format!("{at}{key}"), "only a container component (`image = ...`) takes this");
+            }
+            Workload::Wasm(req_str(t, "wasm", at, errors))
+        }
+        (false, true) => Workload::Oci(parse_oci(t, at, errors)),
+        (true, true) => {
+            errors.push(format!("{at}image"), "a component runs either `wasm` or `image`, not both");
+            Workload::Wasm("placeholder".into())
+        }
+        (false, false) => {
+            errors.push(format!("{at}wasm"), "is required (or `image` for a container)");
+            Workload::Wasm("placeholder".into())
+        }
+    };
     let cpu_tenths = match t.get("cpu") {
         None => 1,
         Some(v) => {
@@ -399,7 +611,71 @@ fn parse_component(t: &toml::Table, at: &str, errors: &mut ValidationErrors) -> 
         }
         Some(_) => errors.push(format!("{at}env"), "must be a table of strings, e.g. { GREETING = \"hi\" }"),
     }
-    ComponentSpec { name, wasm, cpu_tenths, ram_mb, hdd_gb, env }
+    ComponentSpec { name, workload, cpu_tenths, ram_mb, hdd_gb, env }
+}
+
+fn parse_oci(t: &toml::Table, at: &str, errors: &mut ValidationErrors) -> OciWorkload {
+    let image = req_str(t, "image", at, errors);
+    let archive = opt_str(t, "image_archive", at, errors);
+    let health_path = opt_str(t, "health", at, errors);
+    let mut ports = Vec::new();
+    match t.get("ports") {
+        None => {}
+        Some(toml::Value::Array(items)) => {
+            for (j, item) in items.iter().enumerate() {
+                let here = format!("{at}ports[{j}]");
+                let port = |v: Option<&toml::Value>| v?.as_integer().and_then(|n| u16::try_from(n).ok());
+                match item {
+                    toml::Value::Integer(_) => match port(Some(item)) {
+                        Some(n) => ports.push(OciPort { container: n, public: n, domain: None }),
+                        None => errors.push(here, "must be a port, 1-65535"),
+                    },
+                    toml::Value::Table(p) => {
+                        for key in p.keys().filter(|k| !["container", "public", "domain"].contains(&k.as_str())) {
+                            errors.push(format!("{here}.{key}"), "unknown field (expected container, public, domain)");
+                        }
+                        let container = port(p.get("container"));
+                        let domain = opt_str(p, "domain", &format!("{here}."), errors);
+                        match container {
+                            Some(c) => {
+                                let public = if p.contains_key("public") { port(p.get("public")) } else { Some(c) };
+                                match public {
+                                    Some(public) => ports.push(OciPort { container: c, public, domain }),
+                                    None => errors.push(format!("{here}.public"), "must be a port, 1-65535"),
+                                }
+                            }
+                            None => errors.push(format!("{here}.container"), "is required: a port, 1-65535"),
+                        }
+                    }
+                    _ => errors.push(here, "must be a port or { container = 80, public = 8080, domain = \"...\" }"),
+                }
+            }
+        }
+        Some(_) => errors.push(format!("{at}ports"), "must be an array, e.g. [8080]"),
+    }
+    let strings = |key: &str, errors: &mut ValidationErrors| -> Vec<String> {
+        match t.get(key) {
+            None => Vec::new(),
+            Some(toml::Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(j, v)| {
+                    let s = v.as_str().map(str::to_string);
+                    if s.is_none() {
+                        errors.push(format!("{at}{key}[{j}]"), "must be a string");
+                    }
+                    s
+                })
+                .collect(),
+            Some(_) => {
+                errors.push(format!("{at}{key}"), "must be an array of strings");
+                Vec::new()
+            }
+        }
+    };
+    let commands = strings("commands", errors);
+    let volumes = strings("volumes", errors);
+    OciWorkload { image, archive, ports, commands, volumes, health_path }
 }
 
 /// A required string; on error, a placeholder that passes `check` (the error is already recorded).

@@ -576,7 +576,7 @@ pub fn app_spec(name: &str, hash: &str, instances: u32) -> model::AppSpec {
         expire: 88_000,
         components: vec![model::ComponentSpec {
             name: "web".into(),
-            wasm: format!("blake3:{hash}"),
+            workload: model::spec::Workload::Wasm(format!("blake3:{hash}")),
             cpu_tenths: 1,
             ram_mb: 64,
             hdd_gb: 1,

@@ -80,7 +80,7 @@ pub(super) async fn heartbeat(State(api): State<Arc<Api>>, body: Bytes) -> Json<
     // What secrets each reported instance runs with: values are sent only to one that lacks them.
     let running_secrets: std::collections::HashMap<String, u64> =
         signed.beat.instances.iter().map(|r| (r.id.clone(), r.secrets_version)).collect();
-    shard.record_heartbeat(&node_id, signed.beat.instances)?;
+    shard.record_heartbeat(&node_id, signed.beat.instances, signed.beat.unavailable)?;
     // Secrets go to the node sealed again, to its own key.
     // Secrets are copied out under the lock and sealed again after it: the X25519 work of a
     // node with many secrets must not hold up the shard's writers.

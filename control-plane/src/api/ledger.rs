@@ -53,15 +53,13 @@ pub(super) async fn submit_tx(
             return Err(ApiError::invalid_spec(format!("the app spec is invalid:\n{errors}"), errors.0));
         }
         for (i, c) in spec.components.iter().enumerate() {
-            let present = match c.wasm_hash() {
-                Some(h) => super::modules::ensure(&api, h).await?,
-                None => false,
-            };
-            if !present {
-                return Err(ApiError::new(
-                    "missing_module",
-                    format!("component[{i}].wasm: {} was not uploaded; PUT it to /v1/blobs/<hash> first", c.wasm),
-                ));
+            for (field, blob) in c.blobs() {
+                if !blob_present(&api, blob).await? {
+                    return Err(ApiError::new(
+                        "missing_module",
+                        format!("component[{i}].{field}: {blob} was not uploaded; PUT it to /v1/blobs/<hash> first"),
+                    ));
+                }
             }
         }
         check_feasible(&api, spec)?;
@@ -69,6 +67,15 @@ pub(super) async fn submit_tx(
     let tx_id = api.chain.submit(stx).await?;
     let height = if wait_applied { wait_applied_at(&api, &tx_id).await? } else { api.chain.tip().await?.height };
     Ok(axum::Json(SubmitTxResponse { tx_id, height }))
+}
+
+/// Whether a `blake3:` blob (a module or an image archive) is held here, fetched from a peer
+/// replica if need be.
+async fn blob_present(api: &Api, blob: &str) -> Result<bool, ApiError> {
+    match blob.strip_prefix(model::spec::BLAKE3_PREFIX) {
+        Some(hash) => super::modules::ensure(api, hash).await,
+        None => Ok(false),
+    }
 }
 
 /// What deploying a spec (chain form) would do, without doing it: `fluxctl app deploy
@@ -80,12 +87,10 @@ pub(super) async fn check_app(State(api): State<Arc<Api>>, body: Bytes) -> Json<
     }
     let mut missing_modules = Vec::new();
     for c in &spec.components {
-        let present = match c.wasm_hash() {
-            Some(h) => super::modules::ensure(&api, h).await?,
-            None => false,
-        };
-        if !present {
-            missing_modules.push(c.wasm.clone());
+        for (_, blob) in c.blobs() {
+            if !blob_present(&api, blob).await? {
+                missing_modules.push(blob.to_string());
+            }
         }
     }
     let (quotas, feasible, owner) = api.shard.read(|s| {

@@ -322,6 +322,7 @@ fn local_nodes(api: &Api) -> Vec<NodeView> {
                     continent: n.start.continent.clone(),
                     country: n.start.country.clone(),
                     capabilities: n.start.capabilities.clone(),
+                    unavailable: shard.unavailable(id),
                     address: n.start.address,
                     instance_ports: n.start.instance_ports,
                     up,

@@ -16,7 +16,7 @@ fn node(id: &str, region: &str, continent: &str, tier: Tier) -> NodeRecord {
             continent: continent.into(),
             country: "XX".into(),
             geo: GeoPoint { lat: 0.0, lon: 0.0 },
-            capabilities: vec![Capability::Wasm],
+            capabilities: vec![model::chain::Capability::Wasm],
             node_key: Keypair::from_seed([1; 32]).public(),
             address: std::net::Ipv4Addr::LOCALHOST.into(),
             instance_ports: model::chain::PortRange::DEFAULT,
@@ -36,7 +36,7 @@ fn app(instances: u32, geo: &[&str], ram_mb: u32) -> AppSpec {
         expire: 100,
         components: vec![ComponentSpec {
             name: "w".into(),
-            wasm: "w".into(),
+            workload: model::spec::Workload::Wasm("w".into()),
             cpu_tenths: 1,
             ram_mb,
             hdd_gb: 1,
@@ -75,12 +75,19 @@ fn places_on_emptiest_eligible_nodes_and_never_twice() {
     let n1 = node("eu-1", "eu", "EU", Tier::Cumulus);
     let n2 = node("eu-2", "eu", "EU", Tier::Cumulus);
     let cands = vec![
-        Candidate { node: &n1, up: true, cordoned: false, free: Resources { cpu_tenths: 20, ram_mb: 100, hdd_gb: 10 } },
+        Candidate {
+            node: &n1,
+            up: true,
+            cordoned: false,
+            free: Resources { cpu_tenths: 20, ram_mb: 100, hdd_gb: 10 },
+            lacks: None,
+        },
         Candidate {
             node: &n2,
             up: true,
             cordoned: false,
             free: Resources { cpu_tenths: 20, ram_mb: 8000, hdd_gb: 10 },
+            lacks: None,
         },
     ];
     let d = place(&app(1, &[], 64), Quota::exactly(1), &cands, &BTreeSet::new());
@@ -103,12 +110,14 @@ fn moves_off_down_nodes_and_reports_capacity_shortfall() {
             up: false,
             cordoned: false,
             free: Resources { cpu_tenths: 20, ram_mb: 8000, hdd_gb: 10 },
+            lacks: None,
         },
         Candidate {
             node: &n2,
             up: true,
             cordoned: false,
             free: Resources { cpu_tenths: 20, ram_mb: 8000, hdd_gb: 10 },
+            lacks: None,
         },
     ];
     let d = place(&app(1, &[], 64), Quota::exactly(1), &cands, &BTreeSet::from(["eu-1".to_string()]));
@@ -207,6 +216,7 @@ fn place_keeps_stand_ins_up_to_keep_but_adds_only_up_to_place() {
             up: true,
             cordoned: false,
             free: Resources { cpu_tenths: 20, ram_mb: 500, hdd_gb: 10 },
+            lacks: None,
         })
         .collect();
     let current: BTreeSet<NodeId> = ["na-0".to_string(), "na-1".to_string()].into();
@@ -262,7 +272,7 @@ proptest! {
             node: n,
             up: ups[i],
             cordoned: cordons[i % cordons.len()],
-            free: Resources { cpu_tenths: 20, ram_mb: frees[i % frees.len()], hdd_gb: 10 },
+            free: Resources { cpu_tenths: 20, ram_mb: frees[i % frees.len()], hdd_gb: 10 }, lacks: None,
         }).collect();
         let current: BTreeSet<NodeId> = nodes.iter().enumerate()
             .filter(|(i, _)| current_mask[i % current_mask.len()])
@@ -310,4 +320,48 @@ fn a_shortfall_changes_only_when_its_placed_count_does() {
     assert!(short(&recorded).changes(None));
     assert!(Decision::default().changes(Some(&recorded)));
     assert!(!Decision::default().changes(None));
+}
+
+fn container_app(instances: u32) -> AppSpec {
+    let mut spec = app(instances, &[], 64);
+    spec.components[0].workload = model::spec::Workload::Oci(model::spec::OciWorkload {
+        image: "busybox:local".into(),
+        archive: None,
+        ports: vec![],
+        commands: vec![],
+        volumes: vec![],
+        health_path: None,
+    });
+    spec
+}
+
+#[test]
+fn containers_go_only_to_nodes_that_declare_and_have_oci() {
+    use model::chain::Capability;
+    let wasm_only = node("eu-1", "eu", "EU", Tier::Cumulus);
+    let mut both = node("eu-2", "eu", "EU", Tier::Cumulus);
+    both.start.capabilities = vec![Capability::Wasm, Capability::Oci];
+    let mut broken = node("eu-3", "eu", "EU", Tier::Cumulus);
+    broken.start.capabilities = vec![Capability::Wasm, Capability::Oci];
+    let free = Resources { cpu_tenths: 20, ram_mb: 8000, hdd_gb: 10 };
+    let cand =
+        |n, lacks: Option<&str>| Candidate { node: n, up: true, cordoned: false, free, lacks: lacks.map(Into::into) };
+    let cands =
+        vec![cand(&wasm_only, None), cand(&both, None), cand(&broken, Some("oci: the Docker engine does not answer"))];
+    let d = place(&container_app(3), Quota::exactly(3), &cands, &BTreeSet::new());
+    assert_eq!(d.place, vec!["eu-2".to_string()]);
+    let why = d.shortfall.expect("short");
+    assert!(why.contains("eu-3: oci: the Docker engine does not answer"), "{why}");
+    // Quotas count only the nodes that declare oci.
+    let mut c = chain(0);
+    for n in [&wasm_only, &both, &broken] {
+        c.nodes.insert(n.start.node_id.clone(), n.clone());
+    }
+    assert_eq!(quotas(&container_app(3), &c).get("eu"), Some(&2));
+    assert_eq!(quotas(&app(3, &[], 64), &c).get("eu"), Some(&3));
+    // An app no node could ever run is refused with the missing capability named.
+    c.nodes.remove("eu-2");
+    c.nodes.remove("eu-3");
+    let refused = feasibility(&container_app(1), c.nodes.values()).expect_err("no oci node");
+    assert!(refused.contains("run oci (1 more match them but do not run oci)"), "{refused}");
 }

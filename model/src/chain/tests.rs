@@ -14,7 +14,7 @@ fn spec(name: &str) -> AppSpec {
         expire: 10,
         components: vec![ComponentSpec {
             name: "web".into(),
-            wasm: format!("blake3:{}", "00".repeat(32)),
+            workload: crate::spec::Workload::Wasm(format!("blake3:{}", "00".repeat(32))),
             cpu_tenths: 1,
             ram_mb: 64,
             hdd_gb: 1,
@@ -280,4 +280,40 @@ fn every_transaction_pays_a_fee_by_its_size() {
     let spam = SignedTx::sign(Tx::Transfer { to: stranger, amount: 0 }, 1, &unfunded);
     assert!(matches!(state.apply_tx(&spam, 2), Err(TxError::InsufficientFunds { .. })));
     assert!(!state.nonces.contains_key(&unfunded.public()));
+}
+
+/// A register signed before components could be containers: it must still read, verify and
+/// hash as it did, or every replica would refuse the chain it already holds.
+#[test]
+fn a_transaction_signed_before_workloads_still_verifies() {
+    const SIGNED_BEFORE: &str = r#"{"tx":{"type":"app_register","spec":{"name":"old","description":"","instances":3,"geolocation":["acEU"],"expire":10,"components":[{"name":"web","wasm":"blake3:0000000000000000000000000000000000000000000000000000000000000000","cpu_tenths":1,"ram_mb":64,"hdd_gb":1,"env":{"GREETING":"hi"}}]},"payment":100000000},"nonce":1,"signer":"ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c","signature":"80af66ae699accae4c4fd6e971e04a599e90d257a35042da1d82b06604ed73d6b66480acdd81d6c56f804fee284adf6edb03cf2be9bf1a26fe8a920fc6de4a03"}"#;
+    let stx: SignedTx = serde_json::from_str(SIGNED_BEFORE).expect("reads");
+    stx.verify().expect("the old signature verifies");
+    assert_eq!(stx.id(), "730e6441043d58c979bd756a692d3c22448cb9fa4a2e0c08c6c3cb00d096e32b");
+    assert_eq!(serde_json::to_string(&stx).expect("json"), SIGNED_BEFORE);
+    let Tx::AppRegister { spec, .. } = &stx.tx else { panic!("a register") };
+    assert_eq!(spec.components[0].capability(), Capability::Wasm);
+}
+
+#[test]
+fn a_container_component_round_trips_and_signs() {
+    let owner = Keypair::generate();
+    let mut s = spec("box");
+    s.components[0].workload = crate::spec::Workload::Oci(crate::spec::OciWorkload {
+        image: "busybox:local".into(),
+        archive: Some(format!("blake3:{}", "11".repeat(32))),
+        ports: vec![crate::spec::OciPort { container: 80, public: 8080, domain: None }],
+        commands: vec!["httpd".into(), "-f".into()],
+        volumes: vec![],
+        health_path: None,
+    });
+    s.validate_for_chain().expect("valid chain form");
+    let stx = SignedTx::sign(Tx::AppRegister { spec: s, payment: FLUX }, 1, &owner);
+    let json = serde_json::to_string(&stx).expect("json");
+    assert!(json.contains(r#""oci":{"image":"busybox:local""#), "{json}");
+    let back: SignedTx = serde_json::from_str(&json).expect("reads");
+    back.verify().expect("verifies");
+    assert_eq!(back, stx);
+    let Tx::AppRegister { spec, .. } = &back.tx else { panic!("a register") };
+    assert_eq!(spec.components[0].capability(), Capability::Oci);
 }

@@ -93,7 +93,7 @@ fn duplicate_component_names_are_refused() {
 fn chain_form_requires_content_hashes() {
     let mut spec = AppSpec::from_toml(HELLO).expect("valid");
     assert!(spec.validate_for_chain().is_err());
-    spec.components[0].wasm = format!("blake3:{}", "ab".repeat(32));
+    spec.components[0].workload = Workload::Wasm(format!("blake3:{}", "ab".repeat(32)));
     spec.validate_for_chain().expect("hash reference is valid");
 }
 
@@ -176,4 +176,56 @@ fn secrets_stay_out_of_the_spec() {
     assert_eq!(secrets["KEY"], "@key.pem");
     let bad = manifest_secrets("[secrets]\n\"1BAD\" = \"x\"\nN = 5\n").expect_err("refused");
     assert!(bad.to_string().contains("secrets.1BAD") && bad.to_string().contains("secrets.N"), "{bad}");
+}
+
+#[test]
+fn container_components_parse_with_ports_and_paths() {
+    let text = r#"
+name = "shop"
+[[component]]
+name = "web"
+image = "busybox:local"
+image_archive = "busybox.tar"
+ports = [80, { container = 8080, public = 9000, domain = "shop.example.com" }]
+commands = ["httpd", "-f", "-p", "80"]
+volumes = ["/data"]
+health = "/healthz"
+ram = 128
+"#;
+    let spec = AppSpec::from_toml(text).expect("valid");
+    let Workload::Oci(oci) = &spec.components[0].workload else { panic!("a container") };
+    assert_eq!(oci.image, "busybox:local");
+    assert_eq!(oci.archive.as_deref(), Some("busybox.tar"));
+    assert_eq!(oci.ports[0], OciPort { container: 80, public: 80, domain: None });
+    assert_eq!(oci.ports[1], OciPort { container: 8080, public: 9000, domain: Some("shop.example.com".into()) });
+    assert_eq!(oci.health_path.as_deref(), Some("/healthz"));
+    assert_eq!(spec.components[0].blobs(), vec![("image_archive", "busybox.tar")]);
+    // Chain form needs the archive's hash, not its path.
+    let errors = spec.validate_for_chain().expect_err("a path");
+    assert_eq!(errors.0[0].path, "component[0].image_archive");
+}
+
+#[test]
+fn container_component_mistakes_name_their_field() {
+    let cases = [
+        ("wasm = \"a.wasm\"\nimage = \"x:1\"", "component[0].image"),
+        ("cpu = 1", "component[0].wasm"),
+        ("wasm = \"a.wasm\"\nports = [80]", "component[0].ports"),
+        ("image = \"bad image\"", "component[0].image"),
+        ("image = \"x:1\"\nports = [0]", "component[0].ports[0]"),
+        ("image = \"x:1\"\nports = [70000]", "component[0].ports[0]"),
+        ("image = \"x:1\"\nports = [80, 80]", "component[0].ports[1]"),
+        ("image = \"x:1\"\nports = [1, 2, 3, 4, 5, 6]", "component[0].ports"),
+        ("image = \"x:1\"\nports = [{ container = 80, domain = \"no\" }]", "component[0].ports[0].domain"),
+        ("image = \"x:1\"\nvolumes = [\"data\"]", "component[0].volumes[0]"),
+        ("image = \"x:1\"\nvolumes = [\"/a/../etc\"]", "component[0].volumes[0]"),
+        ("image = \"x:1\"\nhealth = \"healthz\"", "component[0].health"),
+        ("image = \"x:1\"\ncommands = \"httpd\"", "component[0].commands"),
+    ];
+    for (body, path) in cases {
+        let text = format!("name = \"a\"\n[[component]]\nname = \"c\"\n{body}\n");
+        let errors = AppSpec::from_toml(&text).expect_err(body);
+        assert_eq!(errors.0.len(), 1, "{body}: {errors}");
+        assert_eq!(errors.0[0].path, path, "{body}: {errors}");
+    }
 }

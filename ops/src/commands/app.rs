@@ -289,22 +289,28 @@ async fn read_manifest(api: Option<&Client>, file: &Path, allow_outside: bool) -
     let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let home = dir.canonicalize().with_context(|| format!("reading {}", dir.display()))?;
     for (i, c) in spec.components.iter_mut().enumerate() {
-        let path = dir.join(&c.wasm);
-        let real = path.canonicalize().with_context(|| format!("component[{i}].wasm: reading {}", path.display()))?;
-        anyhow::ensure!(
-            allow_outside || real.starts_with(&home),
-            "component[{i}].wasm: {} is outside the manifest's directory {}; modules are published, so only \
-             files beside the manifest are uploaded (move it there, or pass --allow-outside)",
-            path.display(),
-            home.display()
-        );
-        // The checked file itself, not the path again (a link swapped in between is not followed).
-        let bytes = std::fs::read(&real).with_context(|| format!("component[{i}].wasm: reading {}", path.display()))?;
-        let hash = blake3::hash(&bytes).to_hex().to_string();
-        if let Some(api) = api {
-            api.put_blob(&hash, bytes).await.with_context(|| format!("uploading module {hash}"))?;
+        for (field, blob) in c.blobs_mut() {
+            let what = if field == "wasm" { "module" } else { "image archive" };
+            let path = dir.join(&*blob);
+            let real =
+                path.canonicalize().with_context(|| format!("component[{i}].{field}: reading {}", path.display()))?;
+            anyhow::ensure!(
+                allow_outside || real.starts_with(&home),
+                "component[{i}].{field}: {} is outside the manifest's directory {}; {what}s are published, so only \
+                 files beside the manifest are uploaded (move it there, or pass --allow-outside)",
+                path.display(),
+                home.display()
+            );
+            // The checked file itself, not the path again (a link swapped in between is not followed).
+            let bytes =
+                std::fs::read(&real).with_context(|| format!("component[{i}].{field}: reading {}", path.display()))?;
+            let hash = blake3::hash(&bytes).to_hex().to_string();
+            if let Some(api) = api {
+                eprintln!("uploading {what} {} ({} KB)", path.display(), bytes.len().div_ceil(1024));
+                api.put_blob(&hash, bytes).await.with_context(|| format!("uploading {what} {hash}"))?;
+            }
+            *blob = format!("{BLAKE3_PREFIX}{hash}");
         }
-        c.wasm = format!("{BLAKE3_PREFIX}{hash}");
     }
     Ok(spec)
 }

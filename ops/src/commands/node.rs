@@ -37,7 +37,7 @@ async fn list(cli: &Cli, api: &Client) -> anyhow::Result<()> {
         return print_json(&nodes);
     }
     let mut t = Table::new();
-    t.set_header(["node", "region", "tier", "up", "last beat", "instances", "free cpu", "free ram"]);
+    t.set_header(["node", "region", "tier", "up", "runs", "last beat", "instances", "free cpu", "free ram"]);
     for n in &nodes {
         let up = match (n.up, n.cordoned) {
             (true, false) => "yes",
@@ -49,6 +49,7 @@ async fn list(cli: &Cli, api: &Client) -> anyhow::Result<()> {
             n.region.clone(),
             n.tier.to_string(),
             up.into(),
+            capabilities(n),
             n.last_heartbeat_ms_ago.map_or("never".into(), |ms| format!("{ms} ms ago")),
             n.instances.to_string(),
             format!("{:.1}", n.free.cpu_tenths as f64 / 10.0),
@@ -57,6 +58,20 @@ async fn list(cli: &Cli, api: &Client) -> anyhow::Result<()> {
     }
     println!("{t}");
     Ok(())
+}
+
+/// What a node runs: `wasm, oci`, with a capability it cannot use now marked and explained
+/// (`oci: NO (the Docker engine does not answer: ...)`).
+fn capabilities(n: &model::api::NodeView) -> String {
+    let each: Vec<String> = n
+        .capabilities
+        .iter()
+        .map(|c| match n.unavailable.get(c) {
+            Some(why) => format!("{c}: NO ({why})"),
+            None => c.to_string(),
+        })
+        .collect();
+    each.join(", ")
 }
 
 async fn cordon(api: &Client, node: &str, cordoned: bool) -> anyhow::Result<()> {

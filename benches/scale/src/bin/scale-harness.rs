@@ -188,7 +188,12 @@ async fn run_agent(
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let beat = Heartbeat { node: agent.id.clone(), at_ms: chain::now_ms(), instances: running.clone() };
+        let beat = Heartbeat {
+            node: agent.id.clone(),
+            at_ms: chain::now_ms(),
+            instances: running.clone(),
+            unavailable: Default::default(),
+        };
         let signed = SignedHeartbeat::sign(beat, &agent.key);
         let started = Instant::now();
         let answer = client.heartbeat(&signed, Duration::from_secs(5)).await;
