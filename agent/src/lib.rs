@@ -1,23 +1,26 @@
 //! The node agent: heartbeats to its region's shard leader (signed with the node key), receives
-//! the instances assigned to the node, starts them on the WASM runtime, checks their health, and
-//! reports back in the next beat. While the control plane is unreachable it keeps every instance
-//! running: losing the control plane never stops a workload.
+//! the instances assigned to the node, starts them on the runtime of each component's workload
+//! (WASM or OCI, through the `runtime` contract alone), checks their health, and reports back in
+//! the next beat. While the control plane is unreachable it keeps every instance running:
+//! losing the control plane never stops a workload.
 //!
-//! Heartbeats, reconciling and health checks are separate tasks that share the instance table,
-//! so that neither a slow start nor a slow guest can delay a beat: a node is declared down only
-//! when it is really silent. Guests themselves run on the engine's own threads.
+//! Heartbeats, reconciling, health checks and capability checks are separate tasks that share
+//! the instance table, so that neither a slow start, a slow guest nor a slow Docker engine can
+//! delay a beat: a node is declared down only when it is really silent.
 //!
-//! Depends on `model`, `client` and `runtime-wasm`.
+//! Depends on `model`, `client` and `runtime`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use model::api::{Assignment, Assignments, Heartbeat, InstanceReport, START_FAILED, SignedHeartbeat};
+use model::chain::Capability;
 use model::keys::Keypair;
-use runtime_wasm::{ComponentCache, InstanceLimits, InstanceServer};
+use model::spec::Workload;
+use runtime::{HostPorts, Limits, LogBuffer, Runtime, StartError, StartSpec};
 use tokio::sync::{Notify, watch};
 
 /// How an agent is set up.
@@ -38,22 +41,53 @@ pub struct AgentConfig {
     /// The address registered on chain, which instance endpoints are reported on (the same as
     /// `bind_ip` unless that is 0.0.0.0).
     pub advertise: IpAddr,
-    /// The ports registered on chain: each instance component binds the first free one.
+    /// The ports registered on chain: each instance component binds free ones of them.
     pub ports: model::chain::PortRange,
     /// Longest time a request may run in a guest.
     pub request_deadline: Duration,
+    /// How long a stopped container gets to end by itself (SIGTERM) before it is killed.
+    pub stop_grace: Duration,
     /// After shutdown, how long instances keep serving (with no more beats or new work) before
     /// they stop: long enough for the control plane to drop the node's routes, so requests in
     /// flight and those already routed here still get answers.
     pub linger: Duration,
 }
 
+/// The runtimes of a node, one per capability it declares.
+#[derive(Clone, Default)]
+pub struct Runtimes(BTreeMap<Capability, Arc<dyn Runtime>>);
+
+impl Runtimes {
+    /// Adds `runtime` for the capability it runs.
+    pub fn with(mut self, runtime: Arc<dyn Runtime>) -> Self {
+        self.0.insert(runtime.capability(), runtime);
+        self
+    }
+
+    /// The capabilities they run.
+    pub fn capabilities(&self) -> Vec<Capability> {
+        self.0.keys().copied().collect()
+    }
+
+    /// Every runtime.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Runtime>> {
+        self.0.values()
+    }
+
+    fn get(&self, capability: Capability) -> Option<&Arc<dyn Runtime>> {
+        self.0.get(&capability)
+    }
+}
+
+/// One started component of an instance.
+type Started = (String, Arc<dyn runtime::Instance>);
+
 /// Where one assigned instance is.
 enum Phase {
-    /// Fetching, compiling or binding.
+    /// Fetching, compiling, loading or binding.
     Starting,
     /// Serving; `healthy` is the last health check's verdict.
-    Running { servers: Vec<(String, InstanceServer)>, healthy: bool, message: Option<String> },
+    Running { components: Vec<Started>, healthy: bool, message: Option<String> },
     /// Could not start; reported until the control plane places it elsewhere.
     Failed { message: String },
 }
@@ -61,16 +95,33 @@ enum Phase {
 struct Instance {
     assignment: Assignment,
     phase: Phase,
+    /// Each component's output, kept while the instance is assigned.
+    logs: BTreeMap<String, LogBuffer>,
 }
 
 impl Instance {
+    fn new(assignment: Assignment) -> Self {
+        let logs = assignment.components.iter().map(|c| (c.name.clone(), LogBuffer::new())).collect();
+        Self { assignment, phase: Phase::Starting, logs }
+    }
+
     /// The instance as the next beat reports it, its endpoints on `advertise`.
     fn report(&self, advertise: IpAddr) -> InstanceReport {
+        let mut runs = BTreeMap::new();
         let (endpoints, healthy, message) = match &self.phase {
             Phase::Starting => (BTreeMap::new(), false, Some("starting".to_string())),
-            Phase::Running { servers, healthy, message } => {
-                let endpoint = |s: &InstanceServer| SocketAddr::new(advertise, s.addr().port()).to_string();
-                (servers.iter().map(|(c, s)| (c.clone(), endpoint(s))).collect(), *healthy, message.clone())
+            Phase::Running { components, healthy, message } => {
+                let mut endpoints = BTreeMap::new();
+                for (name, instance) in components {
+                    for e in instance.endpoints() {
+                        endpoints.insert(e.name, SocketAddr::new(advertise, e.addr.port()).to_string());
+                    }
+                    let state = instance.state();
+                    if !state.is_quiet() {
+                        runs.insert(name.clone(), state);
+                    }
+                }
+                (endpoints, *healthy, message.clone())
             }
             Phase::Failed { message } => (BTreeMap::new(), false, Some(format!("{START_FAILED}{message}"))),
         };
@@ -81,16 +132,23 @@ impl Instance {
             endpoints,
             healthy,
             message,
+            runs,
         }
     }
 
+    /// Stops its components in the background: a container's stop waits out its grace period,
+    /// which must not hold the table.
     fn stop(&self) {
-        if let Phase::Running { servers, .. } = &self.phase {
-            for (_, s) in servers {
-                s.stop();
-            }
+        if let Phase::Running { components, .. } = &self.phase {
+            stop_all(components.clone());
         }
     }
+}
+
+fn stop_all(components: Vec<Started>) {
+    tokio::spawn(async move {
+        futures::future::join_all(components.iter().map(|(_, c)| c.stop())).await;
+    });
 }
 
 /// The node's instances, by id, shared by the agent's tasks. Never held across an await.
@@ -104,39 +162,89 @@ impl Instances {
     }
 }
 
-/// Runs the agent until `shutdown` turns true; then stops beating and taking work, lets its
-/// instances serve for `linger`, and stops them.
-pub async fn run(config: AgentConfig, cache: ComponentCache, mut shutdown: watch::Receiver<bool>) {
-    let instances = Instances::default();
+/// What the agent's tasks share.
+#[derive(Clone)]
+struct Agent {
+    config: AgentConfig,
+    runtimes: Runtimes,
+    ports: HostPorts,
+    instances: Instances,
+    /// Declared capabilities that do not work now, and why.
+    unavailable: Arc<Mutex<BTreeMap<Capability, String>>>,
+}
+
+/// A handle on a running agent: what it runs, for the node's own endpoints (logs).
+#[derive(Clone)]
+pub struct AgentHandle {
+    instances: Instances,
+}
+
+impl AgentHandle {
+    /// The output of `instance`'s components (each named), if the node runs it.
+    pub fn logs(&self, instance: &str) -> Option<BTreeMap<String, LogBuffer>> {
+        self.instances.lock().get(instance).map(|i| i.logs.clone())
+    }
+
+    /// The ids of the instances of `app` the node runs.
+    pub fn instances_of(&self, app: &str) -> Vec<String> {
+        self.instances.lock().values().filter(|i| i.assignment.app == app).map(|i| i.assignment.id.clone()).collect()
+    }
+}
+
+/// Starts the agent: the returned future runs it until `shutdown` turns true; then it stops
+/// beating and taking work, lets its instances serve for `linger`, and stops them.
+pub fn start(
+    config: AgentConfig,
+    runtimes: Runtimes,
+    shutdown: watch::Receiver<bool>,
+) -> (AgentHandle, impl std::future::Future<Output = ()>) {
+    let agent = Agent {
+        ports: HostPorts::new(config.ports),
+        config,
+        runtimes,
+        instances: Instances::default(),
+        unavailable: Arc::default(),
+    };
+    (AgentHandle { instances: agent.instances.clone() }, run(agent, shutdown))
+}
+
+async fn run(agent: Agent, mut shutdown: watch::Receiver<bool>) {
     let (assigned_tx, assigned_rx) = watch::channel::<Option<Assignments>>(None);
     let beat_now = Arc::new(Notify::new());
     let tasks = [
-        tokio::spawn(beat_loop(config.clone(), instances.clone(), assigned_tx, beat_now.clone())),
-        tokio::spawn(reconcile_loop(config.clone(), cache, instances.clone(), assigned_rx, beat_now)),
-        tokio::spawn(health_loop(config.clone(), instances.clone())),
+        tokio::spawn(beat_loop(agent.clone(), assigned_tx, beat_now.clone())),
+        tokio::spawn(reconcile_loop(agent.clone(), assigned_rx, beat_now)),
+        tokio::spawn(health_loop(agent.clone())),
+        tokio::spawn(capability_loop(agent.clone())),
     ];
     while !*shutdown.borrow_and_update() {
         if shutdown.changed().await.is_err() {
             break;
         }
     }
+    let config = &agent.config;
     tracing::info!(node = %config.node_id, "draining: no more beats or new instances");
     for t in &tasks {
         t.abort();
     }
     tokio::time::sleep(config.linger).await;
-    for i in instances.lock().values() {
-        i.stop();
-    }
+    let running: Vec<Started> = agent
+        .instances
+        .lock()
+        .values()
+        .flat_map(|i| match &i.phase {
+            Phase::Running { components, .. } => components.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
+    // Awaited here, not in the background: the process ends after this, and a container must
+    // not outlive its node's shutdown.
+    futures::future::join_all(running.iter().map(|(_, c)| c.stop())).await;
 }
 
 /// Beats every period (and at once when an instance starts), and publishes the answer.
-async fn beat_loop(
-    config: AgentConfig,
-    instances: Instances,
-    assigned: watch::Sender<Option<Assignments>>,
-    beat_now: Arc<Notify>,
-) {
+async fn beat_loop(agent: Agent, assigned: watch::Sender<Option<Assignments>>, beat_now: Arc<Notify>) {
+    let config = &agent.config;
     let mut ticker = tokio::time::interval(config.beat_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -144,14 +252,11 @@ async fn beat_loop(
             _ = ticker.tick() => {}
             _ = beat_now.notified() => ticker.reset(),
         }
-        let reports: Vec<InstanceReport> = instances.lock().values().map(|i| i.report(config.advertise)).collect();
+        let reports: Vec<InstanceReport> =
+            agent.instances.lock().values().map(|i| i.report(config.advertise)).collect();
+        let unavailable = agent.unavailable.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let beat = SignedHeartbeat::sign(
-            Heartbeat {
-                node: config.node_id.clone(),
-                at_ms: now_ms(),
-                instances: reports,
-                unavailable: Default::default(),
-            },
+            Heartbeat { node: config.node_id.clone(), at_ms: now_ms(), instances: reports, unavailable },
             &config.key,
         );
         // A beat older than two periods is worth less than the next one.
@@ -165,15 +270,15 @@ async fn beat_loop(
     }
 }
 
+/// How often leftovers of earlier runs (containers of instances no longer assigned) are looked
+/// for, after the first time right after the first answer.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
 /// Makes the instance table match each answer: stops what is not assigned (or assigned with a
-/// newer spec), starts what is new.
-async fn reconcile_loop(
-    config: AgentConfig,
-    cache: ComponentCache,
-    instances: Instances,
-    mut assigned: watch::Receiver<Option<Assignments>>,
-    beat_now: Arc<Notify>,
-) {
+/// newer spec), starts what is new, and sweeps away what an earlier run of the node left.
+async fn reconcile_loop(agent: Agent, mut assigned: watch::Receiver<Option<Assignments>>, beat_now: Arc<Notify>) {
+    let config = &agent.config;
+    let mut last_sweep: Option<Instant> = None;
     while assigned.changed().await.is_ok() {
         let Some(answer) = assigned.borrow_and_update().clone() else { continue };
         for order in &answer.stop {
@@ -181,8 +286,8 @@ async fn reconcile_loop(
         }
         let wanted: HashMap<&str, &Assignment> = answer.instances.iter().map(|a| (a.id.as_str(), a)).collect();
         let mut to_start = Vec::new();
-        {
-            let mut table = instances.lock();
+        let keep: Vec<String> = {
+            let mut table = agent.instances.lock();
             table.retain(|id, i| {
                 // A new spec or new secrets: the instance starts again with them.
                 let keep = wanted.get(id.as_str()).is_some_and(|a| same_run(a, &i.assignment));
@@ -194,35 +299,62 @@ async fn reconcile_loop(
             });
             for a in &answer.instances {
                 if !table.contains_key(&a.id) {
-                    table.insert(a.id.clone(), Instance { assignment: a.clone(), phase: Phase::Starting });
+                    table.insert(a.id.clone(), Instance::new(a.clone()));
                     to_start.push(a.clone());
                 }
             }
+            table.keys().cloned().collect()
+        };
+        // The answer says what the node should run; whatever else an earlier process of this
+        // node left behind (after a kill -9) goes now. Instances being stopped just now are
+        // not in `keep` either: removing them early costs them only their grace period.
+        if last_sweep.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
+            last_sweep = Some(Instant::now());
+            for capability in agent.runtimes.capabilities() {
+                let (agent, keep) = (agent.clone(), keep.clone());
+                tokio::spawn(async move {
+                    let Some(runtime) = agent.runtimes.get(capability) else { return };
+                    match runtime.remove_others(&owner(&agent.config.node_id, &agent.config.key), &keep).await {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::info!(node = %agent.config.node_id, "removed {n} leftover {capability} workload(s)")
+                        }
+                        Err(e) => {
+                            tracing::warn!(node = %agent.config.node_id, "sweeping leftover {capability} workloads: {e:#}")
+                        }
+                    }
+                });
+            }
         }
         for a in to_start {
-            let (cache, config, instances, beat_now) =
-                (cache.clone(), config.clone(), instances.clone(), beat_now.clone());
+            let (agent, beat_now) = (agent.clone(), beat_now.clone());
             tokio::spawn(async move {
-                let result = start(&cache, &config, &a).await.map_err(|e| format!("{e:#}"));
+                let config = &agent.config;
+                let logs = agent.instances.lock().get(&a.id).map(|i| i.logs.clone()).unwrap_or_default();
+                let result = start_instance(&agent, &a, &logs).await.map_err(|e| format!("{e:#}"));
                 let phase = match result {
-                    Ok(servers) => {
+                    Ok(components) => {
                         // Checked once before it is reported, so it is routed on the next beat.
-                        let (healthy, message) = check_health(&config, &addrs(&servers)).await;
-                        Phase::Running { servers, healthy, message }
+                        let (healthy, message) = check_health(config, &components).await;
+                        Phase::Running { components, healthy, message }
                     }
                     Err(message) => {
                         tracing::warn!(node = %config.node_id, instance = %a.id, "start failed: {message}");
                         Phase::Failed { message }
                     }
                 };
-                let mut table = instances.lock();
+                let mut table = agent.instances.lock();
                 match table.get_mut(&a.id) {
                     // Still wanted as it was when the start began.
                     Some(i) if same_run(&i.assignment, &a) && matches!(i.phase, Phase::Starting) => {
                         i.phase = phase;
                     }
                     // Unassigned meanwhile: what started must not run on.
-                    _ => Instance { assignment: a, phase }.stop(),
+                    _ => {
+                        if let Phase::Running { components, .. } = phase {
+                            stop_all(components);
+                        }
+                    }
                 }
                 drop(table);
                 beat_now.notify_one();
@@ -232,30 +364,32 @@ async fn reconcile_loop(
 }
 
 /// Checks every running instance each beat period, all at once, each within the health timeout.
-async fn health_loop(config: AgentConfig, instances: Instances) {
+async fn health_loop(agent: Agent) {
+    let config = &agent.config;
     let mut ticker = tokio::time::interval(config.beat_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let targets: Vec<(String, (u64, u64), Endpoints)> = instances
+        let targets: Vec<(String, (u64, u64), Vec<Started>)> = agent
+            .instances
             .lock()
             .values()
             .filter_map(|i| match &i.phase {
-                Phase::Running { servers, .. } => Some((
+                Phase::Running { components, .. } => Some((
                     i.assignment.id.clone(),
                     (i.assignment.spec_height, i.assignment.secrets_version),
-                    addrs(servers),
+                    components.clone(),
                 )),
                 _ => None,
             })
             .collect();
-        let checks = targets.into_iter().map(|(id, height, addrs)| {
-            let config = &config;
-            async move { (id, height, check_health(config, &addrs).await) }
+        let checks = targets.into_iter().map(|(id, run, components)| async move {
+            let verdict = check_health(config, &components).await;
+            (id, run, verdict)
         });
-        for (id, height, (ok, why)) in futures::future::join_all(checks).await {
-            if let Some(i) = instances.lock().get_mut(&id)
-                && (i.assignment.spec_height, i.assignment.secrets_version) == height
+        for (id, run, (ok, why)) in futures::future::join_all(checks).await {
+            if let Some(i) = agent.instances.lock().get_mut(&id)
+                && (i.assignment.spec_height, i.assignment.secrets_version) == run
                 && let Phase::Running { healthy, message, .. } = &mut i.phase
             {
                 *healthy = ok;
@@ -265,17 +399,32 @@ async fn health_loop(config: AgentConfig, instances: Instances) {
     }
 }
 
-/// Each component's name and address.
-type Endpoints = Vec<(String, SocketAddr)>;
-
-fn addrs(servers: &[(String, InstanceServer)]) -> Endpoints {
-    // A server bound to every address is probed on loopback.
-    let probe = |addr: SocketAddr| match addr.ip() {
-        ip if ip.is_unspecified() && ip.is_ipv4() => SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port()),
-        ip if ip.is_unspecified() => SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), addr.port()),
-        _ => addr,
-    };
-    servers.iter().map(|(c, s)| (c.clone(), probe(s.addr()))).collect()
+/// Asks each runtime every beat period whether it works, for the next beat to say.
+async fn capability_loop(agent: Agent) {
+    let config = &agent.config;
+    let mut ticker = tokio::time::interval(config.beat_every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let mut now = BTreeMap::new();
+        for capability in agent.runtimes.capabilities() {
+            let Some(runtime) = agent.runtimes.get(capability) else { continue };
+            let why = match tokio::time::timeout(config.health_timeout, runtime.unavailable()).await {
+                Ok(why) => why,
+                Err(_) => Some(format!("it did not answer within {:?}", config.health_timeout)),
+            };
+            if let Some(why) = why {
+                now.insert(capability, why);
+            }
+        }
+        let mut unavailable = agent.unavailable.lock().unwrap_or_else(|e| e.into_inner());
+        if *unavailable != now {
+            for (capability, why) in &now {
+                tracing::warn!(node = %config.node_id, "{capability} is unavailable: {why}");
+            }
+            *unavailable = now;
+        }
+    }
 }
 
 /// Whether an instance started for `a` still runs what `b` asks for.
@@ -283,12 +432,14 @@ fn same_run(a: &Assignment, b: &Assignment) -> bool {
     a.spec_height == b.spec_height && a.secrets_version == b.secrets_version
 }
 
-async fn start(
-    cache: &ComponentCache,
-    config: &AgentConfig,
+/// Starts every component of `a`; on a failure, stops those already started.
+async fn start_instance(
+    agent: &Agent,
     a: &Assignment,
-) -> anyhow::Result<Vec<(String, InstanceServer)>> {
-    // Secrets arrive sealed to this node's key, and are opened only here, once, for the guest.
+    logs: &BTreeMap<String, LogBuffer>,
+) -> anyhow::Result<Vec<Started>> {
+    let config = &agent.config;
+    // Secrets arrive sealed to this node's key, and are opened only here, once, for the workload.
     let opener = config.key.box_keypair();
     let mut secrets = BTreeMap::new();
     for (name, sealed) in &a.secrets {
@@ -302,81 +453,91 @@ async fn start(
             }
         }
     }
-    let mut servers: Vec<(String, InstanceServer)> = Vec::new();
+    let mut started: Vec<Started> = Vec::new();
     for c in &a.components {
-        let hash = c.wasm_hash().with_context(|| format!("component {} has no module hash", c.name))?;
-        let bytes = config.control.get_blob(hash).await.with_context(|| format!("fetching module {hash}"))?;
-        anyhow::ensure!(blake3::hash(&bytes).to_hex().as_str() == hash, "module {hash} arrived corrupted");
-        let pre = cache.get(&bytes).await.with_context(|| format!("compiling component {}", c.name))?;
-        let mut env = c.env.clone();
-        env.insert("FLUXPLANE_NODE".into(), config.node_id.clone());
-        env.insert("FLUXPLANE_APP".into(), a.app.clone());
-        env.extend(secrets.clone());
-        let limits = InstanceLimits {
-            memory_bytes: (c.ram_mb as usize) << 20,
-            deadline: config.request_deadline,
-            cpu_share: f64::from(c.cpu_tenths) / 10.0,
-        };
-        // The first free port of the node's registered range: the control plane refuses an
-        // endpoint outside it.
-        let mut started = Err(anyhow::anyhow!("every instance port of this node ({}) is in use", config.ports));
-        // From a cursor that moves on, not from the first port: a port just freed by a stopped
-        // instance is taken last, so a gateway still routing to it reaches nothing rather than
-        // another app.
-        let ports: Vec<u16> = config.ports.ports().collect();
-        let from = NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % ports.len().max(1);
-        for port in ports[from..].iter().chain(&ports[..from]).copied() {
-            let bind = SocketAddr::new(config.bind_ip, port);
-            match InstanceServer::start(cache.engine(), pre.clone(), env.clone(), limits.clone(), bind).await {
-                Ok(server) => {
-                    started = Ok(server);
-                    break;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
-                Err(e) => {
-                    started = Err(anyhow::anyhow!("binding {bind}: {e}"));
-                    break;
-                }
+        match start_component(agent, a, c, &secrets, logs.get(&c.name).cloned().unwrap_or_default()).await {
+            Ok(instance) => {
+                let addrs: Vec<String> = instance.endpoints().iter().map(|e| e.addr.to_string()).collect();
+                tracing::info!(node = %config.node_id, instance = %a.id, component = %c.name, addrs = %addrs.join(","), "instance started");
+                started.push((c.name.clone(), Arc::from(instance)));
             }
-        }
-        let server = match started {
-            Ok(s) => s,
             Err(e) => {
-                for (_, s) in &servers {
-                    s.stop();
-                }
+                stop_all(started);
                 return Err(e);
             }
-        };
-        tracing::info!(node = %config.node_id, instance = %a.id, component = %c.name, addr = %server.addr(), "instance started");
-        servers.push((c.name.clone(), server));
+        }
     }
-    Ok(servers)
+    Ok(started)
 }
 
-/// An instance is healthy when each component answers `GET /` below 500 within the timeout.
-async fn check_health(config: &AgentConfig, addrs: &[(String, SocketAddr)]) -> (bool, Option<String>) {
-    for (name, addr) in addrs {
-        let probe = async { HEALTH_HTTP.get(format!("http://{addr}/")).send().await.map(|r| r.status().as_u16()) };
-        match tokio::time::timeout(config.health_timeout, probe).await {
-            Ok(Ok(status)) if status < 500 => {}
-            Ok(Ok(status)) => return (false, Some(format!("{name}: health check answered {status}"))),
-            Ok(Err(e)) => return (false, Some(format!("{name}: health check failed: {e}"))),
-            Err(_) => {
-                return (false, Some(format!("{name}: health check got no answer within {:?}", config.health_timeout)));
-            }
+async fn start_component(
+    agent: &Agent,
+    a: &Assignment,
+    c: &model::spec::ComponentSpec,
+    secrets: &BTreeMap<String, String>,
+    logs: LogBuffer,
+) -> anyhow::Result<Box<dyn runtime::Instance>> {
+    let config = &agent.config;
+    let capability = c.capability();
+    let runtime = agent
+        .runtimes
+        .get(capability)
+        .with_context(|| format!("component {}: this node does not run {capability} workloads", c.name))?;
+    // The module, or the image archive, by content hash, checked before it is used.
+    let artifact = match c.blobs().first() {
+        Some((field, blob)) => {
+            let hash = blob
+                .strip_prefix(model::spec::BLAKE3_PREFIX)
+                .with_context(|| format!("component {}: {field} is not a content hash", c.name))?;
+            let what = if *field == "wasm" { "module" } else { "image archive" };
+            let bytes = config.control.get_blob(hash).await.with_context(|| format!("fetching {what} {hash}"))?;
+            anyhow::ensure!(blake3::hash(&bytes).to_hex().as_str() == hash, "{what} {hash} arrived corrupted");
+            Some(bytes)
+        }
+        None if matches!(c.workload, Workload::Wasm(_)) => anyhow::bail!("component {} has no module hash", c.name),
+        None => None,
+    };
+    let mut env = c.env.clone();
+    env.insert("FLUXPLANE_NODE".into(), config.node_id.clone());
+    env.insert("FLUXPLANE_APP".into(), a.app.clone());
+    env.extend(secrets.clone());
+    let spec = StartSpec {
+        node: owner(&config.node_id, &config.key),
+        app: a.app.clone(),
+        instance: a.id.clone(),
+        run: format!("{}.{}", a.spec_height, a.secrets_version),
+        component: c.clone(),
+        artifact,
+        env,
+        bind_ip: config.bind_ip,
+        ports: agent.ports.clone(),
+        limits: Limits::of(c, config.request_deadline, config.stop_grace),
+        logs,
+    };
+    runtime.start(spec).await.map_err(|e| match e {
+        StartError::Unavailable(why) => anyhow::anyhow!("component {}: {capability} is unavailable: {why}", c.name),
+        StartError::Failed(why) => anyhow::anyhow!("component {}: {why}", c.name),
+    })
+}
+
+/// The name this node's workloads are owned by on the machine: its id and the start of its
+/// key, so that two clouds' nodes of the same id on one Docker engine (test clouds, a dev
+/// cloud beside a real node) never take each other's containers.
+pub fn owner(node_id: &str, key: &Keypair) -> String {
+    let key = key.public();
+    format!("{node_id}-{}", key.0.get(..8).unwrap_or(&key.0))
+}
+
+/// An instance is healthy when each of its components is.
+async fn check_health(config: &AgentConfig, components: &[Started]) -> (bool, Option<String>) {
+    for (_, c) in components {
+        let health = c.health(config.health_timeout).await;
+        if !health.healthy {
+            return (false, health.message);
         }
     }
     (true, None)
 }
-
-/// Where the next instance port search starts (shared by the agents of one process).
-static NEXT_PORT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// One pool of connections to the node's own instances, for every health check.
-static HEALTH_HTTP: std::sync::LazyLock<reqwest::Client> =
-    // The node's own instances: never through a proxy from the environment.
-    std::sync::LazyLock::new(|| reqwest::Client::builder().no_proxy().build().unwrap_or_default());
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)

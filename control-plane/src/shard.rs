@@ -1029,16 +1029,27 @@ impl Shard {
                         continue;
                     }
                     for (i, component) in record.spec.components.iter().enumerate() {
+                        let route = |addr: &String, port: Option<&model::spec::OciPort>| Route {
+                            app: app.clone(),
+                            component: component.name.clone(),
+                            primary: i == 0 && port.is_none(),
+                            node: node_id.clone(),
+                            region: s.region.clone(),
+                            geo: node.start.geo,
+                            addr: addr.clone(),
+                            port: port.map(|p| p.public),
+                            domain: port.and_then(|p| p.domain.clone()),
+                        };
                         if let Some(addr) = report.endpoints.get(&component.name) {
-                            routes.push(Route {
-                                app: app.clone(),
-                                component: component.name.clone(),
-                                primary: i == 0,
-                                node: node_id.clone(),
-                                region: s.region.clone(),
-                                geo: node.start.geo,
-                                addr: addr.clone(),
-                            });
+                            routes.push(route(addr, None));
+                        }
+                        // A container's published ports, each under its own name.
+                        if let model::spec::Workload::Oci(oci) = &component.workload {
+                            for p in &oci.ports {
+                                if let Some(addr) = report.endpoints.get(&format!("{}:{}", component.name, p.public)) {
+                                    routes.push(route(addr, Some(p)));
+                                }
+                            }
                         }
                     }
                 }

@@ -177,6 +177,9 @@ pub struct Timing {
     /// An instance placed but not reported healthy within this is placed on another node.
     #[serde(deserialize_with = "duration")]
     pub placement_lease: Duration,
+    /// How long a stopped container gets to end by itself (SIGTERM) before it is killed.
+    #[serde(deserialize_with = "duration")]
+    pub stop_grace: Duration,
 }
 
 impl Default for Timing {
@@ -192,6 +195,7 @@ impl Default for Timing {
             drain_deadline: Duration::from_secs(5),
             request_deadline: Duration::from_secs(10),
             placement_lease: Duration::from_secs(10),
+            stop_grace: Duration::from_secs(5),
         }
     }
 }

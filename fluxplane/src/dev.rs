@@ -39,6 +39,10 @@ pub struct DevArgs {
     /// Timings and compaction (`[timing]`, `[raft]`), as for the other roles.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// The Docker engine's socket the dev nodes run containers on. While it does not answer,
+    /// the nodes run WASM only and say why (`fluxctl node list`).
+    #[arg(long, default_value = runtime_oci::DEFAULT_SOCKET)]
+    pub docker_socket: PathBuf,
 }
 
 const HELLO_MANIFEST: &str = include_str!("../../examples/hello/fluxapp.toml");
@@ -110,6 +114,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             instance_ports: model::chain::PortRange::DEFAULT,
             key: Some(dev_node_key(&wallet, &n.id)),
             cache: Some(cache.clone()),
+            docker_socket: args.docker_socket.clone(),
             daemon: daemon.clone(),
         }
         .build()

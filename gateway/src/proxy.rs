@@ -118,12 +118,19 @@ impl Gateway {
         Ok(server)
     }
 
-    fn app_key<'a>(&self, host: &'a str) -> Option<&'a str> {
+    /// The route key of a host: `<app>`, `<component>.<app>` or `<app>_<port>` under
+    /// `.app.<domain>`, else the host as an app's custom domain.
+    fn app_key(&self, host: &str) -> Option<String> {
         let host = host
             .rsplit_once(':')
             .map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host });
         let suffix = format!(".app.{}", self.config.domain);
-        host.strip_suffix(suffix.as_str()).filter(|k| !k.is_empty())
+        match host.strip_suffix(suffix.as_str()) {
+            Some(key) if !key.is_empty() => Some(key.to_string()),
+            Some(_) => None,
+            None if model::spec::is_domain(host) => Some(crate::routes::domain_key(host)),
+            None => None,
+        }
     }
 
     async fn handle(&self, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
@@ -156,7 +163,7 @@ impl Gateway {
             self.config.geo
         };
         let table = self.table.load();
-        let Some(routes) = table.nearest(key, &client_geo) else {
+        let Some(routes) = table.nearest(&key, &client_geo) else {
             return text(StatusCode::NOT_FOUND, format!("no app serves host `{host}`"));
         };
         if routes.is_empty() {

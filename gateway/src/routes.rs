@@ -34,11 +34,31 @@ impl RouteTable {
                 by_key.entry(format!("{c}.{app}")).or_default();
             }
         }
+        // A custom domain routes only while one app claims it (domains are not verified yet).
+        let mut claimed: HashMap<String, Option<String>> = HashMap::new();
         for r in routes {
+            if let Some(port) = r.port {
+                // FluxOS's convention: `<app>_<port>` is the component that publishes the port.
+                by_key.entry(format!("{}_{port}", r.app)).or_default().push(r.clone());
+                if let Some(domain) = &r.domain {
+                    let owner = claimed.entry(domain.clone()).or_insert_with(|| Some(r.app.clone()));
+                    if owner.as_deref() != Some(r.app.as_str()) {
+                        *owner = None;
+                    }
+                    by_key.entry(domain_key(domain)).or_default().push(r.clone());
+                }
+                continue;
+            }
             if r.primary {
                 by_key.entry(r.app.clone()).or_default().push(r.clone());
             }
             by_key.entry(format!("{}.{}", r.component, r.app)).or_default().push(r.clone());
+        }
+        for (domain, owner) in claimed {
+            if owner.is_none() {
+                tracing::warn!(%domain, "custom domain claimed by more than one app: not routed");
+                by_key.remove(&domain_key(&domain));
+            }
         }
         Self { by_key }
     }
@@ -51,6 +71,11 @@ impl RouteTable {
         });
         Some(routes)
     }
+}
+
+/// The table key of a custom domain (apart from every `<app>` and `<component>.<app>` key).
+pub fn domain_key(domain: &str) -> String {
+    format!("domain:{domain}")
 }
 
 /// How often the region directory is read again, to learn new regions and replicas; sooner
@@ -143,5 +168,47 @@ async fn follow_region(
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(app: &str, component: &str, primary: bool, port: Option<u16>, domain: Option<&str>) -> Route {
+        Route {
+            app: app.into(),
+            component: component.into(),
+            primary,
+            node: "n1".into(),
+            region: "eu".into(),
+            geo: GeoPoint { lat: 0.0, lon: 0.0 },
+            addr: "127.0.0.1:20000".into(),
+            port,
+            domain: domain.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn published_ports_and_custom_domains_have_their_own_keys() {
+        let routes = [
+            route("shop", "web", true, None, None),
+            route("shop", "web", false, Some(31000), Some("shop.example.com")),
+            route("shop", "api", false, Some(31001), None),
+            // Two apps claim one domain: neither gets it.
+            route("a", "web", false, Some(32000), Some("taken.example.com")),
+            route("b", "web", false, Some(33000), Some("taken.example.com")),
+        ];
+        let table = RouteTable::build(routes.iter());
+        let here = GeoPoint { lat: 0.0, lon: 0.0 };
+        let comps =
+            |key: &str| table.nearest(key, &here).map(|r| r.iter().map(|r| r.component.clone()).collect::<Vec<_>>());
+        assert_eq!(comps("shop"), Some(vec!["web".to_string()]));
+        assert_eq!(comps("shop_31000"), Some(vec!["web".to_string()]));
+        assert_eq!(comps("shop_31001"), Some(vec!["api".to_string()]));
+        assert_eq!(comps(&domain_key("shop.example.com")), Some(vec!["web".to_string()]));
+        assert_eq!(comps(&domain_key("taken.example.com")), None);
+        // A port route is not the app's primary route, nor a component route.
+        assert_eq!(comps("api.shop"), None);
     }
 }

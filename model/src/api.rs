@@ -253,6 +253,9 @@ pub struct InstanceView {
     pub endpoints: BTreeMap<String, String>,
     /// Last health message.
     pub message: Option<String>,
+    /// Components that exited since they started: restarts, last exit code, OOM kill, backoff.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub runs: BTreeMap<String, RunState>,
 }
 
 /// `GET /v1/nodes`.
@@ -547,6 +550,33 @@ pub struct InstanceReport {
     pub healthy: bool,
     /// Why not, or a start error.
     pub message: Option<String>,
+    /// Components that exited since they started, by name: restarts, last exit, backoff.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub runs: BTreeMap<String, RunState>,
+}
+
+/// What a runtime knows of a component's process beyond health: restarts and how it last
+/// ended. A WASM guest never exits (a trap fails one request), so its state stays empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunState {
+    /// Times it was started again after it exited.
+    pub restarts: u32,
+    /// The exit code of its last exit, if it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit_code: Option<i64>,
+    /// Whether its last exit was the kernel's OOM killer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub oom_killed: bool,
+    /// While it waits to be started again: the whole wait, ms (1 s, 2 s, 4 s ... 60 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_ms: Option<u64>,
+}
+
+impl RunState {
+    /// Whether there is nothing to tell: it never exited.
+    pub fn is_quiet(&self) -> bool {
+        *self == RunState::default()
+    }
 }
 
 /// How an instance report's message begins when the node could not start the instance.
@@ -725,4 +755,11 @@ pub struct Route {
     pub geo: GeoPoint,
     /// `addr:port`.
     pub addr: String,
+    /// For a container port published app-wide: its public port (the route answers
+    /// `<app>_<port>.app.<domain>`), and the custom domain it takes, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// See `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
 }

@@ -7,11 +7,11 @@
 //! specs, pinned nodes, private registries, static IPs, data centers) are refused by name,
 //! never ignored.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
 
-use crate::spec::{GeoRule, ValidationErrors};
+use crate::spec::{AppSpec, ComponentSpec, GeoRule, OciPort, OciWorkload, ValidationErrors, Workload, is_env_name};
 
 /// Top-level keys of a v8 spec.
 const APP_KEYS: [&str; 13] = [
@@ -116,6 +116,74 @@ impl FluxSpec {
         };
         let mut errors = ValidationErrors::default();
         let spec = read_app(&app, &mut errors);
+        errors.into_result().map(|()| spec)
+    }
+}
+
+impl FluxSpec {
+    /// The spec as our manifest: every component a container of its `repotag`, its ports
+    /// published under their Flux port numbers, `containerData` a local volume. Names are
+    /// lowercased (Flux's are case-insensitive; ours are DNS labels). Errors name the Flux
+    /// field they come from.
+    pub fn to_app_spec(&self) -> Result<AppSpec, ValidationErrors> {
+        let mut errors = ValidationErrors::default();
+        let mut components = Vec::new();
+        for (i, c) in self.compose.iter().enumerate() {
+            let mut env = BTreeMap::new();
+            for (j, entry) in c.environment.iter().enumerate() {
+                match entry.split_once('=') {
+                    Some((key, value)) if is_env_name(key) => {
+                        env.insert(key.to_string(), value.to_string());
+                    }
+                    _ => errors.push(
+                        format!("compose[{i}].environmentParameters[{j}]"),
+                        "must be KEY=VALUE, the key letters, digits and `_`",
+                    ),
+                }
+            }
+            let ports = c
+                .ports
+                .iter()
+                .zip(&c.container_ports)
+                .zip(&c.domains)
+                .map(|((public, container), domain)| OciPort {
+                    container: *container,
+                    public: *public,
+                    domain: Some(domain.trim().to_ascii_lowercase()).filter(|d| !d.is_empty()),
+                })
+                .collect();
+            components.push(ComponentSpec {
+                name: c.name.to_ascii_lowercase(),
+                workload: Workload::Oci(OciWorkload {
+                    image: c.repotag.clone(),
+                    archive: None,
+                    ports,
+                    commands: c.commands.clone(),
+                    volumes: c.container_data.iter().cloned().collect(),
+                    health_path: None,
+                }),
+                cpu_tenths: c.cpu_tenths,
+                ram_mb: c.ram_mb,
+                hdd_gb: c.hdd_gb,
+                env,
+            });
+        }
+        let spec = AppSpec {
+            name: self.name.to_ascii_lowercase(),
+            description: self.description.clone(),
+            instances: self.instances,
+            geolocation: self.geolocation.clone(),
+            expire: self.expire,
+            components,
+        };
+        // What Flux allows and our manifest does not (an env name with a dot, say), by our
+        // paths, with the Flux field they came from.
+        if let Err(ours) = spec.validate() {
+            for e in ours.0 {
+                let path = e.path.replacen("component[", "compose[", 1).replace(".image", ".repotag");
+                errors.push(path, e.message);
+            }
+        }
         errors.into_result().map(|()| spec)
     }
 }

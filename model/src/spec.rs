@@ -192,6 +192,15 @@ impl AppSpec {
         errors.into_result().map(|()| spec)
     }
 
+    /// Reads a manifest: a Flux v8 JSON spec when `text` is a JSON object, our TOML otherwise.
+    pub fn from_manifest(text: &str) -> Result<AppSpec, ValidationErrors> {
+        if text.trim_start().starts_with('{') {
+            crate::flux::FluxSpec::parse(text)?.to_app_spec()
+        } else {
+            AppSpec::from_toml(text)
+        }
+    }
+
     /// Checks every rule of the manifest format.
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut errors = ValidationErrors::default();
@@ -715,6 +724,10 @@ mod tests;
 /// value from). It is kept out of [`AppSpec`], which is published on chain; `fluxctl` seals the
 /// values instead (see "Secrets" in `docs/architecture.md`).
 pub fn manifest_secrets(text: &str) -> Result<BTreeMap<String, String>, ValidationErrors> {
+    // A Flux v8 spec has no secrets: its environment is public, as on Flux.
+    if text.trim_start().starts_with('{') {
+        return Ok(BTreeMap::new());
+    }
     let table: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| ValidationErrors::one("manifest", format!("not valid TOML: {}", e.message())))?;

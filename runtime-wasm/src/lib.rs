@@ -6,14 +6,20 @@
 //!
 //! A guest that loops past its deadline gets a 504 for that request; one that traps (for
 //! example by running out of its memory limit) gets a 502. The node keeps serving either way.
-//! Depends on no other fluxplane crate.
+//! A guest's stdout and stderr go to its instance's bounded log buffer.
+//!
+//! [`WasmRuntime`] is this crate behind the `runtime` contract; the agent uses nothing else.
+//! wasmtime's types stay inside. Depends on `model` and `runtime`.
 
 mod cache;
 mod engine;
+mod output;
+mod runtime_impl;
 mod serve;
 
 pub use cache::ComponentCache;
 pub use engine::{EngineConfig, WasmEngine};
+pub use runtime_impl::WasmRuntime;
 pub use serve::{InstanceLimits, InstanceServer};
 
 #[cfg(test)]

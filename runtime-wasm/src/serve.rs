@@ -13,8 +13,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use runtime::LogStream;
 use tokio::net::TcpListener;
 use wasmtime::component::ResourceTable;
+
+use crate::output::GuestOutput;
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -88,6 +91,8 @@ impl CpuBudget {
 pub struct InstanceServer {
     addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    /// Turns true on stop: every open connection finishes its request in flight and closes.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 type GatewayBody = http_body_util::combinators::UnsyncBoxBody<Bytes, anyhow::Error>;
@@ -100,12 +105,14 @@ impl InstanceServer {
         env: BTreeMap<String, String>,
         limits: InstanceLimits,
         bind: SocketAddr,
+        logs: runtime::LogBuffer,
     ) -> std::io::Result<InstanceServer> {
         let listener = std::net::TcpListener::bind(bind)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let env: Arc<[(String, String)]> = env.into_iter().collect();
         let budget = Arc::new(CpuBudget::new(limits.cpu_share));
+        let (stopping, stop_rx) = tokio::sync::watch::channel(false);
         let task = engine.guests().spawn(async move {
             // Registered with the guest runtime's reactor, so the instance's I/O runs there too.
             let listener = match TcpListener::from_std(listener) {
@@ -118,21 +125,39 @@ impl InstanceServer {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let _ = stream.set_nodelay(true);
-                let (pre, env, limits, budget) = (pre.clone(), env.clone(), limits.clone(), budget.clone());
+                let (pre, env, limits, budget, logs) =
+                    (pre.clone(), env.clone(), limits.clone(), budget.clone(), logs.clone());
+                let mut stop_rx = stop_rx.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
-                        let (pre, env, limits, budget) = (pre.clone(), env.clone(), limits.clone(), budget.clone());
-                        async move { Ok::<_, std::convert::Infallible>(handle(pre, &env, &limits, budget, req).await) }
+                        let (pre, env, limits, budget, logs) =
+                            (pre.clone(), env.clone(), limits.clone(), budget.clone(), logs.clone());
+                        async move {
+                            Ok::<_, std::convert::Infallible>(handle(pre, &env, &limits, budget, &logs, req).await)
+                        }
                     });
-                    let _ = http1::Builder::new()
+                    let conn = http1::Builder::new()
                         .timer(hyper_util::rt::TokioTimer::new())
                         .header_read_timeout(Duration::from_secs(10))
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        // A server dropped without a stop keeps serving, as documented.
+                        _ = async {
+                            if stop_rx.wait_for(|stopping| *stopping).await.is_err() {
+                                std::future::pending::<()>().await;
+                            }
+                        } => {
+                            // The request in flight (if any) is answered; then the connection closes.
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
                 });
             }
         });
-        Ok(InstanceServer { addr, task })
+        Ok(InstanceServer { addr, task, stopping })
     }
 
     /// Where it listens.
@@ -140,9 +165,10 @@ impl InstanceServer {
         self.addr
     }
 
-    /// Stops accepting; requests in flight end with their connections.
+    /// Stops accepting and closes every connection once its request in flight is answered.
     pub fn stop(&self) {
         self.task.abort();
+        self.stopping.send_replace(true);
     }
 }
 
@@ -157,11 +183,16 @@ async fn handle(
     env: &[(String, String)],
     limits: &InstanceLimits,
     budget: Arc<CpuBudget>,
+    logs: &runtime::LogBuffer,
     req: Request<Incoming>,
 ) -> Response<GatewayBody> {
-    match run_guest(pre, env, limits, budget, req).await {
+    match run_guest(pre, env, limits, budget, logs, req).await {
         Ok(resp) => resp.map(|b| b.map_err(anyhow::Error::from).boxed_unsync()),
-        Err(failure) => plain(failure.0, failure.1),
+        Err(failure) => {
+            // The developer reads why in the instance's logs, beside the guest's own output.
+            logs.write(LogStream::Stderr, format!("fluxplane: {} {}\n", failure.0.as_u16(), failure.1).as_bytes());
+            plain(failure.0, failure.1)
+        }
     }
 }
 
@@ -172,10 +203,13 @@ async fn run_guest(
     env: &[(String, String)],
     limits: &InstanceLimits,
     budget: Arc<CpuBudget>,
+    logs: &runtime::LogBuffer,
     req: Request<Incoming>,
 ) -> Result<Response<HyperOutgoingBody>, Failure> {
     let mut wasi = WasiCtx::builder();
     wasi.envs(env);
+    wasi.stdout(GuestOutput { logs: logs.clone(), stream: LogStream::Stdout });
+    wasi.stderr(GuestOutput { logs: logs.clone(), stream: LogStream::Stderr });
     let state = GuestState {
         wasi: wasi.build(),
         http: WasiHttpCtx::new(),

@@ -15,9 +15,16 @@ async fn runaway_guests_get_a_5xx_and_the_instance_keeps_serving() {
     let cache = ComponentCache::new(engine.clone(), dir.path().to_path_buf()).expect("cache");
     let pre = cache.get(MISBEHAVE).await.expect("compiles");
     let limits = InstanceLimits { memory_bytes: 32 << 20, deadline: Duration::from_millis(300), cpu_share: 1.0 };
-    let server = InstanceServer::start(&engine, pre, BTreeMap::new(), limits, "127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("start");
+    let server = InstanceServer::start(
+        &engine,
+        pre,
+        BTreeMap::new(),
+        limits,
+        "127.0.0.1:0".parse().expect("addr"),
+        runtime::LogBuffer::new(),
+    )
+    .await
+    .expect("start");
     let base = format!("http://{}", server.addr());
     let http = reqwest::Client::new();
 
@@ -54,7 +61,14 @@ async fn a_looping_guest_is_held_to_its_cpu_share() {
     let pre = cache.get(MISBEHAVE).await.expect("compiles");
     let start = |cpu_share: f64, deadline: Duration| {
         let limits = InstanceLimits { memory_bytes: 32 << 20, deadline, cpu_share };
-        InstanceServer::start(&engine, pre.clone(), BTreeMap::new(), limits, "127.0.0.1:0".parse().expect("addr"))
+        InstanceServer::start(
+            &engine,
+            pre.clone(),
+            BTreeMap::new(),
+            limits,
+            "127.0.0.1:0".parse().expect("addr"),
+            runtime::LogBuffer::new(),
+        )
     };
     let hog = start(0.1, Duration::from_secs(3)).await.expect("start");
     let calm = start(1.0, Duration::from_secs(3)).await.expect("start");

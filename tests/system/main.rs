@@ -5,9 +5,11 @@
 mod cloud;
 mod cluster;
 mod heal;
+mod oci;
 mod util;
 
 mod partition;
+mod runtimes;
 mod shard;
 mod spine;
 mod trust;

@@ -86,6 +86,7 @@ fn a_rogue_node_cannot_point_the_gateway_at_the_control_plane() {
         endpoints: [("web".to_string(), control_addr.clone())].into(),
         healthy: true,
         message: None,
+        runs: Default::default(),
     };
     eventually(Duration::from_secs(20), "the gateway knows the app", || {
         cloud.get_app("hello", "/", Duration::from_secs(2)).is_some_and(|r| r.status().as_u16() == 503)

@@ -206,6 +206,7 @@ fn local_app_view(api: &Api, name: &str) -> Result<AppView, ApiError> {
             region: p.region.clone(),
             state,
             endpoints: report.as_ref().map(|r| r.endpoints.clone()).unwrap_or_default(),
+            runs: report.as_ref().map(|r| r.runs.clone()).unwrap_or_default(),
             message: report.and_then(|r| r.message),
         });
     }

@@ -62,6 +62,10 @@ pub struct NodeArgs {
     #[arg(long)]
     #[serde(default, deserialize_with = "port_range")]
     pub instance_ports: Option<PortRange>,
+    /// The Docker engine's socket, for containers (default /var/run/docker.sock). While it
+    /// does not answer, the node takes no container and says why in its heartbeats.
+    #[arg(long)]
+    pub docker_socket: Option<PathBuf>,
 }
 
 impl NodeArgs {
@@ -79,6 +83,7 @@ impl NodeArgs {
             country: self.country.or(file.country),
             advertise: self.advertise.or(file.advertise),
             instance_ports: self.instance_ports.or(file.instance_ports),
+            docker_socket: self.docker_socket.or(file.docker_socket),
         }
     }
 }
@@ -129,6 +134,8 @@ pub struct Config {
     pub key: Option<Keypair>,
     /// A compiled-component cache to share (`fluxplane dev` runs several nodes on one machine).
     pub cache: Option<ComponentCache>,
+    /// The Docker engine's socket.
+    pub docker_socket: PathBuf,
     /// Timings.
     pub daemon: Arc<DaemonConfig>,
 }
@@ -152,6 +159,7 @@ impl Config {
             instance_ports: args.instance_ports.unwrap_or(PortRange::DEFAULT),
             key: None,
             cache: None,
+            docker_socket: args.docker_socket.unwrap_or_else(|| runtime_oci::DEFAULT_SOCKET.into()),
             daemon,
         })
     }
@@ -202,6 +210,13 @@ impl Built {
     /// Registers the node if it is new, then runs the agent.
     pub fn spawn(self) -> anyhow::Result<Running> {
         let Built { config, key, id, listener, engine, cache } = self;
+        let socket = config.docker_socket.to_string_lossy().into_owned();
+        let oci = runtime_oci::OciRuntime::new(&socket)
+            .map_err(|e| anyhow::anyhow!("the Docker engine client for {socket}: {e}"))?;
+        let runtimes =
+            agent::Runtimes::default().with(Arc::new(runtime_wasm::WasmRuntime::new(cache))).with(Arc::new(oci));
+        let capabilities = runtimes.capabilities();
+        let (owner, leftovers) = (agent::owner(&id, &key), runtimes.clone());
         let bind_ip = listener.local_addr()?.ip();
         let advertise = config.advertise.unwrap_or(bind_ip);
         let status = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" }));
@@ -211,7 +226,7 @@ impl Built {
         let t = config.daemon.timing.clone();
         let task_fatal = fatal.clone();
         let agent = tokio::spawn(async move {
-            let control = match join(&config, &key, &id, advertise, stopped.clone()).await {
+            let control = match join(&config, &key, &id, advertise, capabilities, stopped.clone()).await {
                 Ok(Some(c)) => c,
                 Ok(None) => return,
                 Err(e) => {
@@ -230,14 +245,23 @@ impl Built {
                 advertise,
                 ports: config.instance_ports,
                 request_deadline: t.request_deadline,
+                stop_grace: t.stop_grace,
                 linger: t.node_timeout + t.heartbeat_period,
             };
-            agent::run(agent_config, cache, stopped).await;
+            let (_handle, agent) = agent::start(agent_config, runtimes, stopped);
+            agent.await;
         });
         Ok(Running::new("node", fatal, move |deadline| async move {
             // Stop beating and taking work; the agent stops its instances last.
             let _ = stop.send(true);
-            let _ = tokio::time::timeout(deadline, agent).await;
+            if tokio::time::timeout(deadline, agent).await.is_err() {
+                // Out of time for graceful stops: no container may outlive its node.
+                for runtime in leftovers.all() {
+                    if let Err(e) = runtime.remove_others(&owner, &[]).await {
+                        tracing::warn!("removing this node's workloads at shutdown: {e:#}");
+                    }
+                }
+            }
             server.drain(Duration::from_secs(1)).await;
             if let Some(engine) = engine {
                 engine.shutdown();
@@ -253,6 +277,7 @@ async fn join(
     key: &Keypair,
     id: &str,
     advertise: IpAddr,
+    capabilities: Vec<Capability>,
     mut stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<Client>> {
     let registered = |nodes: &[model::api::NodeView]| nodes.iter().any(|n| n.id == id);
@@ -313,7 +338,7 @@ async fn join(
         continent,
         country: config.country.clone(),
         geo: config.geo,
-        capabilities: vec![Capability::Wasm],
+        capabilities,
         node_key: key.public(),
         address: advertise,
         instance_ports: config.instance_ports,

@@ -58,6 +58,8 @@ fn route(node: &str, addr: &str, lon: f64) -> model::api::Route {
         region: "eu".into(),
         geo: GeoPoint { lat: 0.0, lon },
         addr: addr.into(),
+        port: None,
+        domain: None,
     }
 }
 

@@ -1,6 +1,7 @@
 use serde_json::json;
 
 use super::*;
+use crate::spec::{AppSpec, OciPort, Workload};
 
 /// A v8 spec FluxOS accepts: busybox's httpd on port 31000, two instances in Europe.
 fn valid() -> Value {
@@ -180,4 +181,32 @@ fn unsupported_features_say_so_by_name() {
     assert!(errors.contains("not supported yet") && errors.contains("r:"), "{errors}");
     assert!(FluxSpec::parse("[1, 2]").is_err());
     assert!(FluxSpec::parse("{").expect_err("not json").to_string().contains("not valid JSON"));
+}
+
+#[test]
+fn a_v8_spec_maps_onto_our_manifest() {
+    let mut value = valid();
+    value["name"] = json!("BusyWeb");
+    value["compose"][0]["domains"] = json!(["Shop.Example.com"]);
+    let spec = AppSpec::from_manifest(&value.to_string()).expect("maps");
+    assert_eq!(spec.name, "busyweb");
+    assert_eq!((spec.instances, spec.expire, spec.geolocation.len()), (2, 22_000, 3));
+    let web = &spec.components[0];
+    assert_eq!(web.name, "web");
+    assert_eq!((web.cpu_tenths, web.ram_mb, web.hdd_gb), (5, 200, 1));
+    assert_eq!(web.env.get("GREETING").map(String::as_str), Some("hi"));
+    let Workload::Oci(oci) = &web.workload else { panic!("a container") };
+    assert_eq!(oci.image, "busybox-httpd:latest");
+    assert_eq!(oci.ports, vec![OciPort { container: 80, public: 31000, domain: Some("shop.example.com".into()) }]);
+    assert_eq!(oci.commands, ["httpd", "-f", "-p", "80"]);
+    assert_eq!(oci.volumes, ["/data"]);
+    // What Flux takes and we cannot run is named by its Flux field.
+    let mut odd = valid();
+    odd["compose"][0]["environmentParameters"] = json!(["JUST_A_NAME"]);
+    let errors = AppSpec::from_manifest(&odd.to_string()).expect_err("no value");
+    assert_eq!(errors.0.len(), 1, "{errors}");
+    assert_eq!(errors.0[0].path, "compose[0].environmentParameters[0]");
+    // TOML still reads as TOML.
+    let toml = "name = \"a\"\n[[component]]\nname = \"w\"\nwasm = \"a.wasm\"\n";
+    assert_eq!(AppSpec::from_manifest(toml).expect("toml").name, "a");
 }

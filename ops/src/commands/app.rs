@@ -21,7 +21,7 @@ use crate::keys;
 pub enum AppCommand {
     /// Register (or update, if you own it) the app in a manifest.
     Deploy {
-        /// The manifest, e.g. examples/hello/fluxapp.toml.
+        /// The manifest, e.g. examples/hello/fluxapp.toml, or a Flux v8 app spec (.json).
         file: PathBuf,
         /// Follow the deploy until every instance runs, then print the URL.
         #[arg(long)]
@@ -285,7 +285,7 @@ fn pairs_names(values: &std::collections::BTreeMap<String, Vec<u8>>) -> String {
 /// when given (only hashing them otherwise).
 async fn read_manifest(api: Option<&Client>, file: &Path, allow_outside: bool) -> anyhow::Result<AppSpec> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let mut spec = AppSpec::from_toml(&text).map_err(|e| anyhow::anyhow!("{} is invalid:\n{e}", file.display()))?;
+    let mut spec = AppSpec::from_manifest(&text).map_err(|e| anyhow::anyhow!("{} is invalid:\n{e}", file.display()))?;
     let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let home = dir.canonicalize().with_context(|| format!("reading {}", dir.display()))?;
     for (i, c) in spec.components.iter_mut().enumerate() {
@@ -547,6 +547,19 @@ async fn list(cli: &Cli, api: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `3 restarts, last exit 137 (OOM-killed), next start in 8 s`: a crash loop is never silent.
+fn describe_run(run: &model::api::RunState) -> String {
+    let mut parts = vec![format!("{} restart(s)", run.restarts)];
+    if let Some(code) = run.last_exit_code {
+        let oom = if run.oom_killed { " (OOM-killed)" } else { "" };
+        parts.push(format!("last exit {code}{oom}"));
+    }
+    if let Some(ms) = run.backoff_ms {
+        parts.push(format!("backing off {} s", ms / 1000));
+    }
+    parts.join(", ")
+}
+
 async fn status(cli: &Cli, api: &Client, name: &str) -> anyhow::Result<()> {
     let app = api.app(name).await?;
     if cli.output == Output::Json {
@@ -561,16 +574,23 @@ async fn status(cli: &Cli, api: &Client, name: &str) -> anyhow::Result<()> {
         app.expires_height
     );
     let mut t = Table::new();
-    t.set_header(["instance", "region", "state", "endpoints", "message"]);
+    let restarts = app.placements.iter().any(|p| !p.runs.is_empty());
+    let mut header = vec!["instance", "region", "state", "endpoints"];
+    if restarts {
+        header.push("restarts");
+    }
+    header.push("message");
+    t.set_header(header);
     for p in &app.placements {
         let eps: Vec<String> = p.endpoints.iter().map(|(c, a)| format!("{c}={a}")).collect();
-        t.add_row([
-            p.id.clone(),
-            p.region.clone(),
-            format!("{:?}", p.state).to_lowercase(),
-            eps.join(" "),
-            p.message.clone().unwrap_or_default(),
-        ]);
+        let mut row = vec![p.id.clone(), p.region.clone(), format!("{:?}", p.state).to_lowercase(), eps.join(" ")];
+        if restarts {
+            row.push(
+                p.runs.iter().map(|(c, run)| format!("{c}: {}", describe_run(run))).collect::<Vec<_>>().join("\n"),
+            );
+        }
+        row.push(p.message.clone().unwrap_or_default());
+        t.add_row(row);
     }
     println!("{t}");
     for (region, why) in &app.shortfall {

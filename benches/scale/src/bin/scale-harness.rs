@@ -217,6 +217,7 @@ async fn run_agent(
                             .collect(),
                         healthy: true,
                         message: None,
+                        runs: Default::default(),
                     })
                     .collect();
             }

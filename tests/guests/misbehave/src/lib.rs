@@ -1,5 +1,6 @@
 //! A test guest that misbehaves on request: `/loop` spins forever, `/alloc` allocates without
-//! bound; any other path answers `ok`.
+//! bound, `/crash` panics (a trap); any other path answers `ok`. Every request is logged to
+//! stdout first (`request /path`), and `/crash` also to stderr.
 
 use wasip2::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
 
@@ -7,19 +8,25 @@ struct Misbehave;
 
 impl wasip2::exports::http::incoming_handler::Guest for Misbehave {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
-        match request.path_with_query().as_deref() {
-            Some("/loop") => {
+        let path = request.path_with_query().unwrap_or_default();
+        println!("request {path}");
+        match path.as_str() {
+            "/loop" => {
                 let mut n: u64 = 0;
                 loop {
                     n = std::hint::black_box(n.wrapping_add(1));
                 }
             }
-            Some("/alloc") => {
+            "/alloc" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {
                     hoard.push(vec![1u8; 1 << 20]);
                     std::hint::black_box(&hoard);
                 }
+            }
+            "/crash" => {
+                eprintln!("crashing on request");
+                panic!("asked to crash");
             }
             _ => {}
         }

@@ -1,0 +1,88 @@
+//! Test images for the container runtime: a root filesystem of Debian's `busybox-static`
+//! imported into the local Docker engine (nothing can be pulled here), and saved as an
+//! archive for uploads. Each is removed on drop.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Where Debian's `busybox-static` puts its binary.
+const BUSYBOX: &str = "/bin/busybox";
+
+/// A busybox image in the local engine, `httpd -f -vv -p 80 -h /www` by default, serving
+/// `/www/index.html` ("hello from busybox"). Removed (with its containers) on drop.
+pub struct BusyboxImage {
+    pub tag: String,
+    /// Holds the root filesystem it was made from.
+    _dir: tempfile::TempDir,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn docker(args: &[&str]) -> std::process::Output {
+    Command::new("docker").args(args).output().expect("the docker CLI runs")
+}
+
+impl BusyboxImage {
+    /// Imports a new image under a tag no other test uses.
+    pub fn import() -> BusyboxImage {
+        assert!(Path::new(BUSYBOX).exists(), "{BUSYBOX} is missing: apt-get install busybox-static");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("bin")).expect("bin");
+        std::fs::create_dir_all(root.join("www")).expect("www");
+        std::fs::copy(BUSYBOX, root.join("bin/busybox")).expect("busybox");
+        for applet in ["sh", "httpd", "sleep", "echo"] {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("applet");
+        }
+        std::fs::write(root.join("www/index.html"), "hello from busybox\n").expect("index");
+        let tar = dir.path().join("root.tar");
+        let status = Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status().expect("tar");
+        assert!(status.success(), "tar failed");
+        let tag = format!("fluxplane-test/busybox:{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let out = docker(&[
+            "import",
+            "--change",
+            r#"CMD ["httpd", "-f", "-vv", "-p", "80", "-h", "/www"]"#,
+            tar.to_str().expect("utf-8 path"),
+            &tag,
+        ]);
+        assert!(out.status.success(), "docker import: {}", String::from_utf8_lossy(&out.stderr));
+        BusyboxImage { tag, _dir: dir }
+    }
+}
+
+impl Drop for BusyboxImage {
+    fn drop(&mut self) {
+        // Containers made from it first, whatever their state.
+        let out = docker(&["ps", "-aq", "--filter", &format!("ancestor={}", self.tag)]);
+        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = docker(&["rm", "-f", id]);
+        }
+        let _ = docker(&["rmi", "-f", &self.tag]);
+    }
+}
+
+/// The containers (all states) carrying `label=value`.
+pub fn containers_labelled(label: &str, value: &str) -> Vec<String> {
+    let out = docker(&["ps", "-aq", "--filter", &format!("label={label}={value}")]);
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect()
+}
+
+/// Removes every container and volume carrying `label=value`, whatever the test left.
+pub struct LabelledCleanup {
+    pub label: &'static str,
+    pub value: String,
+}
+
+impl Drop for LabelledCleanup {
+    fn drop(&mut self) {
+        for id in containers_labelled(self.label, &self.value) {
+            let _ = docker(&["rm", "-f", &id]);
+        }
+        let out = docker(&["volume", "ls", "-q", "--filter", &format!("label={}={}", self.label, self.value)]);
+        for v in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = docker(&["volume", "rm", "-f", v]);
+        }
+    }
+}
