@@ -29,6 +29,9 @@ pub enum BlobError {
     /// The bytes are not a WebAssembly component (the reason never quotes them).
     #[error("not a WebAssembly component: {0}")]
     NotAComponent(String),
+    /// The bytes are a tar file but not an image archive (the reason never quotes them).
+    #[error("not an image archive: {0}")]
+    NotAnArchive(String),
     /// Disk error.
     #[error("blob store: {0}")]
     Io(#[from] std::io::Error),
@@ -77,6 +80,76 @@ pub fn check_component(bytes: &[u8]) -> Result<(), String> {
     ))
 }
 
+/// What a stored blob is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobKind {
+    /// A WebAssembly component (a `wasm` module).
+    Component,
+    /// A container image archive (an `image_archive`).
+    ImageArchive,
+}
+
+impl BlobKind {
+    /// The kind of blob whose first bytes are `head` (at least 512 of them for an archive).
+    pub fn of(head: &[u8]) -> Option<BlobKind> {
+        if head.starts_with(b"\0asm") {
+            Some(BlobKind::Component)
+        } else if is_tar(head) {
+            Some(BlobKind::ImageArchive)
+        } else {
+            None
+        }
+    }
+}
+
+/// Whether `bytes` begin with a POSIX tar header (`ustar` at offset 257).
+fn is_tar(bytes: &[u8]) -> bool {
+    bytes.get(257..262) == Some(b"ustar".as_slice())
+}
+
+/// Checks an upload: a WebAssembly component, or a container image archive.
+pub fn check_blob(bytes: &[u8]) -> Result<BlobKind, BlobError> {
+    if is_tar(bytes) {
+        check_image_archive(bytes).map_err(BlobError::NotAnArchive)?;
+        return Ok(BlobKind::ImageArchive);
+    }
+    match check_component(bytes) {
+        Ok(()) => Ok(BlobKind::Component),
+        Err(why) if !bytes.starts_with(b"\0asm") => {
+            Err(BlobError::NotAComponent(format!("{why}, nor an image archive (`docker save` or OCI layout tar)")))
+        }
+        Err(why) => Err(BlobError::NotAComponent(why)),
+    }
+}
+
+/// Why `bytes` are not an image archive a Docker engine loads, if they are not: a tar whose
+/// top level holds `manifest.json` (`docker save`) or `index.json` (OCI layout). Walks the
+/// headers only, never the contents, and never quotes them.
+pub fn check_image_archive(bytes: &[u8]) -> Result<(), String> {
+    let mut at = 0usize;
+    while let Some(header) = bytes.get(at..at + 512) {
+        if header.iter().all(|b| *b == 0) {
+            break;
+        }
+        if header.get(257..262) != Some(b"ustar".as_slice()) {
+            return Err(format!("a broken tar header at byte {at}"));
+        }
+        let name_end = header[..100].iter().position(|b| *b == 0).unwrap_or(100);
+        let name = String::from_utf8_lossy(&header[..name_end]);
+        let name = name.trim_start_matches("./");
+        if name == "manifest.json" || name == "index.json" {
+            return Ok(());
+        }
+        let size_field = String::from_utf8_lossy(&header[124..136]);
+        let size = u64::from_str_radix(size_field.trim_matches(|c: char| c == '\0' || c == ' '), 8)
+            .map_err(|_| format!("a tar header at byte {at} has no valid size"))?;
+        let padded = usize::try_from(size.div_ceil(512) * 512).map_err(|_| "a tar entry too large".to_string())?;
+        at = at.checked_add(512 + padded).ok_or("a tar entry too large")?;
+    }
+    Err("a tar file without manifest.json or index.json at its top: make it with `docker save IMAGE -o FILE.tar`"
+        .into())
+}
+
 /// The interface a node calls to serve requests.
 const HTTP_HANDLER: &str = "wasi:http/incoming-handler";
 
@@ -104,7 +177,7 @@ impl BlobStore {
         if path.exists() {
             return Ok(());
         }
-        check_component(bytes).map_err(BlobError::NotAComponent)?;
+        check_blob(bytes)?;
         // Write then rename, so a reader never sees half a module; each writer has its own temp
         // file, so concurrent uploads of the same module do not trip over each other.
         let tmp = path.with_extension(format!("partial-{:016x}", rand::random::<u64>()));
@@ -127,6 +200,14 @@ impl BlobStore {
         }
     }
 
+    /// What the blob stored under `hash` is, if it is stored.
+    pub fn kind(&self, hash: &str) -> Option<BlobKind> {
+        use std::io::Read;
+        let mut head = Vec::with_capacity(512);
+        std::fs::File::open(self.path(hash).ok()?).ok()?.take(512).read_to_end(&mut head).ok()?;
+        BlobKind::of(&head)
+    }
+
     /// Whether `hash` is stored.
     pub fn contains(&self, hash: &str) -> bool {
         self.path(hash).is_ok_and(|p| p.exists())
@@ -136,6 +217,39 @@ impl BlobStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tar of `(name, contents)` entries, as `tar` writes them (ustar headers, 512-byte blocks).
+    fn tar(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, body) in entries {
+            let mut header = [0u8; 512];
+            header[..name.len()].copy_from_slice(name.as_bytes());
+            header[124..135].copy_from_slice(format!("{:011o}", body.len()).as_bytes());
+            header[257..262].copy_from_slice(b"ustar");
+            out.extend_from_slice(&header);
+            out.extend_from_slice(body);
+            out.resize(out.len().div_ceil(512) * 512, 0);
+        }
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+
+    #[test]
+    fn image_archives_are_told_from_other_tars() {
+        let saved = tar(&[("blobs/sha256/ab", b"layer"), ("manifest.json", b"[]"), ("repositories", b"{}")]);
+        assert_eq!(check_blob(&saved).expect("an archive"), BlobKind::ImageArchive);
+        assert_eq!(BlobKind::of(&saved[..512]), Some(BlobKind::ImageArchive));
+        let oci = tar(&[("./oci-layout", b"{}"), ("./index.json", b"{}")]);
+        assert_eq!(check_blob(&oci).expect("an OCI layout"), BlobKind::ImageArchive);
+        let other = tar(&[("notes.txt", b"private words")]);
+        let err = check_blob(&other).expect_err("not an image").to_string();
+        assert!(err.contains("without manifest.json") && !err.contains("private"), "{err}");
+        let mut broken = saved.clone();
+        broken[124..135].copy_from_slice(b"99999999999");
+        assert!(check_blob(&broken).is_err());
+        let text = check_blob(b"root:x:0:0").expect_err("text").to_string();
+        assert!(text.contains("not a WebAssembly component") && text.contains("nor an image archive"), "{text}");
+    }
 
     /// The hello component, padded with a custom section of `size` bytes.
     fn component(size: usize) -> Vec<u8> {

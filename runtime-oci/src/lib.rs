@@ -38,28 +38,39 @@ const ENGINE_TIMEOUT_SECS: u64 = 30;
 /// Runs OCI containers on one Docker engine.
 #[derive(Clone)]
 pub struct OciRuntime {
-    docker: Docker,
     socket: String,
+    /// The engine client once connected, its API version agreed with the engine; dropped
+    /// when the engine stops answering, so that a restarted engine is found again.
+    client: Arc<std::sync::Mutex<Option<Docker>>>,
     images: Arc<images::Images>,
 }
 
 impl OciRuntime {
-    /// A runtime on the engine at `socket`. It connects lazily: an engine that is down now
-    /// makes the runtime unavailable, not the node fail to start.
-    pub fn new(socket: &str) -> anyhow::Result<Self> {
-        let docker = Docker::connect_with_unix(socket, ENGINE_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)?;
-        Ok(Self { docker, socket: socket.to_string(), images: Arc::default() })
+    /// A runtime on the engine at `socket`. It connects when first used: an engine that is
+    /// down (or not installed) now makes the runtime unavailable, never the node fail to start.
+    pub fn new(socket: &str) -> Self {
+        Self { socket: socket.to_string(), client: Arc::default(), images: Arc::default() }
     }
 
-    /// The engine client, with its API version agreed with the engine (Docker answers an
-    /// unknown newer version with an error).
+    fn cached(&self) -> std::sync::MutexGuard<'_, Option<Docker>> {
+        self.client.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The engine client, connected and with its API version agreed with the engine (Docker
+    /// answers a newer version than it knows with an error).
     async fn engine(&self) -> Result<Docker, String> {
-        let docker = self.docker.clone();
-        match tokio::time::timeout(Duration::from_secs(5), docker.negotiate_version()).await {
-            Ok(Ok(d)) => Ok(d),
-            Ok(Err(e)) => Err(format!("the Docker engine at {} does not answer: {e}", self.socket)),
-            Err(_) => Err(format!("the Docker engine at {} did not answer within 5 s", self.socket)),
+        if let Some(docker) = self.cached().clone() {
+            return Ok(docker);
         }
+        let docker = Docker::connect_with_unix(&self.socket, ENGINE_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+            .map_err(|e| format!("the Docker engine at {} cannot be reached: {e}", self.socket))?;
+        let docker = match tokio::time::timeout(Duration::from_secs(5), docker.negotiate_version()).await {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => return Err(format!("the Docker engine at {} does not answer: {e}", self.socket)),
+            Err(_) => return Err(format!("the Docker engine at {} did not answer within 5 s", self.socket)),
+        };
+        *self.cached() = Some(docker.clone());
+        Ok(docker)
     }
 }
 
@@ -76,7 +87,10 @@ impl runtime::Runtime for OciRuntime {
         };
         match docker.ping().await {
             Ok(_) => None,
-            Err(e) => Some(format!("the Docker engine at {} does not answer: {e}", self.socket)),
+            Err(e) => {
+                *self.cached() = None;
+                Some(format!("the Docker engine at {} does not answer: {e}", self.socket))
+            }
         }
     }
 

@@ -141,7 +141,7 @@ impl Cloud {
         self.deploy_manifest(&dir.join("fluxapp.toml"));
     }
 
-    fn deploy_manifest(&self, manifest: &Path) {
+    pub(crate) fn deploy_manifest(&self, manifest: &Path) {
         let out = self.cluster.fluxctl(&["app", "deploy", &path_str(manifest), "--wait", "--timeout", "60"]);
         assert!(out.status.success(), "deploy: {}\n{}", text(&out.stderr), self.logs());
         // --wait returned only once the gateway routes the app.
@@ -163,11 +163,13 @@ pub(crate) struct NodeSpot {
     pub(crate) i: usize,
     pub(crate) ip: String,
     pub(crate) prefix: Vec<String>,
+    /// More flags for `fluxplane node`.
+    pub(crate) args: Vec<String>,
 }
 
 impl NodeSpot {
     pub(crate) fn loopback(region: &str, i: usize) -> NodeSpot {
-        NodeSpot { region: region.into(), i, ip: "127.0.0.1".into(), prefix: Vec::new() }
+        NodeSpot { region: region.into(), i, ip: "127.0.0.1".into(), prefix: Vec::new(), args: Vec::new() }
     }
 
     fn id(&self) -> String {
@@ -211,6 +213,7 @@ fn spawn_node(cluster: &Cluster, spot: &NodeSpot, urls: &str) -> Proc {
             "--id",
             &name,
         ]))
+        .chain(spot.args.iter().cloned())
         .collect();
     Proc::spawn(&format!("node {name}"), program, &args, dir.join(format!("{name}.log")))
 }

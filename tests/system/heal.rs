@@ -351,8 +351,8 @@ fn an_instance_that_cannot_start_is_placed_elsewhere_and_never_routed_or_counted
     let host = net.chain_ip();
     let cluster = Cluster::start(&OnHost(host.clone()), &[1], &[1], TEST_CONFIG);
     let spots = vec![
-        NodeSpot { region: REGION.into(), i: 1, ip: net.replica_ip(1), prefix: net.prefix(1) },
-        NodeSpot { region: REGION.into(), i: 2, ip: host, prefix: Vec::new() },
+        NodeSpot { region: REGION.into(), i: 1, ip: net.replica_ip(1), prefix: net.prefix(1), args: Vec::new() },
+        NodeSpot { region: REGION.into(), i: 2, ip: host, prefix: Vec::new(), args: Vec::new() },
     ];
     let cloud = Cloud::with_spots(cluster, spots);
 

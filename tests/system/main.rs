@@ -4,6 +4,7 @@
 
 mod cloud;
 mod cluster;
+mod containers;
 mod heal;
 mod oci;
 mod util;

@@ -52,6 +52,26 @@ impl BusyboxImage {
     }
 }
 
+impl BusyboxImage {
+    /// `docker save` of the image: an archive to upload.
+    pub fn save(&self, to: &Path) {
+        let out = docker(&["save", "-o", to.to_str().expect("utf-8 path"), &self.tag]);
+        assert!(out.status.success(), "docker save: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Removes the image from the engine, so that only an archive can bring it back.
+    pub fn remove_from_engine(&self) {
+        let out = docker(&["rmi", "-f", &self.tag]);
+        assert!(out.status.success(), "docker rmi: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// The ids of the running containers carrying `label=value`.
+pub fn running_labelled(label: &str, value: &str) -> Vec<String> {
+    let out = docker(&["ps", "-q", "--filter", &format!("label={label}={value}")]);
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect()
+}
+
 impl Drop for BusyboxImage {
     fn drop(&mut self) {
         // Containers made from it first, whatever their state.

@@ -49,7 +49,7 @@ async fn the_oci_runtime_passes_the_conformance_suite() {
     let image = crate::oci::BusyboxImage::import();
     let node = format!("conformance-{}", std::process::id());
     let _cleanup = crate::oci::LabelledCleanup { label: runtime_oci::LABEL_NODE, value: node.clone() };
-    let oci = runtime_oci::OciRuntime::new(runtime_oci::DEFAULT_SOCKET).expect("client");
+    let oci = runtime_oci::OciRuntime::new(runtime_oci::DEFAULT_SOCKET);
     let container = |name: &str, commands: &[&str], ports: Vec<u16>, ram_mb| conformance::Workload {
         component: component(
             name,

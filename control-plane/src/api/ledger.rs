@@ -1,5 +1,6 @@
 //! Transactions, blocks and the chain tip, through the chain source.
 
+use crate::blobs::BlobKind;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,15 @@ pub(super) async fn submit_tx(
                         "missing_module",
                         format!("component[{i}].{field}: {blob} was not uploaded; PUT it to /v1/blobs/<hash> first"),
                     ));
+                }
+                // A module named as an archive (or the other way) would be paid for and never start.
+                let want = if field == "wasm" { BlobKind::Component } else { BlobKind::ImageArchive };
+                let hash = blob.strip_prefix(model::spec::BLAKE3_PREFIX).unwrap_or(blob);
+                if api.blobs.kind(hash) != Some(want) {
+                    return Err(ApiError::bad_request(format!(
+                        "component[{i}].{field}: {blob} is not {}",
+                        if want == BlobKind::Component { "a WebAssembly component" } else { "an image archive" }
+                    )));
                 }
             }
         }

@@ -17,6 +17,7 @@ fn blob_error(e: BlobError) -> ApiError {
     match e {
         BlobError::Io(e) => ApiError::internal(e),
         e @ BlobError::NotAComponent(_) => ApiError::new("invalid_module", e.to_string()),
+        e @ BlobError::NotAnArchive(_) => ApiError::new("invalid_archive", e.to_string()),
         e => ApiError::bad_request(e.to_string()),
     }
 }

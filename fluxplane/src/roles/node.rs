@@ -211,8 +211,7 @@ impl Built {
     pub fn spawn(self) -> anyhow::Result<Running> {
         let Built { config, key, id, listener, engine, cache } = self;
         let socket = config.docker_socket.to_string_lossy().into_owned();
-        let oci = runtime_oci::OciRuntime::new(&socket)
-            .map_err(|e| anyhow::anyhow!("the Docker engine client for {socket}: {e}"))?;
+        let oci = runtime_oci::OciRuntime::new(&socket);
         let runtimes =
             agent::Runtimes::default().with(Arc::new(runtime_wasm::WasmRuntime::new(cache))).with(Arc::new(oci));
         let capabilities = runtimes.capabilities();
