@@ -186,7 +186,7 @@ async fn at_1500_nodes_the_loop_places_every_instance_and_a_node_down_reconciles
             loop {
                 let quiet = silenced.lock().expect("lock").clone();
                 for id in ids.iter().filter(|id| !quiet.contains(*id)) {
-                    let _ = shard.record_heartbeat(id, vec![], Default::default());
+                    let _ = shard.record_heartbeat(id, vec![], Default::default(), None);
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }

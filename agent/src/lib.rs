@@ -47,6 +47,9 @@ pub struct AgentConfig {
     pub request_deadline: Duration,
     /// How long a stopped container gets to end by itself (SIGTERM) before it is killed.
     pub stop_grace: Duration,
+    /// Where the node's own API (logs) is reached, on its registered address: told to the
+    /// control plane in every beat, so `fluxctl` can find it.
+    pub api: Option<SocketAddr>,
     /// After shutdown, how long instances keep serving (with no more beats or new work) before
     /// they stop: long enough for the control plane to drop the node's routes, so requests in
     /// flight and those already routed here still get answers.
@@ -179,15 +182,36 @@ pub struct AgentHandle {
     instances: Instances,
 }
 
-impl AgentHandle {
-    /// The output of `instance`'s components (each named), if the node runs it.
-    pub fn logs(&self, instance: &str) -> Option<BTreeMap<String, LogBuffer>> {
-        self.instances.lock().get(instance).map(|i| i.logs.clone())
-    }
+/// Why a logs request is not answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogsRefused {
+    /// The signature is bad or too old: 401.
+    Unauthenticated(String),
+    /// Signed by someone other than the app's owner: 403.
+    NotOwner,
+    /// The node does not run the instance: 404.
+    Unknown(String),
+}
 
-    /// The ids of the instances of `app` the node runs.
-    pub fn instances_of(&self, app: &str) -> Vec<String> {
-        self.instances.lock().values().filter(|i| i.assignment.app == app).map(|i| i.assignment.id.clone()).collect()
+/// How far a logs request's time may be from the node's clock.
+const LOGS_SKEW_MS: u64 = 5 * 60 * 1000;
+
+impl AgentHandle {
+    /// The output of the request's instance, by component, once the request is checked: signed
+    /// by the key it names, recently, and that key owns the app.
+    pub fn logs(&self, request: &model::api::LogsRequest) -> Result<BTreeMap<String, LogBuffer>, LogsRefused> {
+        request.verify().map_err(LogsRefused::Unauthenticated)?;
+        if now_ms().abs_diff(request.at_ms) > LOGS_SKEW_MS {
+            return Err(LogsRefused::Unauthenticated("the request is more than 5 minutes old (or ahead)".into()));
+        }
+        let table = self.instances.lock();
+        let instance = table
+            .get(&request.instance)
+            .ok_or_else(|| LogsRefused::Unknown(format!("this node does not run {}", request.instance)))?;
+        if instance.assignment.owner.as_ref() != Some(&request.owner) {
+            return Err(LogsRefused::NotOwner);
+        }
+        Ok(instance.logs.clone())
     }
 }
 
@@ -256,7 +280,13 @@ async fn beat_loop(agent: Agent, assigned: watch::Sender<Option<Assignments>>, b
             agent.instances.lock().values().map(|i| i.report(config.advertise)).collect();
         let unavailable = agent.unavailable.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let beat = SignedHeartbeat::sign(
-            Heartbeat { node: config.node_id.clone(), at_ms: now_ms(), instances: reports, unavailable },
+            Heartbeat {
+                node: config.node_id.clone(),
+                at_ms: now_ms(),
+                instances: reports,
+                unavailable,
+                api: config.api.map(|a| a.to_string()),
+            },
             &config.key,
         );
         // A beat older than two periods is worth less than the next one.

@@ -186,6 +186,8 @@ struct NodeSoft {
     reports: Vec<InstanceReport>,
     /// Capabilities it declares on chain but cannot use now, and why (from its last beat).
     unavailable: BTreeMap<Capability, String>,
+    /// Its own API's address (checked to be on its registered address).
+    api: Option<String>,
 }
 
 /// Stripes of [`Beats`]: enough that heartbeats of different nodes rarely meet on a lock.
@@ -841,6 +843,7 @@ impl Shard {
         node: &str,
         reports: Vec<InstanceReport>,
         unavailable: BTreeMap<Capability, String>,
+        api: Option<String>,
     ) -> Result<(), SoftError> {
         self.soft_leader()?;
         let mut stripe = self.beats.stripe(node);
@@ -851,6 +854,7 @@ impl Shard {
                 let changed = known.reports != reports;
                 let abilities_changed = known.unavailable != unavailable;
                 known.beat = now;
+                known.api = api;
                 if changed {
                     known.reports = reports;
                 }
@@ -860,7 +864,7 @@ impl Shard {
                 (was_fresh, changed, abilities_changed)
             }
             None => {
-                stripe.insert(node.to_string(), NodeSoft { beat: now, reports, unavailable });
+                stripe.insert(node.to_string(), NodeSoft { beat: now, reports, unavailable, api });
                 (false, true, false)
             }
         };
@@ -921,6 +925,11 @@ impl Shard {
     /// The capabilities `node` declares but said, in its last beat, it cannot use now.
     pub fn unavailable(&self, node: &str) -> BTreeMap<Capability, String> {
         self.beats.stripe(node).get(node).map(|n| n.unavailable.clone()).unwrap_or_default()
+    }
+
+    /// Where `node`'s own API listens, as its last beat said.
+    pub fn node_api(&self, node: &str) -> Option<String> {
+        self.beats.stripe(node).get(node).and_then(|n| n.api.clone())
     }
 
     /// Time since `node`'s last heartbeat reached this replica.

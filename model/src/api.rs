@@ -278,6 +278,9 @@ pub struct NodeView {
     /// Declared capabilities it cannot use now, and why, as its last heartbeat said.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub unavailable: BTreeMap<Capability, String>,
+    /// Its own API (logs), `address:port`, as its last heartbeat said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
     /// The address it serves instances on (registered on chain).
     pub address: std::net::IpAddr,
     /// The ports its instances listen on (registered on chain).
@@ -502,6 +505,10 @@ pub struct Heartbeat {
     /// does not answer, say): no new instance needing one is placed on it meanwhile.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub unavailable: BTreeMap<Capability, String>,
+    /// Where the node's own API (`/healthz`, `/v1/logs`) listens, `address:port`, on its
+    /// registered address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
 }
 
 /// A heartbeat signed with the node key.
@@ -621,6 +628,68 @@ pub struct Assignment {
     /// Version of the secrets; a different one means restart with the new values.
     #[serde(default)]
     pub secrets_version: u64,
+    /// The app's owner: the only key whose requests for its logs the node answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<PublicKeyHex>,
+}
+
+/// A request for an instance's logs, signed by its app's owner and sent to the node that runs
+/// it (`GET /v1/logs/{instance}` on the node's API). Nodes answer only the owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogsRequest {
+    /// `app@node`.
+    pub instance: String,
+    /// When it was signed, ms since the epoch; a node refuses one more than 5 minutes off.
+    pub at_ms: u64,
+    /// The owner's key.
+    pub owner: PublicKeyHex,
+    /// ed25519 over [`LogsRequest::signing_bytes`], hex.
+    pub signature: String,
+}
+
+impl LogsRequest {
+    /// The header carrying `owner`.
+    pub const OWNER_HEADER: &'static str = "x-fluxplane-owner";
+    /// The header carrying `at_ms`.
+    pub const AT_HEADER: &'static str = "x-fluxplane-at-ms";
+    /// The header carrying `signature`.
+    pub const SIGNATURE_HEADER: &'static str = "x-fluxplane-signature";
+
+    /// The bytes signed: a domain tag, the instance and the time.
+    pub fn signing_bytes(instance: &str, at_ms: u64) -> Vec<u8> {
+        format!("fluxplane-logs-v1\n{instance}\n{at_ms}").into_bytes()
+    }
+
+    /// A request for `instance`'s logs, signed now by `key`.
+    pub fn sign(instance: &str, at_ms: u64, key: &crate::keys::Keypair) -> LogsRequest {
+        LogsRequest {
+            instance: instance.to_string(),
+            at_ms,
+            owner: key.public(),
+            signature: key.sign_hex(&Self::signing_bytes(instance, at_ms)),
+        }
+    }
+
+    /// Checks the signature (not who signed: the node compares `owner` with the app's).
+    pub fn verify(&self) -> Result<(), String> {
+        crate::keys::verify_hex(&self.owner, &Self::signing_bytes(&self.instance, self.at_ms), &self.signature)
+    }
+}
+
+/// One line of an instance's output, as a node's logs endpoint streams it (one JSON object
+/// per line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// `app@node`.
+    pub instance: String,
+    /// The component that wrote it.
+    pub component: String,
+    /// When, ms since the epoch.
+    pub at_ms: u64,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The line.
+    pub text: String,
 }
 
 /// The associated data a secret is sealed with: the app, the key name and the holder (a region

@@ -95,6 +95,33 @@ fn a_flux_v8_container_app_is_served_and_removed_without_a_trace() {
     assert_eq!(running, 2, "{view:?}");
     assert_eq!(running_labelled(LABEL_APP, "bbweb").len(), 2);
 
+    // The request lines, through the agents, from both instances.
+    let logged = eventually_value(Duration::from_secs(15), "request lines in the logs", || {
+        let out = cloud.cluster.fluxctl(&["app", "logs", "bbweb", "--tail", "100"]);
+        let shown = text(&out.stdout);
+        (out.status.success() && shown.lines().any(|l| l.contains("url:/"))).then_some(shown)
+    });
+    assert!(logged.lines().all(|l| l.starts_with("bbweb@eu-n")), "{logged}");
+    // Nobody but the owner reads them: unsigned, or signed by another key, the node refuses.
+    let node_api = eventually_value(Duration::from_secs(5), "a node API", || {
+        let out = cloud.cluster.fluxctl(&["--output", "json", "node", "list"]);
+        let nodes: Vec<model::api::NodeView> = serde_json::from_slice(&out.stdout).ok()?;
+        let instance = &view.placements[0];
+        nodes.into_iter().find(|n| n.id == instance.node)?.api.map(|a| (a, instance.id.clone()))
+    });
+    let url = format!("http://{}/v1/logs/{}", node_api.0, node_api.1);
+    let http = reqwest::blocking::Client::new();
+    assert_eq!(http.get(&url).send().expect("answer").status().as_u16(), 401);
+    let stranger = model::api::LogsRequest::sign(&node_api.1, chain::now_ms(), &model::keys::Keypair::generate());
+    let resp = http
+        .get(&url)
+        .header(model::api::LogsRequest::OWNER_HEADER, stranger.owner.0.as_str())
+        .header(model::api::LogsRequest::AT_HEADER, stranger.at_ms.to_string())
+        .header(model::api::LogsRequest::SIGNATURE_HEADER, stranger.signature.as_str())
+        .send()
+        .expect("answer");
+    assert_eq!(resp.status().as_u16(), 403);
+
     // From an archive: the image is not on the node until the agent loads it.
     let other = BusyboxImage::import();
     let dir = cloud.cluster.dir.path().join("archive");

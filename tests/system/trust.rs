@@ -14,7 +14,8 @@ use crate::util::repo;
 
 /// One signed beat of `node`, reporting `instances`; the status and body of the answer.
 fn beat(url: &str, node: &str, key: &Keypair, instances: Vec<InstanceReport>) -> (u16, String) {
-    let beat = Heartbeat { node: node.into(), at_ms: chain::now_ms(), instances, unavailable: Default::default() };
+    let beat =
+        Heartbeat { node: node.into(), at_ms: chain::now_ms(), instances, unavailable: Default::default(), api: None };
     let signed = SignedHeartbeat::sign(beat, key);
     let resp = reqwest::blocking::Client::new()
         .post(format!("{url}/v1/agent/heartbeat"))

@@ -80,7 +80,12 @@ pub(super) async fn heartbeat(State(api): State<Arc<Api>>, body: Bytes) -> Json<
     // What secrets each reported instance runs with: values are sent only to one that lacks them.
     let running_secrets: std::collections::HashMap<String, u64> =
         signed.beat.instances.iter().map(|r| (r.id.clone(), r.secrets_version)).collect();
-    shard.record_heartbeat(&node_id, signed.beat.instances, signed.beat.unavailable)?;
+    // The node's own API is on its registered address, or it is not listed.
+    let api_addr = signed.beat.api.filter(|a| {
+        a.parse::<std::net::SocketAddr>()
+            .is_ok_and(|addr| addr.ip().to_canonical() == record.start.address.to_canonical())
+    });
+    shard.record_heartbeat(&node_id, signed.beat.instances, signed.beat.unavailable, api_addr)?;
     // Secrets go to the node sealed again, to its own key.
     // Secrets are copied out under the lock and sealed again after it: the X25519 work of a
     // node with many secrets must not hold up the shard's writers.
@@ -97,6 +102,7 @@ pub(super) async fn heartbeat(State(api): State<Arc<Api>>, body: Bytes) -> Json<
                     components: app.spec.components.clone(),
                     secrets: Default::default(),
                     secrets_version: s.secrets.get(&p.app).map_or(0, |stored| stored.version),
+                    owner: Some(app.owner.clone()),
                 })
             })
             .collect();

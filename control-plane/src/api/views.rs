@@ -324,6 +324,7 @@ fn local_nodes(api: &Api) -> Vec<NodeView> {
                     country: n.start.country.clone(),
                     capabilities: n.start.capabilities.clone(),
                     unavailable: shard.unavailable(id),
+                    api: shard.node_api(id),
                     address: n.start.address,
                     instance_ports: n.start.instance_ports,
                     up,

@@ -74,7 +74,7 @@ async fn soft_state_lives_on_the_leader_and_a_new_leader_warms_up() {
     let shard = open_single(dir.path(), &Keypair::generate(), &AdminToken::generate()).await;
     // Just elected: the feed waits a node timeout before it speaks for every node.
     assert!(matches!(shard.feed(), Err(SoftError::WarmingUp { .. })));
-    shard.record_heartbeat("eu-1", vec![], Default::default()).expect("the leader records beats");
+    shard.record_heartbeat("eu-1", vec![], Default::default(), None).expect("the leader records beats");
     assert!(shard.is_fresh("eu-1"));
     shard.shutdown().await;
 }

@@ -7,6 +7,7 @@ pub mod chain;
 pub mod control;
 pub mod gateway;
 pub mod node;
+pub mod node_api;
 
 use std::future::Future;
 use std::pin::Pin;

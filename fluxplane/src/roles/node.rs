@@ -218,8 +218,10 @@ impl Built {
         let (owner, leftovers) = (agent::owner(&id, &key), runtimes.clone());
         let bind_ip = listener.local_addr()?.ip();
         let advertise = config.advertise.unwrap_or(bind_ip);
-        let status = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" }));
-        let server = super::serve_router(listener, status, config.daemon.http.limits())?;
+        let api_addr = SocketAddr::new(advertise, listener.local_addr()?.port());
+        let agent_slot = super::node_api::AgentSlot::default();
+        let server =
+            super::serve_router(listener, super::node_api::router(agent_slot.clone()), config.daemon.http.limits())?;
         let fatal = Fatal::default();
         let (stop, stopped) = watch::channel(false);
         let t = config.daemon.timing.clone();
@@ -245,9 +247,11 @@ impl Built {
                 ports: config.instance_ports,
                 request_deadline: t.request_deadline,
                 stop_grace: t.stop_grace,
+                api: Some(api_addr),
                 linger: t.node_timeout + t.heartbeat_period,
             };
-            let (_handle, agent) = agent::start(agent_config, runtimes, stopped);
+            let (handle, agent) = agent::start(agent_config, runtimes, stopped);
+            let _ = agent_slot.set(handle);
             agent.await;
         });
         Ok(Running::new("node", fatal, move |deadline| async move {

@@ -63,6 +63,23 @@ pub enum AppCommand {
         /// App name.
         name: String,
     },
+    /// Print the output of the app's instances, read from the nodes that run them (owner only).
+    Logs {
+        /// App name.
+        name: String,
+        /// Only this instance (`app@node`, as `app status` lists them).
+        #[arg(long)]
+        instance: Option<String>,
+        /// Keep printing lines as they are written.
+        #[arg(long)]
+        follow: bool,
+        /// Only lines written in the last DURATION (e.g. `10m`, `1h`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+        /// Only the last N lines of each component.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
 }
 
 /// Secret verbs.
@@ -100,6 +117,9 @@ pub(super) async fn run(cli: &Cli, api: &Client, cmd: &AppCommand) -> anyhow::Re
         AppCommand::List => list(cli, api).await,
         AppCommand::Status { name } => status(cli, api, name).await,
         AppCommand::Rm { name } => rm(cli, api, name).await,
+        AppCommand::Logs { name, instance, follow, since, tail } => {
+            logs(cli, api, name, instance.as_deref(), *follow, *since, *tail).await
+        }
         AppCommand::Secret { cmd: SecretCommand::Set { name, values } } => set_secrets(cli, api, name, values).await,
         AppCommand::Secret { cmd: SecretCommand::Rm { name, names } } => {
             let (key, _) = keys::load(cli.key.as_ref())?;
@@ -544,6 +564,109 @@ async fn list(cli: &Cli, api: &Client) -> anyhow::Result<()> {
         ]);
     }
     println!("{t}");
+    Ok(())
+}
+
+/// Reads each instance's logs from the node that runs it, signed with the owner's key: all of
+/// them in time order, or (`--follow`) as they come, each line prefixed with its instance and
+/// component.
+async fn logs(
+    cli: &Cli,
+    api: &Client,
+    name: &str,
+    only: Option<&str>,
+    follow: bool,
+    since: Option<Duration>,
+    tail: Option<usize>,
+) -> anyhow::Result<()> {
+    let (key, _) = keys::load(cli.key.as_ref())?;
+    let app = api.app(name).await.with_context(|| format!("looking up `{name}`"))?;
+    anyhow::ensure!(
+        app.owner == key.public(),
+        "`{name}` is owned by {}; only its owner can read its logs (this key is {})",
+        app.owner,
+        key.public()
+    );
+    let instances: Vec<&model::api::InstanceView> =
+        app.placements.iter().filter(|p| only.is_none_or(|id| p.id == id)).collect();
+    if let Some(id) = only {
+        anyhow::ensure!(!instances.is_empty(), "`{name}` has no instance {id} (see `fluxctl app status {name}`)");
+    }
+    anyhow::ensure!(!instances.is_empty(), "`{name}` has no instance placed yet");
+    let nodes = api.nodes().await.context("listing the nodes")?;
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let since_ms = since.map_or(0, |d| now_ms.saturating_sub(d.as_millis() as u64));
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let (lines_tx, mut lines_rx) = tokio::sync::mpsc::channel::<model::api::LogEntry>(1024);
+    let mut readers = Vec::new();
+    for p in instances {
+        let Some(node_api) = nodes.iter().find(|n| n.id == p.node).and_then(|n| n.api.clone()) else {
+            eprintln!("{}: node {} has not said where its API is (is it up?)", p.id, p.node);
+            continue;
+        };
+        let request = model::api::LogsRequest::sign(&p.id, now_ms, &key);
+        let mut url = format!("http://{node_api}/v1/logs/{}?since_ms={since_ms}&follow={follow}", p.id);
+        if let Some(n) = tail {
+            url.push_str(&format!("&tail={n}"));
+        }
+        let (http, tx, id) = (http.clone(), lines_tx.clone(), p.id.clone());
+        readers.push(tokio::spawn(async move {
+            let sent = http
+                .get(&url)
+                .header(model::api::LogsRequest::OWNER_HEADER, request.owner.0.as_str())
+                .header(model::api::LogsRequest::AT_HEADER, request.at_ms.to_string())
+                .header(model::api::LogsRequest::SIGNATURE_HEADER, request.signature.as_str())
+                .send()
+                .await;
+            let mut resp = match sent {
+                Ok(r) if r.status().is_success() => r,
+                Ok(r) => {
+                    let status = r.status();
+                    eprintln!("{id}: the node answered {status}: {}", r.text().await.unwrap_or_default().trim());
+                    return;
+                }
+                Err(e) => {
+                    eprintln!("{id}: cannot reach its node at {node_api}: {e}");
+                    return;
+                }
+            };
+            let mut pending = Vec::new();
+            while let Ok(Some(chunk)) = resp.chunk().await {
+                pending.extend_from_slice(&chunk);
+                while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    if let Ok(entry) = serde_json::from_slice::<model::api::LogEntry>(&line)
+                        && tx.send(entry).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    drop(lines_tx);
+    let print = |e: &model::api::LogEntry| {
+        if cli.output == Output::Json {
+            println!("{}", serde_json::to_string(e).unwrap_or_default());
+        } else {
+            println!("{} {} | {}", e.instance, e.component, e.text);
+        }
+    };
+    if follow {
+        while let Some(entry) = lines_rx.recv().await {
+            print(&entry);
+        }
+    } else {
+        let mut all = Vec::new();
+        while let Some(entry) = lines_rx.recv().await {
+            all.push(entry);
+        }
+        all.sort_by_key(|e| e.at_ms);
+        all.iter().for_each(print);
+    }
+    for r in readers {
+        let _ = r.await;
+    }
     Ok(())
 }
 

@@ -193,6 +193,7 @@ async fn run_agent(
             at_ms: chain::now_ms(),
             instances: running.clone(),
             unavailable: Default::default(),
+            api: None,
         };
         let signed = SignedHeartbeat::sign(beat, &agent.key);
         let started = Instant::now();
