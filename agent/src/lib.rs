@@ -97,6 +97,9 @@ enum Phase {
 
 struct Instance {
     assignment: Assignment,
+    /// Which entry this is: a start installs what it started only into the entry it was
+    /// started for, not into one made after the instance was unassigned and assigned again.
+    generation: u64,
     phase: Phase,
     /// Each component's output, kept while the instance is assigned.
     logs: BTreeMap<String, LogBuffer>,
@@ -104,8 +107,10 @@ struct Instance {
 
 impl Instance {
     fn new(assignment: Assignment) -> Self {
+        static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let logs = assignment.components.iter().map(|c| (c.name.clone(), LogBuffer::new())).collect();
-        Self { assignment, phase: Phase::Starting, logs }
+        let generation = GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self { assignment, generation, phase: Phase::Starting, logs }
     }
 
     /// The instance as the next beat reports it, its endpoints on `advertise`.
@@ -139,19 +144,59 @@ impl Instance {
         }
     }
 
-    /// Stops its components in the background: a container's stop waits out its grace period,
-    /// which must not hold the table.
-    fn stop(&self) {
+    /// Stops its components in the background (a container's stop waits out its grace period,
+    /// which must not hold the table), in the instance's turn: a start of the same instance
+    /// waits until they are gone.
+    fn stop(&self, turns: &Turns) {
         if let Phase::Running { components, .. } = &self.phase {
-            stop_all(components.clone());
+            stop_all(components.clone(), turns.take_now(&self.assignment.id));
         }
     }
 }
 
-fn stop_all(components: Vec<Started>) {
+/// Stops `components` in the background, holding `turn` (if given) until they are stopped.
+fn stop_all(components: Vec<Started>, turn: Turn) {
     tokio::spawn(async move {
+        let _turn = match turn {
+            Turn::Held(guard) => Some(guard),
+            Turn::Wait(lock) => Some(lock.lock_owned().await),
+        };
         futures::future::join_all(components.iter().map(|(_, c)| c.stop())).await;
     });
+}
+
+/// Per-instance turns: the stops and starts of one instance id run one after the other, in
+/// the order the reconcile loop decided them (a stop's turn is taken before its task runs).
+#[derive(Clone, Default)]
+struct Turns(Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>);
+
+/// A turn: held already, or to wait for.
+enum Turn {
+    Held(tokio::sync::OwnedMutexGuard<()>),
+    Wait(Arc<tokio::sync::Mutex<()>>),
+}
+
+impl Turns {
+    fn lock_of(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget the turns nobody holds or waits for.
+        turns.retain(|_, t| Arc::strong_count(t) > 1);
+        turns.entry(id.to_string()).or_default().clone()
+    }
+
+    /// The turn of `id`, taken now if free.
+    fn take_now(&self, id: &str) -> Turn {
+        let lock = self.lock_of(id);
+        match lock.clone().try_lock_owned() {
+            Ok(guard) => Turn::Held(guard),
+            Err(_) => Turn::Wait(lock),
+        }
+    }
+
+    /// Waits for the turn of `id`.
+    async fn take(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        self.lock_of(id).lock_owned().await
+    }
 }
 
 /// The node's instances, by id, shared by the agent's tasks. Never held across an await.
@@ -172,6 +217,7 @@ struct Agent {
     runtimes: Runtimes,
     ports: HostPorts,
     instances: Instances,
+    turns: Turns,
     /// Declared capabilities that do not work now, and why.
     unavailable: Arc<Mutex<BTreeMap<Capability, String>>>,
 }
@@ -227,6 +273,7 @@ pub fn start(
         config,
         runtimes,
         instances: Instances::default(),
+        turns: Turns::default(),
         unavailable: Arc::default(),
     };
     (AgentHandle { instances: agent.instances.clone() }, run(agent, shutdown))
@@ -323,14 +370,15 @@ async fn reconcile_loop(agent: Agent, mut assigned: watch::Receiver<Option<Assig
                 let keep = wanted.get(id.as_str()).is_some_and(|a| same_run(a, &i.assignment));
                 if !keep {
                     tracing::info!(node = %config.node_id, instance = %id, "stopping instance");
-                    i.stop();
+                    i.stop(&agent.turns);
                 }
                 keep
             });
             for a in &answer.instances {
                 if !table.contains_key(&a.id) {
-                    table.insert(a.id.clone(), Instance::new(a.clone()));
-                    to_start.push(a.clone());
+                    let entry = Instance::new(a.clone());
+                    to_start.push((a.clone(), entry.generation));
+                    table.insert(a.id.clone(), entry);
                 }
             }
             table.keys().cloned().collect()
@@ -356,10 +404,12 @@ async fn reconcile_loop(agent: Agent, mut assigned: watch::Receiver<Option<Assig
                 });
             }
         }
-        for a in to_start {
+        for (a, generation) in to_start {
             let (agent, beat_now) = (agent.clone(), beat_now.clone());
             tokio::spawn(async move {
                 let config = &agent.config;
+                // After any stop of this instance decided before: its containers are gone first.
+                let turn = agent.turns.take(&a.id).await;
                 let logs = agent.instances.lock().get(&a.id).map(|i| i.logs.clone()).unwrap_or_default();
                 let result = start_instance(&agent, &a, &logs).await.map_err(|e| format!("{e:#}"));
                 let phase = match result {
@@ -375,14 +425,14 @@ async fn reconcile_loop(agent: Agent, mut assigned: watch::Receiver<Option<Assig
                 };
                 let mut table = agent.instances.lock();
                 match table.get_mut(&a.id) {
-                    // Still wanted as it was when the start began.
-                    Some(i) if same_run(&i.assignment, &a) && matches!(i.phase, Phase::Starting) => {
+                    // Still wanted, in the very entry this start was for.
+                    Some(i) if i.generation == generation && matches!(i.phase, Phase::Starting) => {
                         i.phase = phase;
                     }
                     // Unassigned meanwhile: what started must not run on.
                     _ => {
                         if let Phase::Running { components, .. } = phase {
-                            stop_all(components);
+                            stop_all(components, Turn::Held(turn));
                         }
                     }
                 }
@@ -492,7 +542,8 @@ async fn start_instance(
                 started.push((c.name.clone(), Arc::from(instance)));
             }
             Err(e) => {
-                stop_all(started);
+                // Within the start's own turn: stopped before anything else of this instance.
+                futures::future::join_all(started.iter().map(|(_, c)| c.stop())).await;
                 return Err(e);
             }
         }

@@ -36,8 +36,28 @@ const ADOPTED_TAIL: &str = "200";
 const PORT_ATTEMPTS: usize = 5;
 
 /// A container's name: unique per node, app and component, so that a node finds its own.
+/// The parts are DNS labels, which hold no `.`: no two apps' names can meet.
 fn container_name(spec: &StartSpec) -> String {
-    format!("fluxplane-{}-{}-{}", spec.node, spec.app, spec.component.name)
+    format!("fluxplane.{}.{}.{}", spec.node, spec.app, spec.component.name)
+}
+
+/// One lock per container name: a start and a stop of the same name (an instance unassigned
+/// and assigned again while its container is stopping) take turns, so that the stop never
+/// removes what the start made or adopted.
+#[derive(Clone, Default)]
+pub(crate) struct NameLocks(Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>);
+
+impl NameLocks {
+    async fn hold(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            // Forget the locks nobody holds or waits for, so the map stays as small as the
+            // node's containers.
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+            locks.entry(name.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
 }
 
 fn labels(spec: &StartSpec) -> HashMap<String, String> {
@@ -72,7 +92,11 @@ impl Shared {
 /// A started (or adopted) container.
 pub(crate) struct OciInstance {
     docker: Docker,
+    /// The container's id: the operations on it never go by name.
+    id: String,
+    /// Its name, whose lock a stop holds.
     name: String,
+    names: NameLocks,
     component: String,
     endpoints: Vec<Endpoint>,
     /// The container port of the main endpoint, and the health path.
@@ -85,8 +109,15 @@ pub(crate) struct OciInstance {
 
 /// Starts the container for `spec`, or adopts the one an earlier process of this node left
 /// running for the very same run.
-pub(crate) async fn start(docker: Docker, spec: &StartSpec, oci: &OciWorkload) -> Result<OciInstance, String> {
+pub(crate) async fn start(
+    docker: Docker,
+    spec: &StartSpec,
+    oci: &OciWorkload,
+    image_id: &str,
+    names: &NameLocks,
+) -> Result<OciInstance, String> {
     let name = container_name(spec);
+    let _turn = names.hold(&name).await;
     match docker.inspect_container(&name, None).await {
         Ok(existing) => {
             let labels = existing.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
@@ -95,9 +126,9 @@ pub(crate) async fn start(docker: Docker, spec: &StartSpec, oci: &OciWorkload) -
                 labels.get(LABEL_RUN) == Some(&spec.run) && labels.get(LABEL_INSTANCE) == Some(&spec.instance);
             if same_run && running {
                 let bound = existing.network_settings.as_ref().and_then(|n| n.ports.clone()).unwrap_or_default();
-                if let Some(host_ports) = adopted_ports(&bound, oci) {
+                if let (Some(host_ports), Some(id)) = (adopted_ports(&bound, oci), existing.id.clone()) {
                     tracing::info!(container = %name, "adopting the container an earlier run of this node left");
-                    let instance = OciInstance::new(docker, name, spec, oci, &host_ports);
+                    let instance = OciInstance::new(docker, id, name.clone(), names.clone(), spec, oci, &host_ports);
                     instance.shared.running.store(true, std::sync::atomic::Ordering::Relaxed);
                     instance.supervise(spec.logs.clone(), true);
                     return Ok(instance);
@@ -113,18 +144,20 @@ pub(crate) async fn start(docker: Docker, spec: &StartSpec, oci: &OciWorkload) -
     let mut last_error = String::new();
     for _ in 0..PORT_ATTEMPTS {
         let host_ports = pick_ports(spec, oci.ports.len())?;
-        let body = create_body(spec, oci, &host_ports, &binds);
+        let body = create_body(spec, oci, image_id, &host_ports, &binds);
         let options = q::CreateContainerOptions { name: Some(name.clone()), ..Default::default() };
-        docker.create_container(Some(options), body).await.map_err(|e| format!("creating the container: {e}"))?;
-        match docker.start_container(&name, None::<q::StartContainerOptions>).await {
+        let created =
+            docker.create_container(Some(options), body).await.map_err(|e| format!("creating the container: {e}"))?;
+        match docker.start_container(&created.id, None::<q::StartContainerOptions>).await {
             Ok(()) => {
-                let instance = OciInstance::new(docker, name, spec, oci, &host_ports);
+                let instance =
+                    OciInstance::new(docker, created.id, name.clone(), names.clone(), spec, oci, &host_ports);
                 instance.shared.running.store(true, std::sync::atomic::Ordering::Relaxed);
                 instance.supervise(spec.logs.clone(), false);
                 return Ok(instance);
             }
             Err(e) => {
-                remove(&docker, &name).await?;
+                remove(&docker, &created.id).await?;
                 last_error = e.to_string();
                 // Another process took a chosen port between the check and the start.
                 if last_error.contains("port is already allocated") || last_error.contains("address already in use") {
@@ -166,7 +199,13 @@ fn pick_ports(spec: &StartSpec, count: usize) -> Result<Vec<u16>, String> {
     Ok(chosen)
 }
 
-fn create_body(spec: &StartSpec, oci: &OciWorkload, host_ports: &[u16], binds: &[String]) -> ContainerCreateBody {
+fn create_body(
+    spec: &StartSpec,
+    oci: &OciWorkload,
+    image_id: &str,
+    host_ports: &[u16],
+    binds: &[String],
+) -> ContainerCreateBody {
     let port_bindings: HashMap<String, Option<Vec<PortBinding>>> = oci
         .ports
         .iter()
@@ -203,7 +242,8 @@ fn create_body(spec: &StartSpec, oci: &OciWorkload, host_ports: &[u16], binds: &
         ..Default::default()
     };
     ContainerCreateBody {
-        image: Some(oci.image.clone()),
+        // By id: the tag may be moved after this, the id not.
+        image: Some(image_id.to_string()),
         cmd: (!oci.commands.is_empty()).then(|| oci.commands.clone()),
         env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
         exposed_ports: Some(oci.ports.iter().map(|p| format!("{}/tcp", p.container)).collect()),
@@ -217,7 +257,7 @@ fn create_body(spec: &StartSpec, oci: &OciWorkload, host_ports: &[u16], binds: &
 async fn volumes(docker: &Docker, spec: &StartSpec, oci: &OciWorkload) -> Result<Vec<String>, String> {
     let mut binds = Vec::new();
     for (i, path) in oci.volumes.iter().enumerate() {
-        let name = format!("{}-{i}", container_name(spec));
+        let name = format!("{}.{i}", container_name(spec));
         let request = bollard::models::VolumeCreateRequest {
             name: Some(name.clone()),
             labels: Some(labels(spec)),
@@ -230,7 +270,8 @@ async fn volumes(docker: &Docker, spec: &StartSpec, oci: &OciWorkload) -> Result
 }
 
 async fn remove(docker: &Docker, name: &str) -> Result<(), String> {
-    let options = q::RemoveContainerOptions { force: true, ..Default::default() };
+    // With its anonymous volumes (an image's `VOLUME`s), which carry no label to sweep by.
+    let options = q::RemoveContainerOptions { force: true, v: true, ..Default::default() };
     match docker.remove_container(name, Some(options)).await {
         Ok(()) => Ok(()),
         Err(e) if is_not_found(&e) => Ok(()),
@@ -239,7 +280,15 @@ async fn remove(docker: &Docker, name: &str) -> Result<(), String> {
 }
 
 impl OciInstance {
-    fn new(docker: Docker, name: String, spec: &StartSpec, oci: &OciWorkload, host_ports: &[u16]) -> Self {
+    fn new(
+        docker: Docker,
+        id: String,
+        name: String,
+        names: NameLocks,
+        spec: &StartSpec,
+        oci: &OciWorkload,
+        host_ports: &[u16],
+    ) -> Self {
         let component = spec.component.name.clone();
         let mut endpoints = Vec::new();
         for (i, (p, host)) in oci.ports.iter().zip(host_ports).enumerate() {
@@ -252,7 +301,9 @@ impl OciInstance {
         let (stopping, _) = watch::channel(false);
         Self {
             docker,
+            id,
             name,
+            names,
             component,
             endpoints,
             main_port: oci.ports.first().map(|p| p.container),
@@ -270,7 +321,7 @@ impl OciInstance {
     /// Follows the container until it is stopped: its output into `logs`, its exits into the
     /// run state, each exit answered by a start after the backoff.
     fn supervise(&self, logs: LogBuffer, adopted: bool) {
-        let (docker, name, shared) = (self.docker.clone(), self.name.clone(), self.shared.clone());
+        let (docker, name, shared) = (self.docker.clone(), self.id.clone(), self.shared.clone());
         let mut stopping = self.stopping.subscribe();
         tokio::spawn(async move {
             let mut backoff = BACKOFF_FIRST;
@@ -432,14 +483,15 @@ impl Instance for OciInstance {
 
     async fn stop(&self) {
         self.stopping.send_replace(true);
+        let _turn = self.names.hold(&self.name).await;
         let grace = i32::try_from(self.grace.as_secs()).unwrap_or(i32::MAX);
         let options = q::StopContainerOptions { t: Some(grace), signal: None };
-        if let Err(e) = self.docker.stop_container(&self.name, Some(options)).await
+        if let Err(e) = self.docker.stop_container(&self.id, Some(options)).await
             && !is_not_found(&e)
         {
-            tracing::warn!(container = %self.name, "stopping: {e}");
+            tracing::warn!(container = %self.id, "stopping: {e}");
         }
-        if let Err(e) = remove(&self.docker, &self.name).await {
+        if let Err(e) = remove(&self.docker, &self.id).await {
             tracing::warn!("{e}");
         }
     }

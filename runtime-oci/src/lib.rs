@@ -43,13 +43,14 @@ pub struct OciRuntime {
     /// when the engine stops answering, so that a restarted engine is found again.
     client: Arc<std::sync::Mutex<Option<Docker>>>,
     images: Arc<images::Images>,
+    names: container::NameLocks,
 }
 
 impl OciRuntime {
     /// A runtime on the engine at `socket`. It connects when first used: an engine that is
     /// down (or not installed) now makes the runtime unavailable, never the node fail to start.
     pub fn new(socket: &str) -> Self {
-        Self { socket: socket.to_string(), client: Arc::default(), images: Arc::default() }
+        Self { socket: socket.to_string(), client: Arc::default(), images: Arc::default(), names: Default::default() }
     }
 
     fn cached(&self) -> std::sync::MutexGuard<'_, Option<Docker>> {
@@ -99,8 +100,9 @@ impl runtime::Runtime for OciRuntime {
             return Err(StartError::Failed(format!("component {} is not a container", spec.component.name)));
         };
         let docker = self.engine().await.map_err(StartError::Unavailable)?;
-        self.images.ensure(&docker, &oci.image, spec.artifact.as_ref()).await.map_err(StartError::Failed)?;
-        let instance = container::start(docker, &spec, &oci).await.map_err(StartError::Failed)?;
+        let image =
+            self.images.resolve(&docker, &oci.image, spec.artifact.as_ref()).await.map_err(StartError::Failed)?;
+        let instance = container::start(docker, &spec, &oci, &image, &self.names).await.map_err(StartError::Failed)?;
         Ok(Box::new(instance))
     }
 

@@ -27,9 +27,11 @@ pub struct LogLine {
     pub text: String,
 }
 
-/// Lines kept per instance, and the longest line kept whole.
+/// Bytes of lines kept per instance, and the longest line kept whole. Each line is charged
+/// its text and [`LINE_OVERHEAD`], so a guest that prints empty lines forever is bounded too.
 const KEEP_BYTES: usize = 256 * 1024;
 const MAX_LINE: usize = 4096;
+const LINE_OVERHEAD: usize = 64;
 
 /// The recent output of one instance: at most [`KEEP_BYTES`] of lines, the oldest dropped
 /// first, so a chatty guest costs the node a fixed amount of memory.
@@ -110,11 +112,11 @@ impl LogBuffer {
             }
             line.text.truncate(cut);
         }
-        inner.bytes += line.text.len();
+        inner.bytes += line.text.len() + LINE_OVERHEAD;
         inner.lines.push_back(line.clone());
         while inner.bytes > KEEP_BYTES {
             match inner.lines.pop_front() {
-                Some(old) => inner.bytes -= old.text.len(),
+                Some(old) => inner.bytes -= old.text.len() + LINE_OVERHEAD,
                 None => break,
             }
         }
@@ -165,8 +167,11 @@ mod tests {
             logs.write(LogStream::Stdout, b"\n");
         }
         let kept = logs.read(0, None);
-        assert!(kept.iter().map(|l| l.text.len()).sum::<usize>() <= KEEP_BYTES);
+        assert!(kept.iter().map(|l| l.text.len() + LINE_OVERHEAD).sum::<usize>() <= KEEP_BYTES);
         assert!(kept.len() > 200, "{}", kept.len());
+        // Empty lines are bounded too.
+        logs.write(LogStream::Stdout, &vec![b'\n'; 100_000]);
+        assert!(logs.read(0, None).len() <= KEEP_BYTES / LINE_OVERHEAD);
         // A line without an end is cut, not held forever.
         logs.write(LogStream::Stderr, &vec![b'y'; MAX_LINE * 3]);
         assert_eq!(logs.read(0, Some(3)).iter().filter(|l| l.stream == LogStream::Stderr).count(), 3);

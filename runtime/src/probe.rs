@@ -8,7 +8,10 @@ use crate::Health;
 /// One pool of connections for every HTTP probe of this process; never through a proxy from
 /// the environment (these are the node's own instances).
 static PROBE_HTTP: std::sync::LazyLock<reqwest::Client> =
-    std::sync::LazyLock::new(|| reqwest::Client::builder().no_proxy().build().unwrap_or_default());
+    // Never redirected: a hostile workload must not point the node's probe elsewhere.
+    std::sync::LazyLock::new(|| {
+        reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap_or_default()
+    });
 
 /// Healthy when `GET path` on `addr` answers below 500 within `timeout`.
 pub async fn http_probe(name: &str, addr: SocketAddr, path: &str, timeout: Duration) -> Health {

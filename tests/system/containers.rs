@@ -254,4 +254,14 @@ fn a_node_killed_and_started_again_adopts_its_containers_and_leaks_none() {
     eventually(Duration::from_secs(30), "the removed app's container swept", || {
         containers_labelled(LABEL_APP, "bbgone").is_empty()
     });
+
+    // A new spec: the old container stops while the new one, of the same name, starts; the
+    // old one's stop must not take the new one with it.
+    let updated = flux_spec("bbkeep", &image.tag, 1).replace("GREETING=hi", "GREETING=again");
+    cloud.deploy_manifest(&manifest(&cloud, "spec.json", &updated));
+    std::thread::sleep(Duration::from_secs(7));
+    let now = containers_labelled(LABEL_APP, "bbkeep");
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(now, kept, "the new spec runs in a new container");
+    assert_eq!(get(&cloud, "bbkeep.app.localhost").map(|r| r.0), Some(200));
 }
