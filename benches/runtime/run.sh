@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The node's runtimes against their peers, side by side in one run, on one hello.wasm:
 #   - a WASM instance of a release `fluxplane dev` (hello, cpu = 1.0), straight to its port;
+#   - the same in a separate `fluxplane node` process joined to that cloud (its own country,
+#     `ZZ`, which the app's geolocation picks);
 #   - `wasmtime serve` 48.0.8 on the same hello.wasm;
 #   - a busybox httpd container of the same dev cloud, through its mapped port.
 # wrk drives each in turn at 1 and at 32 connections (ROUNDS rounds), and prints req/s, p50
@@ -27,8 +29,9 @@ done
 
 work=$(mktemp -d)
 tag="fluxplane-bench/busybox:$$"
-dev_pid="" serve_pid=""
+dev_pid="" serve_pid="" node_pid=""
 cleanup() {
+  [ -n "$node_pid" ] && kill "$node_pid" 2>/dev/null && wait "$node_pid" 2>/dev/null || true
   [ -n "$dev_pid" ] && kill "$dev_pid" 2>/dev/null && wait "$dev_pid" 2>/dev/null || true
   [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null && wait "$serve_pid" 2>/dev/null || true
   docker ps -aq --filter "ancestor=$tag" | xargs -r docker rm -f >/dev/null 2>&1 || true
@@ -54,6 +57,12 @@ dev_pid=$!
 for _ in $(seq 1 600); do [ -s "$work/data/endpoints.json" ] && break; sleep 0.1; done
 api=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['api'])" "$work/data/endpoints.json")
 
+# A node of its own process, in eu, paid for by the dev wallet.
+"$bin/fluxplane" node --region eu --geo 50.1,8.7 --country ZZ --control "$api" --listen 127.0.0.1:0 \
+  --instance-ports 21000-21999 --data-dir "$work/node" --wallet "$work/data/dev-wallet.key" --tier cumulus \
+  --id eu-bench >"$work/node.log" 2>&1 &
+node_pid=$!
+
 mkdir -p "$work/wasm" "$work/oci"
 cp "$root/examples/hello/hello.wasm" "$work/wasm/"
 cat >"$work/wasm/fluxapp.toml" <<TOML
@@ -66,6 +75,9 @@ wasm = "hello.wasm"
 cpu = 1.0
 ram = 64
 TOML
+mkdir -p "$work/node-app"
+cp "$root/examples/hello/hello.wasm" "$work/node-app/"
+sed -e 's/^name = "hello"/name = "hellonode"/' -e 's/acEU"/acEU_ZZ"/' "$work/wasm/fluxapp.toml" >"$work/node-app/fluxapp.toml"
 cat >"$work/oci/fluxapp.toml" <<TOML
 name = "busy"
 instances = 1
@@ -85,7 +97,12 @@ started=$(date +%s%N)
 "$bin/fluxctl" --api "$api" app deploy "$work/wasm/fluxapp.toml" --wait >&2
 "$bin/fluxctl" --api "$api" app deploy "$work/oci/fluxapp.toml" --wait >&2
 echo "both apps deployed and routed in $(( ($(date +%s%N) - started) / 1000000 )) ms" >&2
+for _ in $(seq 1 300); do
+  "$bin/fluxctl" --api "$api" --output json node list | grep -q '"eu-bench"' && break; sleep 0.2
+done
+"$bin/fluxctl" --api "$api" app deploy "$work/node-app/fluxapp.toml" --wait >&2
 wasm_instance=$(endpoint hello)
+node_instance=$(endpoint hellonode)
 oci_instance=$(endpoint busy)
 
 serve_port=$(free_port)
@@ -108,26 +125,31 @@ run() { # label connections url
 for _ in $(seq 1 "$rounds"); do
   for c in 1 32; do
     run fluxplane "$c" "http://$wasm_instance/"
+    run "fluxplane node" "$c" "http://$node_instance/"
     run "wasmtime serve" "$c" "http://127.0.0.1:$serve_port/"
     run container "$c" "http://$oci_instance/"
   done
 done
 
-echo "wrk -d$duration, $rounds rounds (each figure: the rounds' median), fluxplane instance $wasm_instance"
+echo "wrk -d$duration, $rounds rounds (each figure: the rounds' median); fluxplane = an instance of fluxplane dev"
 echo "| target | connections | requests/s | p50 | p99 |"
 echo "|---|---|---|---|---|"
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 for c in 1 32; do
-  for t in fluxplane "wasmtime serve" container; do
+  for t in fluxplane "fluxplane node" "wasmtime serve" container; do
     k="$t/$c"
     printf '| %s | %s | %.0f | %s µs | %s µs |\n' "$t" "$c" "$(median <<<"${rps[$k]}")" \
       "$(median <<<"${p50[$k]}")" "$(median <<<"${p99[$k]}")"
   done
-  f="fluxplane/$c" w="wasmtime serve/$c"
-  python3 - "$(median <<<"${rps[$f]}")" "$(median <<<"${rps[$w]}")" "$(median <<<"${p99[$f]}")" \
-    "$(median <<<"${p99[$w]}")" "$c" <<'PY'
+  w="wasmtime serve/$c"
+  for t in fluxplane "fluxplane node"; do
+    f="$t/$c"
+    python3 - "$t" "$(median <<<"${rps[$f]}")" "$(median <<<"${rps[$w]}")" "$(median <<<"${p99[$f]}")" \
+      "$(median <<<"${p99[$w]}")" "$c" <<'PY'
 import sys
-rf, rw, pf, pw, c = (float(x) for x in sys.argv[1:6])
-print(f"| ratio at {int(c)} | | fluxplane/wasmtime serve: {rf / rw:.2f}x req/s | | p99 {pf / pw:.2f}x |")
+t = sys.argv[1]
+rf, rw, pf, pw, c = (float(x) for x in sys.argv[2:7])
+print(f"| {t} / wasmtime serve | {int(c)} | {rf / rw:.2f}x | | {pf / pw:.2f}x |")
 PY
+  done
 done

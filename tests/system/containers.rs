@@ -195,6 +195,26 @@ fn a_crash_loop_shows_its_backoff_and_an_oom_kill_is_named() {
     });
     let shown = text(&cloud.cluster.fluxctl(&["app", "status", "bbhog"]).stdout);
     assert!(shown.contains("(OOM-killed)"), "{shown}");
+
+    // An image the node does not have is pulled; here no registry can be reached, and the
+    // failure names the image.
+    let _pull = LabelledCleanup { label: LABEL_APP, value: "bbpull".into() };
+    let path = manifest(
+        &cloud,
+        "fluxapp.toml",
+        "name = \"bbpull\"\n[[component]]\nname = \"main\"\nimage = \"fluxplane-test/never-built:1\"\nports = [80]\n",
+    );
+    let out = cloud.cluster.fluxctl(&["app", "deploy", &path_str(&path)]);
+    assert!(out.status.success(), "deploy: {}", text(&out.stderr));
+    let why = eventually_value(Duration::from_secs(60), "the pull's failure", || {
+        let out = cloud.cluster.fluxctl(&["--output", "json", "events", "--region", REGION]);
+        text(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|e| e["event"] == "instance_failed" && e["instance"] == "bbpull@eu-n1")
+            .and_then(|e| e["reason"].as_str().map(str::to_string))
+    });
+    assert!(why.contains("image `fluxplane-test/never-built:1` is not on this node and pulling it failed"), "{why}");
 }
 
 #[test]
