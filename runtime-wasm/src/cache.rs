@@ -35,7 +35,7 @@ impl ComponentCache {
     }
 
     /// The pre-instantiated component for `bytes`, compiling it on first use.
-    pub async fn get(&self, bytes: &[u8]) -> anyhow::Result<ProxyPre<GuestState>> {
+    pub(crate) async fn get(&self, bytes: &[u8]) -> anyhow::Result<ProxyPre<GuestState>> {
         let hash = blake3::hash(bytes).to_hex().to_string();
         if let Some(pre) = self.ready.get(&hash) {
             return Ok(pre.clone());

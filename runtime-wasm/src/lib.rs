@@ -20,7 +20,9 @@ mod serve;
 pub use cache::ComponentCache;
 pub use engine::{EngineConfig, WasmEngine};
 pub use runtime_impl::WasmRuntime;
-pub use serve::{InstanceLimits, InstanceServer};
+// wasmtime's types (`ProxyPre`, stores) stay in this crate: only the `runtime` contract and
+// the engine's setup are public.
+pub(crate) use serve::{InstanceLimits, InstanceServer};
 
 #[cfg(test)]
 mod tests;
