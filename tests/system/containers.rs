@@ -94,6 +94,36 @@ fn a_flux_v8_container_app_is_served_and_removed_without_a_trace() {
     let running = view.placements.iter().filter(|p| p.state == model::api::InstanceState::Running).count();
     assert_eq!(running, 2, "{view:?}");
     assert_eq!(running_labelled(LABEL_APP, "bbweb").len(), 2);
+    // Locked down as documented: limits from the spec, no privilege, no host mounts.
+    for id in running_labelled(LABEL_APP, "bbweb") {
+        let out = std::process::Command::new("docker")
+            .args([
+                "inspect",
+                "--format",
+                "{{.HostConfig.Privileged}} {{.HostConfig.CapDrop}} {{.HostConfig.CapAdd}} {{.HostConfig.SecurityOpt}} \
+                 {{.HostConfig.Memory}} {{.HostConfig.MemorySwap}} {{.HostConfig.NanoCpus}} {{.HostConfig.PidsLimit}} \
+                 mounts={{len .Mounts}}",
+                &id,
+            ])
+            .output()
+            .expect("docker inspect");
+        let shown = text(&out.stdout);
+        assert_eq!(
+            shown.split_whitespace().collect::<Vec<_>>(),
+            [
+                "false",
+                "[ALL]",
+                "[NET_BIND_SERVICE]",
+                "[no-new-privileges]",
+                "209715200",
+                "209715200",
+                "500000000",
+                "256",
+                "mounts=0"
+            ],
+            "{shown}"
+        );
+    }
 
     // The request lines, through the agents, from both instances.
     let logged = eventually_value(Duration::from_secs(15), "request lines in the logs", || {
