@@ -123,7 +123,16 @@ impl InstanceServer {
                 }
             };
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors, say: wait for some to close instead of
+                        // spinning a guest thread on the same error.
+                        tracing::debug!(%addr, "instance accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
                 let _ = stream.set_nodelay(true);
                 let (pre, env, limits, budget, logs) =
                     (pre.clone(), env.clone(), limits.clone(), budget.clone(), logs.clone());
