@@ -126,25 +126,9 @@ pub fn check_blob(bytes: &[u8]) -> Result<BlobKind, BlobError> {
 /// top level holds `manifest.json` (`docker save`) or `index.json` (OCI layout). Walks the
 /// headers only, never the contents, and never quotes them.
 pub fn check_image_archive(bytes: &[u8]) -> Result<(), String> {
-    let mut at = 0usize;
-    while let Some(header) = bytes.get(at..at + 512) {
-        if header.iter().all(|b| *b == 0) {
-            break;
-        }
-        if header.get(257..262) != Some(b"ustar".as_slice()) {
-            return Err(format!("a broken tar header at byte {at}"));
-        }
-        let name_end = header[..100].iter().position(|b| *b == 0).unwrap_or(100);
-        let name = String::from_utf8_lossy(&header[..name_end]);
-        let name = name.trim_start_matches("./");
-        if name == "manifest.json" || name == "index.json" {
-            return Ok(());
-        }
-        let size_field = String::from_utf8_lossy(&header[124..136]);
-        let size = u64::from_str_radix(size_field.trim_matches(|c: char| c == '\0' || c == ' '), 8)
-            .map_err(|_| format!("a tar header at byte {at} has no valid size"))?;
-        let padded = usize::try_from(size.div_ceil(512) * 512).map_err(|_| "a tar entry too large".to_string())?;
-        at = at.checked_add(512 + padded).ok_or("a tar entry too large")?;
+    let entries = model::tar::entries(bytes)?;
+    if entries.iter().any(|e| e.name == "manifest.json" || e.name == "index.json") {
+        return Ok(());
     }
     Err("a tar file without manifest.json or index.json at its top: make it with `docker save IMAGE -o FILE.tar`"
         .into())
@@ -218,21 +202,7 @@ impl BlobStore {
 mod tests {
     use super::*;
 
-    /// A tar of `(name, contents)` entries, as `tar` writes them (ustar headers, 512-byte blocks).
-    fn tar(entries: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (name, body) in entries {
-            let mut header = [0u8; 512];
-            header[..name.len()].copy_from_slice(name.as_bytes());
-            header[124..135].copy_from_slice(format!("{:011o}", body.len()).as_bytes());
-            header[257..262].copy_from_slice(b"ustar");
-            out.extend_from_slice(&header);
-            out.extend_from_slice(body);
-            out.resize(out.len().div_ceil(512) * 512, 0);
-        }
-        out.extend_from_slice(&[0u8; 1024]);
-        out
-    }
+    use model::tar::build as tar;
 
     #[test]
     fn image_archives_are_told_from_other_tars() {

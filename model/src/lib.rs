@@ -20,6 +20,7 @@ pub mod keys;
 pub mod price;
 pub mod sealed;
 pub mod spec;
+pub mod tar;
 pub mod tier;
 
 pub use geo::{GeoPoint, Region};

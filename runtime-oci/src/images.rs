@@ -86,22 +86,10 @@ async fn load(docker: &Docker, archive: Vec<u8>) -> Result<String, String> {
 /// another app runs. It must be a `docker save` archive whose tags include `image`.
 fn untag_archive(archive: &[u8], image: &str) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(archive.len());
-    let mut at = 0usize;
     let mut found = false;
-    while let Some(header) = archive.get(at..at + 512) {
-        if header.iter().all(|b| *b == 0) {
-            break;
-        }
-        let name_end = header[..100].iter().position(|b| *b == 0).unwrap_or(100);
-        let name = String::from_utf8_lossy(&header[..name_end]).trim_start_matches("./").to_string();
-        let size_field = String::from_utf8_lossy(&header[124..136]).to_string();
-        let size = usize::from_str_radix(size_field.trim_matches(|c: char| c == '\0' || c == ' '), 8)
-            .map_err(|_| format!("the image archive has a broken tar header at byte {at}"))?;
-        let body = archive
-            .get(at + 512..at + 512 + size)
-            .ok_or_else(|| "the image archive ends inside an entry".to_string())?;
-        let next = at + 512 + size.div_ceil(512) * 512;
-        match name.as_str() {
+    for entry in model::tar::entries(archive).map_err(|e| format!("the image archive: {e}"))? {
+        let body = &archive[entry.header_at + 512..entry.header_at + 512 + entry.size];
+        match entry.name.as_str() {
             "repositories" => {}
             "manifest.json" => {
                 let mut manifest: Vec<serde_json::Value> = serde_json::from_slice(body)
@@ -121,31 +109,19 @@ fn untag_archive(archive: &[u8], image: &str) -> Result<Vec<u8>, String> {
                     m["RepoTags"] = serde_json::Value::Null;
                 }
                 let body = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
-                let mut header = header.to_vec();
-                header[124..136].copy_from_slice(format!("{:011o}\0", body.len()).as_bytes());
-                set_checksum(&mut header);
-                out.extend_from_slice(&header);
+                out.extend_from_slice(&model::tar::header("manifest.json", body.len()));
                 out.extend_from_slice(&body);
                 out.resize(out.len().div_ceil(512) * 512, 0);
                 found = true;
             }
-            _ => out.extend_from_slice(archive.get(at..next.min(archive.len())).unwrap_or_default()),
+            _ => out.extend_from_slice(&archive[entry.header_at..entry.next_at]),
         }
-        out.resize(out.len().div_ceil(512) * 512, 0);
-        at = next;
     }
     if !found {
         return Err("the image archive has no manifest.json: make it with `docker save IMAGE -o FILE.tar`".into());
     }
     out.extend_from_slice(&[0u8; 1024]);
     Ok(out)
-}
-
-/// A tar header's checksum: the sum of its bytes with the checksum field read as spaces.
-fn set_checksum(header: &mut [u8]) {
-    header[148..156].copy_from_slice(b"        ");
-    let sum: u32 = header.iter().map(|b| u32::from(*b)).sum();
-    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
 }
 
 /// Pulls `image` from its registry. Needs network access to the registry; public images only
@@ -193,21 +169,7 @@ mod tests {
         assert_eq!(split_tag("registry.local:5000/app:v2"), ("registry.local:5000/app", "v2"));
     }
 
-    fn tar(entries: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (name, body) in entries {
-            let mut header = [0u8; 512];
-            header[..name.len()].copy_from_slice(name.as_bytes());
-            header[124..135].copy_from_slice(format!("{:011o}", body.len()).as_bytes());
-            header[257..262].copy_from_slice(b"ustar");
-            set_checksum(&mut header);
-            out.extend_from_slice(&header);
-            out.extend_from_slice(body);
-            out.resize(out.len().div_ceil(512) * 512, 0);
-        }
-        out.extend_from_slice(&[0u8; 1024]);
-        out
-    }
+    use model::tar::build as tar;
 
     #[test]
     fn an_archive_loads_untagged_and_only_for_the_image_it_holds() {
