@@ -176,17 +176,21 @@ impl Client {
     }
 
     /// A region's routing feed, asked for by `gateway` (its id, if a gateway asks); with
-    /// `after` (the version it holds), waits up to `wait` for a version other than it.
+    /// `after` (the version it holds), waits up to `wait` for a version other than it. A
+    /// gateway also reports the instances of the region it has `ejected`.
     pub async fn routes(
         &self,
         region: &str,
         gateway: Option<&str>,
         after: Option<u64>,
         wait: Duration,
+        ejected: &[String],
     ) -> Result<RouteFeed, ClientError> {
         let mut call = Call::get(paths::routes(region)).timeout(wait + Duration::from_secs(5));
         if let Some(id) = gateway {
             call = call.query("gateway", id);
+            // The instances this gateway has ejected (passive health), shown by `app status`.
+            call = call.query("ejected", ejected.join(","));
         }
         if let Some(v) = after {
             call = call.query("after", v).query("wait_ms", wait.as_millis());

@@ -178,6 +178,8 @@ pub struct ReadIndexError(pub String);
 struct Soft {
     /// Gateways following the feed: the version each holds, and when it last asked.
     gateways: HashMap<String, (u64, Instant)>,
+    /// The instances each gateway last said it has ejected.
+    ejected: HashMap<String, Vec<String>>,
 }
 
 /// A node's soft state on the leader: its last beat and what it reported.
@@ -888,18 +890,41 @@ impl Shard {
     /// Leader only. A version this leader has not reached is not believed (it is recorded as
     /// 0); a full list takes no new id until an entry goes quiet, so a flood of ids cannot push
     /// out the gateways that follow the feed.
-    pub fn record_gateway(&self, id: &str, version: u64) -> Result<(), SoftError> {
+    pub fn record_gateway(&self, id: &str, version: u64, ejected: Vec<String>) -> Result<(), SoftError> {
         self.soft_leader()?;
         let version = if version > self.version() { 0 } else { version };
         let mut soft = self.soft();
         if soft.gateways.len() >= MAX_GATEWAYS && !soft.gateways.contains_key(id) {
             soft.gateways.retain(|_, (_, at)| at.elapsed() < GATEWAY_QUIET);
+            let Soft { gateways, ejected } = &mut *soft;
+            ejected.retain(|id, _| gateways.contains_key(id));
             if soft.gateways.len() >= MAX_GATEWAYS {
                 return Err(SoftError::Busy { region: self.region.clone(), what: "gateways".into() });
             }
         }
         soft.gateways.insert(id.to_string(), (version, Instant::now()));
+        if ejected.is_empty() {
+            soft.ejected.remove(id);
+        } else {
+            soft.ejected.insert(id.to_string(), ejected);
+        }
         Ok(())
+    }
+
+    /// The gateways (heard from within [`GATEWAY_QUIET`]) that report `instance` ejected.
+    pub fn ejected_by(&self, instance: &str) -> Vec<String> {
+        let soft = self.soft();
+        let mut by: Vec<String> = soft
+            .ejected
+            .iter()
+            .filter(|(id, list)| {
+                list.iter().any(|i| i == instance)
+                    && soft.gateways.get(*id).is_some_and(|(_, at)| at.elapsed() < GATEWAY_QUIET)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        by.sort();
+        by
     }
 
     /// Whether this leader's list of gateways is complete: it has led long enough for every
@@ -1048,6 +1073,7 @@ impl Shard {
                             addr: addr.clone(),
                             port: port.map(|p| p.public),
                             domain: port.and_then(|p| p.domain.clone()),
+                            traffic: component.traffic,
                         };
                         if let Some(addr) = report.endpoints.get(&component.name) {
                             routes.push(route(addr, None));

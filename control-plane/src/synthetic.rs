@@ -45,6 +45,7 @@ pub fn cloud(nodes: usize, apps: usize) -> ChainState {
                 ram_mb: 64,
                 hdd_gb: 1,
                 env: Default::default(),
+                traffic: Default::default(),
             }],
         };
         let record =

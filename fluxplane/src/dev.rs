@@ -43,6 +43,17 @@ pub struct DevArgs {
     /// the nodes run WASM only and say why (`fluxctl node list`).
     #[arg(long, default_value = runtime_oci::DEFAULT_SOCKET)]
     pub docker_socket: PathBuf,
+    /// A MaxMind-format GeoIP database (GeoLite2-City layout) the gateway locates clients with.
+    #[arg(long)]
+    pub geoip_db: Option<PathBuf>,
+    /// Serve HTTPS here too, with a self-signed `*.app.localhost` certificate (plain HTTP is
+    /// not redirected in dev).
+    #[arg(long)]
+    pub gateway_tls_listen: Option<SocketAddr>,
+    /// Where the gateway serves `/metrics` and `/healthz` (port 0 picks one; see
+    /// <data-dir>/endpoints.json).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub gateway_admin_listen: SocketAddr,
 }
 
 const HELLO_MANIFEST: &str = include_str!("../../examples/hello/fluxapp.toml");
@@ -122,25 +133,40 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         nodes.push(built.spawn()?);
     }
 
-    let (gateway, gateway_addr) = gateway::Config::new(
-        ::gateway::GatewayConfig {
-            id: "dev-gateway".into(),
-            listen: args.gateway_listen,
-            domain: "localhost".into(),
-            control: client::Client::new(all_urls.clone())?,
-            geo: GeoPoint { lat: 50.11, lon: 8.68 },
-            trusted: vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)],
-            body_timeout: daemon.http.body_timeout,
-            response_header_timeout: daemon.timing.request_deadline + Duration::from_secs(1),
-        },
-        daemon.http.limits(),
-    )
-    .spawn()
+    let gateway_args = gateway::GatewayArgs::default();
+    let (gateway, gateway_addrs) = gateway::Config::new(::gateway::GatewayConfig {
+        id: "dev-gateway".into(),
+        listen: args.gateway_listen,
+        domain: "localhost".into(),
+        control: client::Client::new(all_urls.clone())?,
+        geo: GeoPoint { lat: 50.11, lon: 8.68 },
+        trusted: vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)],
+        geoip_db: args.geoip_db.clone(),
+        spread_km: 0.0,
+        response_header_timeout: daemon.timing.request_deadline + Duration::from_secs(1),
+        tls: args.gateway_tls_listen.map(|listen| ::gateway::TlsConfig {
+            listen,
+            default_cert: None,
+            domains: Vec::new(),
+            redirect_http: false,
+            reload_every: Duration::from_secs(2),
+        }),
+        admin_listen: Some(args.gateway_admin_listen),
+        limits: gateway::limits(&daemon, &gateway_args),
+    })
+    .spawn_with_addrs()
     .await?;
+    let gateway_addr = gateway_addrs.http;
 
-    let endpoints = serde_json::json!({ "api": api_url, "gateway": gateway_addr.to_string(), "regions": urls });
+    let endpoints = serde_json::json!({
+        "api": api_url,
+        "gateway": gateway_addr.to_string(),
+        "gateway_tls": gateway_addrs.https.map(|a| a.to_string()),
+        "gateway_admin": gateway_addrs.admin.map(|a| a.to_string()),
+        "regions": urls,
+    });
     std::fs::write(data.join("endpoints.json"), serde_json::to_vec_pretty(&endpoints)?)?;
-    print_banner(&api_url, gateway_addr, &urls, &fluxctl_key, data);
+    print_banner(&api_url, &gateway_addrs, &urls, &fluxctl_key, data);
 
     if !args.no_demo {
         let (api_url, wallet) = (api_url.clone(), wallet.clone());
@@ -161,10 +187,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     result
 }
 
-fn print_banner(api_url: &str, gateway: SocketAddr, urls: &BTreeMap<String, String>, key: &Path, data: &Path) {
+fn print_banner(api_url: &str, gateway: &gateway::Addrs, urls: &BTreeMap<String, String>, key: &Path, data: &Path) {
     println!("fluxplane dev is up");
     println!("  API      {api_url}");
-    println!("  gateway  http://{gateway}  (apps at http://<app>.app.localhost:{}/)", gateway.port());
+    println!("  gateway  http://{}  (apps at http://<app>.app.localhost:{}/)", gateway.http, gateway.http.port());
+    if let Some(https) = gateway.https {
+        println!("  https    https://{https}  (self-signed *.app.localhost; curl -k)");
+    }
+    if let Some(admin) = gateway.admin {
+        println!("  metrics  http://{admin}/metrics");
+    }
     for (region, url) in urls {
         let nodes: Vec<String> =
             dev_nodes().into_iter().filter(|n| &n.region == region).map(|n| format!("{} ({})", n.id, n.tier)).collect();

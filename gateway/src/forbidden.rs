@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 
 /// The listeners the gateway knows of.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Forbidden {
     exact: HashSet<SocketAddr>,
     /// Ports of listeners bound on every address (0.0.0.0 or ::): forbidden on any address.

@@ -256,6 +256,10 @@ pub struct InstanceView {
     /// Components that exited since they started: restarts, last exit code, OOM kill, backoff.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub runs: BTreeMap<String, RunState>,
+    /// Gateways that have ejected this instance after consecutive failures (passive health):
+    /// they send it nothing for a while.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ejected_by: Vec<String>,
 }
 
 /// `GET /v1/nodes`.
@@ -831,4 +835,14 @@ pub struct Route {
     /// See `port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
+    /// The component's limits on what the gateway sends one instance.
+    #[serde(flatten)]
+    pub traffic: crate::spec::Traffic,
+}
+
+impl Route {
+    /// The instance this route reaches: `app@node`.
+    pub fn instance(&self) -> String {
+        format!("{}@{}", self.app, self.node)
+    }
 }

@@ -166,6 +166,7 @@ impl FluxSpec {
                 ram_mb: c.ram_mb,
                 hdd_gb: c.hdd_gb,
                 env,
+                traffic: Default::default(),
             });
         }
         let spec = AppSpec {

@@ -51,6 +51,7 @@ mod tests {
                 ram_mb,
                 hdd_gb,
                 env: Default::default(),
+                traffic: Default::default(),
             }],
         }
     }

@@ -26,6 +26,14 @@ pub const MIN_RAM_MB: u32 = 16;
 pub const MAX_HDD_GB: u32 = 840;
 /// Most components in one app.
 pub const MAX_COMPONENTS: usize = 10;
+/// Requests one instance serves at once unless its component says otherwise.
+pub const DEFAULT_MAX_CONCURRENCY: u32 = 100;
+/// Most `max_concurrency` may be.
+pub const MAX_CONCURRENCY: u32 = 10_000;
+/// Largest request body, MB, unless a component says otherwise.
+pub const DEFAULT_MAX_BODY_MB: u32 = 16;
+/// Most `max_body_mb` may be.
+pub const MAX_BODY_MB: u32 = 1024;
 /// Flux continent codes.
 pub const CONTINENTS: [&str; 7] = ["EU", "NA", "AS", "SA", "AF", "OC", "AN"];
 /// The prefix of a content-addressed module reference, as stored on chain.
@@ -68,6 +76,35 @@ pub struct ComponentSpec {
     /// Environment variables given to the workload.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// What the gateway lets through to one instance. Flattened and empty by default, so a
+    /// spec that sets none serializes as it did before these limits existed.
+    #[serde(flatten)]
+    pub traffic: Traffic,
+}
+
+/// The gateway's limits for one component's instances.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traffic {
+    /// Requests one instance serves at once ([`DEFAULT_MAX_CONCURRENCY`] when unset). A full
+    /// instance gets no more until one finishes; the gateway picks another, further away if
+    /// it must.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// Largest request body in MB ([`DEFAULT_MAX_BODY_MB`] when unset); larger gets 413.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_mb: Option<u32>,
+}
+
+impl Traffic {
+    /// Requests one instance serves at once.
+    pub fn concurrency(&self) -> u32 {
+        self.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY)
+    }
+
+    /// Largest request body, bytes.
+    pub fn body_bytes(&self) -> u64 {
+        u64::from(self.max_body_mb.unwrap_or(DEFAULT_MAX_BODY_MB)) << 20
+    }
 }
 
 /// What a component runs; it decides which node capability the component needs.
@@ -271,6 +308,12 @@ impl AppSpec {
             }
             if !(1..=MAX_HDD_GB).contains(&c.hdd_gb) {
                 errors.push(at("hdd"), format!("must be a whole number of GB between 1 and {MAX_HDD_GB}"));
+            }
+            if c.traffic.max_concurrency.is_some_and(|n| !(1..=MAX_CONCURRENCY).contains(&n)) {
+                errors.push(at("max_concurrency"), format!("must be between 1 and {MAX_CONCURRENCY}"));
+            }
+            if c.traffic.max_body_mb.is_some_and(|n| !(1..=MAX_BODY_MB).contains(&n)) {
+                errors.push(at("max_body_mb"), format!("must be between 1 and {MAX_BODY_MB} (MB)"));
             }
             for key in c.env.keys() {
                 if !is_env_name(key) {
@@ -533,8 +576,10 @@ fn parse_table(table: &toml::Table, errors: &mut ValidationErrors) -> AppSpec {
 }
 
 fn parse_component(t: &toml::Table, at: &str, errors: &mut ValidationErrors) -> ComponentSpec {
-    const KNOWN: [&str; 12] = [
+    const KNOWN: [&str; 14] = [
         "name",
+        "max_concurrency",
+        "max_body_mb",
         "wasm",
         "image",
         "image_archive",
@@ -620,7 +665,19 @@ fn parse_component(t: &toml::Table, at: &str, errors: &mut ValidationErrors) -> 
         }
         Some(_) => errors.push(format!("{at}env"), "must be a table of strings, e.g. { GREETING = \"hi\" }"),
     }
-    ComponentSpec { name, workload, cpu_tenths, ram_mb, hdd_gb, env }
+    let mut small_number = |key: &str| match t.get(key) {
+        None => None,
+        Some(v) => match v.as_integer().and_then(|i| u32::try_from(i).ok()) {
+            Some(n) => Some(n),
+            None => {
+                errors.push(format!("{at}{key}"), "must be a whole number");
+                None
+            }
+        },
+    };
+    let traffic =
+        Traffic { max_concurrency: small_number("max_concurrency"), max_body_mb: small_number("max_body_mb") };
+    ComponentSpec { name, workload, cpu_tenths, ram_mb, hdd_gb, env, traffic }
 }
 
 fn parse_oci(t: &toml::Table, at: &str, errors: &mut ValidationErrors) -> OciWorkload {

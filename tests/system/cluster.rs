@@ -581,6 +581,7 @@ pub fn app_spec(name: &str, hash: &str, instances: u32) -> model::AppSpec {
             ram_mb: 64,
             hdd_gb: 1,
             env: Default::default(),
+            traffic: Default::default(),
         }],
     }
 }

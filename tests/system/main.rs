@@ -5,6 +5,7 @@
 mod cloud;
 mod cluster;
 mod containers;
+mod gateway;
 mod heal;
 mod oci;
 mod util;

@@ -12,7 +12,15 @@ use runtime::conformance::{self, Fixture};
 use crate::util::repo;
 
 fn component(name: &str, workload: Workload, ram_mb: u32) -> ComponentSpec {
-    ComponentSpec { name: name.into(), workload, cpu_tenths: 5, ram_mb, hdd_gb: 1, env: Default::default() }
+    ComponentSpec {
+        name: name.into(),
+        workload,
+        cpu_tenths: 5,
+        ram_mb,
+        hdd_gb: 1,
+        env: Default::default(),
+        traffic: Default::default(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

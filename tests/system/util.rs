@@ -21,6 +21,11 @@ impl Drop for Dev {
 impl Dev {
     /// Starts `fluxplane dev` on `data` with ephemeral ports and waits for its endpoints file.
     pub fn start(data: &Path, config: &Path) -> Dev {
+        Dev::start_with(data, config, &[])
+    }
+
+    /// [`Dev::start`] with more flags.
+    pub fn start_with(data: &Path, config: &Path, flags: &[&str]) -> Dev {
         let endpoints = data.join("endpoints.json");
         let _ = std::fs::remove_file(&endpoints);
         let child = Command::new(env!("CARGO_BIN_EXE_fluxplane"))
@@ -34,6 +39,7 @@ impl Dev {
                 "--block-time",
                 "1s",
             ])
+            .args(flags)
             .arg("--data-dir")
             .arg(data)
             .env("FLUXCTL_CONFIG_DIR", config)

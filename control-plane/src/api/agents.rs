@@ -189,6 +189,8 @@ pub(super) struct FeedQuery {
     wait_ms: Option<u64>,
     /// The asking gateway's id: it holds version `after` (none without it).
     gateway: Option<String>,
+    /// The instances the asking gateway has ejected, comma-separated.
+    ejected: Option<String>,
 }
 
 /// The routing feed. With `after=V`, waits up to `wait_ms` (at most 30 s) for a version other
@@ -208,7 +210,17 @@ pub(super) async fn routes(
     if let Some(id) = q.gateway.as_deref() {
         // Known from its first ask on, so that `deploy --wait` waits for it too.
         check_gateway_id(id)?;
-        match shard.record_gateway(id, q.after.unwrap_or(0)) {
+        // Only instance ids (`app@node`), and only so many: this is soft state for display.
+        let ejected: Vec<String> = q
+            .ejected
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .filter(|i| !i.is_empty() && i.len() <= 200 && i.contains('@'))
+            .take(1000)
+            .map(str::to_string)
+            .collect();
+        match shard.record_gateway(id, q.after.unwrap_or(0), ejected) {
             // The feed is served all the same: only `deploy --wait` does not know this one.
             Err(crate::SoftError::Busy { .. }) => {
                 tracing::debug!(region = %shard.region, "gateway {id} not tracked: list full")

@@ -200,7 +200,9 @@ fn local_app_view(api: &Api, name: &str) -> Result<AppView, ApiError> {
                 _ => InstanceState::Starting,
             }
         };
+        let ejected_by = if leads { shard.ejected_by(&id) } else { Vec::new() };
         placements.push(InstanceView {
+            ejected_by,
             id,
             node: p.node.clone(),
             region: p.region.clone(),

@@ -41,6 +41,7 @@ fn app(instances: u32, geo: &[&str], ram_mb: u32) -> AppSpec {
             ram_mb,
             hdd_gb: 1,
             env: Default::default(),
+            traffic: Default::default(),
         }],
     }
 }

@@ -118,16 +118,18 @@ async fn the_leader_keeps_a_bounded_list_of_gateways_and_their_versions() {
     let shard = open_single(dir.path(), &Keypair::generate(), &AdminToken::generate()).await;
     let now = shard.version();
     assert!(!shard.gateways_known(), "a new leader has heard from no gateway");
-    shard.record_gateway("gw-a", 0).expect("leader");
+    shard.record_gateway("gw-a", 0, vec![]).expect("leader");
     assert!(shard.gateways_known());
     // A version this leader never reached is not believed.
-    shard.record_gateway("gw-b", u64::MAX).expect("leader");
+    shard.record_gateway("gw-b", u64::MAX, vec![]).expect("leader");
     assert_eq!(shard.gateways(), vec![("gw-a".to_string(), 0), ("gw-b".to_string(), 0)]);
-    shard.record_gateway("gw-a", now).expect("leader");
+    shard.record_gateway("gw-a", now, vec!["app@n1".into()]).expect("leader");
     assert_eq!(shard.gateways()[0], ("gw-a".to_string(), now));
+    assert_eq!(shard.ejected_by("app@n1"), vec!["gw-a".to_string()], "what a gateway ejected is shown");
+    assert!(shard.ejected_by("app@n2").is_empty());
     // A flood of ids neither grows the list past its bound nor pushes out a gateway that follows.
     let busy = (0..(MAX_GATEWAYS + 50))
-        .filter(|i| matches!(shard.record_gateway(&format!("gw-flood-{i}"), 0), Err(SoftError::Busy { .. })))
+        .filter(|i| matches!(shard.record_gateway(&format!("gw-flood-{i}"), 0, vec![]), Err(SoftError::Busy { .. })))
         .count();
     assert_eq!((shard.gateways().len(), busy), (MAX_GATEWAYS, 52));
     assert!(shard.gateways().contains(&("gw-a".to_string(), now)));

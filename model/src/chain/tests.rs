@@ -19,6 +19,7 @@ fn spec(name: &str) -> AppSpec {
             ram_mb: 64,
             hdd_gb: 1,
             env: Default::default(),
+            traffic: Default::default(),
         }],
     }
 }

@@ -712,7 +712,14 @@ async fn status(cli: &Cli, api: &Client, name: &str) -> anyhow::Result<()> {
                 p.runs.iter().map(|(c, run)| format!("{c}: {}", describe_run(run))).collect::<Vec<_>>().join("\n"),
             );
         }
-        row.push(p.message.clone().unwrap_or_default());
+        let mut message = p.message.clone().unwrap_or_default();
+        if !p.ejected_by.is_empty() {
+            if !message.is_empty() {
+                message.push('\n');
+            }
+            message.push_str(&format!("ejected by gateway {}", p.ejected_by.join(", ")));
+        }
+        row.push(message);
         t.add_row(row);
     }
     println!("{t}");
