@@ -66,26 +66,32 @@ impl<T> Watched<T> {
             match &mut self.state {
                 State::Off => return,
                 State::Head(head) => {
-                    let mut ended = false;
-                    while let Some((&b, rest)) = data.split_first() {
-                        data = rest;
+                    if head.is_empty() {
                         // Empty lines before a request are allowed (RFC 9112 §2.2).
-                        if head.is_empty() && (b == b'\r' || b == b'\n') {
-                            continue;
-                        }
-                        head.push(b);
-                        if head.ends_with(b"\r\n\r\n") || head.ends_with(b"\n\n") {
-                            ended = true;
-                            break;
-                        }
-                        if head.len() > self.max_head {
-                            self.state = State::Off;
+                        let skip = data.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+                        data = &data[skip..];
+                        if data.is_empty() {
                             return;
                         }
                     }
-                    if ended {
-                        let head = std::mem::take(head);
-                        self.state = self.judge(&head);
+                    // Look for the blank line from just before the bytes already held.
+                    let from = head.len().saturating_sub(3);
+                    head.extend_from_slice(data);
+                    let end = head[from..].windows(4).position(|w| w == b"\r\n\r\n").map(|i| from + i + 4);
+                    match end {
+                        Some(end) => {
+                            // What follows the head goes back to be read as its body.
+                            let after = head.len() - end;
+                            data = &data[data.len() - after..];
+                            head.truncate(end);
+                            let head = std::mem::take(head);
+                            self.state = self.judge(&head);
+                        }
+                        None if head.len() > self.max_head => {
+                            self.state = State::Off;
+                            return;
+                        }
+                        None => return,
                     }
                 }
                 State::Fixed(left) => {

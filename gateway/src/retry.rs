@@ -77,13 +77,14 @@ impl<S> Retry<S> {
 }
 
 /// What is kept of a request that may be sent again after it went out: all but its (empty)
-/// body.
+/// body, and of its extensions those the layers below read.
 struct Replay {
     method: Method,
     uri: http::Uri,
     version: http::Version,
     headers: http::HeaderMap,
-    extensions: http::Extensions,
+    target: Option<Target>,
+    geo: Option<crate::locate::ClientGeo>,
 }
 
 impl Replay {
@@ -93,7 +94,8 @@ impl Replay {
             uri: req.uri().clone(),
             version: req.version(),
             headers: req.headers().clone(),
-            extensions: req.extensions().clone(),
+            target: req.extensions().get::<Target>().cloned(),
+            geo: req.extensions().get::<crate::locate::ClientGeo>().copied(),
         }
     }
 
@@ -103,7 +105,12 @@ impl Replay {
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = self.version;
         *req.headers_mut() = self.headers.clone();
-        *req.extensions_mut() = self.extensions.clone();
+        if let Some(target) = &self.target {
+            req.extensions_mut().insert(target.clone());
+        }
+        if let Some(geo) = self.geo {
+            req.extensions_mut().insert(geo);
+        }
         req
     }
 }
@@ -127,7 +134,10 @@ where
         Box::pin(async move {
             shared.budget.deposit();
             let host = req.extensions().get::<Target>().map(|t| t.host.clone()).unwrap_or_default();
-            let replay = (idempotent(req.method())
+            // Kept only when there is another instance to send it to.
+            let others = req.extensions().get::<Target>().is_some_and(|t| t.routes.endpoints.len() > 1);
+            let replay = (others
+                && idempotent(req.method())
                 && hyper::body::Body::is_end_stream(req.body())
                 && !crate::hygiene::is_websocket(req.headers(), req.version()))
             .then(|| Replay::of(&req));
