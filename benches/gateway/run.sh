@@ -1,71 +1,65 @@
 #!/usr/bin/env bash
-# The gateway against nginx, side by side in one run. A release `fluxplane dev` serves a hello
-# app with one instance of `cpu = 1.0`; nginx proxies to the very same instance. wrk drives
-# both in turns (two rounds each), and the figures are printed next to each other.
+# The fluxplane gateway against nginx as a reverse proxy, side by side in one run, in front of
+# the same fixed upstream on loopback (nginx serving a 3-byte answer itself, one worker). The
+# gateway is `bench-gateway`: the production request path with its one route given on the
+# command line. nginx proxies with keep-alive to the upstream, with the same worker count as
+# the gateway's threads. wrk drives both in turns; medians of the rounds and ratios are printed.
 #
-#   cargo build --release --bin fluxplane --bin fluxctl
+#   cargo build --release -p bench-gateway
 #   apt-get install -y nginx wrk
-#   benches/gateway/run.sh            # WRK="-t2 -c32 -d10s" ROUNDS=2 to change the load
+#   benches/gateway/run.sh       # WRK="-t2 -c64 -d10s" ROUNDS=3 WORKERS=2 to change the load
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${FLUXPLANE_BIN:-$root/target/release}
-wrk_args=${WRK:--t2 -c32 -d10s}
-rounds=${ROUNDS:-2}
+wrk_args=${WRK:--t2 -c64 -d10s}
+rounds=${ROUNDS:-3}
+workers=${WORKERS:-2}
 for tool in nginx wrk python3; do
   command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install -y nginx wrk)" >&2; exit 2; }
 done
-[ -x "$bin/fluxplane" ] && [ -x "$bin/fluxctl" ] || {
-  echo "needs $bin/fluxplane and fluxctl: cargo build --release --bin fluxplane --bin fluxctl" >&2; exit 2; }
+[ -x "$bin/bench-gateway" ] || { echo "needs $bin/bench-gateway: cargo build --release -p bench-gateway" >&2; exit 2; }
 
 work=$(mktemp -d)
-dev_pid=""
+gw_pid=""
 cleanup() {
-  [ -n "$dev_pid" ] && kill "$dev_pid" 2>/dev/null && wait "$dev_pid" 2>/dev/null || true
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  [ -n "$gw_pid" ] && kill "$gw_pid" 2>/dev/null && wait "$gw_pid" 2>/dev/null || true
+  for pid in "$work"/*.pid; do [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
-export FLUXCTL_CONFIG_DIR="$work/config"
+port() { python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"; }
+upstream_port=$(port)
+nginx_port=$(port)
+gateway_port=$(port)
 
-echo "starting fluxplane dev ..." >&2
-"$bin/fluxplane" dev --data-dir "$work/data" --api-listen 127.0.0.1:0 --gateway-listen 127.0.0.1:0 \
-  --no-demo >"$work/dev.log" 2>&1 &
-dev_pid=$!
-for _ in $(seq 1 600); do [ -s "$work/data/endpoints.json" ] && break; sleep 0.1; done
-field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$work/data/endpoints.json" "$1"; }
-api=$(field api)
-gateway=$(field gateway)
-
-mkdir -p "$work/app"
-cp "$root/examples/hello/hello.wasm" "$work/app/"
-cat >"$work/app/fluxapp.toml" <<TOML
-name = "hello"
-instances = 1
-geolocation = ["acEU"]
-[[component]]
-name = "web"
-wasm = "hello.wasm"
-cpu = 1.0
-ram = 64
-hdd = 1
-TOML
-"$bin/fluxctl" --api "$api" app deploy "$work/app/fluxapp.toml" --wait >&2
-instance=$("$bin/fluxctl" --api "$api" --output json app status hello |
-  python3 -c "import json,sys; print(json.load(sys.stdin)['placements'][0]['endpoints']['web'])")
-
-nginx_port=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")
-cat >"$work/nginx.conf" <<NGINX
-worker_processes auto;
-pid $work/nginx.pid;
-error_log $work/nginx.error.log;
+cat >"$work/upstream.conf" <<NGINX
+worker_processes 1;
+pid $work/upstream.pid;
+error_log $work/upstream.error.log;
 daemon on;
-events { worker_connections 1024; }
+events { worker_connections 4096; }
 http {
   access_log off;
-  upstream instance { server $instance; keepalive 64; }
+  server {
+    listen 127.0.0.1:$upstream_port;
+    keepalive_requests 1000000;
+    location / { return 200 "ok\n"; }
+  }
+}
+NGINX
+cat >"$work/proxy.conf" <<NGINX
+worker_processes $workers;
+pid $work/proxy.pid;
+error_log $work/proxy.error.log;
+daemon on;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream instance { server 127.0.0.1:$upstream_port; keepalive 128; keepalive_requests 1000000; }
   server {
     listen 127.0.0.1:$nginx_port;
+    keepalive_requests 1000000;
     location / {
       proxy_pass http://instance;
       proxy_http_version 1.1;
@@ -74,22 +68,52 @@ http {
   }
 }
 NGINX
-nginx -c "$work/nginx.conf" -p "$work"
-sleep 0.5
+nginx -c "$work/upstream.conf" -p "$work"
+nginx -c "$work/proxy.conf" -p "$work"
+"$bin/bench-gateway" "127.0.0.1:$upstream_port" "127.0.0.1:$gateway_port" "$workers" >"$work/gateway.log" 2>&1 &
+gw_pid=$!
+for _ in $(seq 1 100); do grep -q listening "$work/gateway.log" && break; sleep 0.1; done
+# Both answer before anything is measured.
+curl -sf -H 'Host: bench.app.bench.local' "http://127.0.0.1:$gateway_port/" >/dev/null
+curl -sf "http://127.0.0.1:$nginx_port/" >/dev/null
 
+results=$work/results
 run() { # label url
-  local out rps p50 p99
+  local out
   # shellcheck disable=SC2086
-  out=$(wrk $wrk_args --latency -H 'Host: hello.app.localhost' "$2")
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
-  p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
-  printf '| %s | %s | %s | %s |\n' "$1" "$rps" "$p50" "$p99"
+  out=$(wrk $wrk_args --latency -H 'Host: bench.app.bench.local' "$2")
+  grep -q "Non-2xx" <<<"$out" && { echo "$1: non-2xx answers:" >&2; echo "$out" >&2; exit 1; }
+  python3 - "$1" "$results" <<PY
+import re, sys
+out = """$out"""
+def dur(s):
+    m = re.match(r"([\d.]+)(us|ms|s)", s)
+    return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+p50 = dur(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+p99 = dur(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
+open(sys.argv[2], "a").write(f"{sys.argv[1]}\t{rps}\t{p50}\t{p99}\n")
+print(f"  {sys.argv[1]:<18} {rps:>10.0f} req/s  p50 {p50:.3f} ms  p99 {p99:.3f} ms", file=sys.stderr)
+PY
 }
-echo "instance $instance; wrk $wrk_args"
-echo "| path | requests/s | p50 | p99 |"
-echo "|---|---|---|---|"
-for _ in $(seq 1 "$rounds"); do
-  run "fluxplane gateway" "http://$gateway/"
+echo "upstream nginx (1 worker) on :$upstream_port; $workers workers each; wrk $wrk_args; $rounds rounds" >&2
+for i in $(seq 1 "$rounds"); do
+  echo "round $i" >&2
+  run "fluxplane" "http://127.0.0.1:$gateway_port/"
   run "nginx" "http://127.0.0.1:$nginx_port/"
 done
+python3 - "$results" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    label, rps, p50, p99 = line.split("\t")
+    rows.setdefault(label, []).append((float(rps), float(p50), float(p99)))
+med = {k: tuple(statistics.median(x[i] for x in v) for i in range(3)) for k, v in rows.items()}
+print("| proxy | requests/s | p50 | p99 |")
+print("|---|---|---|---|")
+for k in ("fluxplane", "nginx"):
+    r, a, b = med[k]
+    print(f"| {k} | {r:,.0f} | {a:.3f} ms | {b:.3f} ms |")
+f, n = med["fluxplane"], med["nginx"]
+print(f"\nfluxplane / nginx: requests/s {f[0] / n[0]:.2f}x (target >= 1.2x), p99 {f[2] / n[2]:.2f}x (target <= 1.0x)")
+PY

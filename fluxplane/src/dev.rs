@@ -152,6 +152,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             reload_every: Duration::from_secs(2),
         }),
         admin_listen: Some(args.gateway_admin_listen),
+        workers: 0,
         limits: gateway::limits(&daemon, &gateway_args),
     })
     .spawn_with_addrs()

@@ -57,7 +57,9 @@ pub struct Endpoint {
     ejections: AtomicU32,
     /// Ejected until this [`now_ms`] (0: never ejected).
     ejected_until_ms: AtomicU64,
-    idle: Mutex<Vec<SendRequest<Body>>>,
+    /// Idle connections, each with the worker thread whose runtime drives it: a request takes
+    /// one of its own worker's, so that it never waits on another thread.
+    idle: Mutex<Vec<(usize, SendRequest<Body>)>>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -184,13 +186,12 @@ impl Endpoint {
     }
 
     fn pooled(&self) -> Option<SendRequest<Body>> {
+        let worker = crate::server::worker();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(conn) = idle.pop() {
-            if conn.is_ready() {
-                return Some(conn);
-            }
-        }
-        None
+        // Closed connections are dropped on the way.
+        idle.retain(|(_, c)| !c.is_closed());
+        let at = idle.iter().rposition(|(w, c)| *w == worker && c.is_ready())?;
+        Some(idle.swap_remove(at).1)
     }
 
     /// A new connection, never from the pool (a pooled connection that died under a request
@@ -227,7 +228,7 @@ impl Endpoint {
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE {
-            idle.push(conn);
+            idle.push((crate::server::worker(), conn));
         }
     }
 }

@@ -73,6 +73,8 @@ pub struct GatewayConfig {
     /// Where to serve `/metrics` and `/healthz` (not on the app listener, whose every path
     /// belongs to the apps).
     pub admin_listen: Option<SocketAddr>,
+    /// Worker threads serving connections (0: one per core).
+    pub workers: usize,
     pub limits: Limits,
 }
 
@@ -231,8 +233,9 @@ impl Shared {
 
 /// A running gateway: its listeners and its feed followers.
 pub struct GatewayHandle {
-    http: server::Listener,
-    https: Option<server::Listener>,
+    workers: server::Workers,
+    http_addr: SocketAddr,
+    https_addr: Option<SocketAddr>,
     admin: Option<serve::Server>,
     stop: watch::Sender<bool>,
     shared: Arc<Shared>,
@@ -242,12 +245,12 @@ pub struct GatewayHandle {
 impl GatewayHandle {
     /// The plain HTTP listener's address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.http.addr
+        self.http_addr
     }
 
     /// The HTTPS listener's address.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
-        self.https.as_ref().map(|l| l.addr)
+        self.https_addr
     }
 
     /// The admin listener's address (`/metrics`).
@@ -262,13 +265,7 @@ impl GatewayHandle {
 
     /// Stops accepting, finishes the requests in flight (within `deadline`), stops following.
     pub async fn drain(self, deadline: Duration) -> bool {
-        let https = async {
-            match self.https {
-                Some(l) => l.drain(deadline).await,
-                None => true,
-            }
-        };
-        let (plain, secure) = tokio::join!(self.http.drain(deadline), https);
+        let clean = self.workers.drain(deadline).await;
         if let Some(admin) = self.admin {
             admin.drain(Duration::from_millis(100)).await;
         }
@@ -276,7 +273,7 @@ impl GatewayHandle {
             w.abort();
         }
         let _ = self.stop.send(true);
-        plain && secure
+        clean
     }
 }
 
@@ -286,51 +283,55 @@ pub struct Gateway;
 impl Gateway {
     /// Binds the listeners and starts following the feeds.
     pub async fn spawn(config: GatewayConfig) -> anyhow::Result<GatewayHandle> {
-        let listener = TcpListener::bind(config.listen)
-            .await
+        let listener = server::bind(config.listen)
             .map_err(|e| anyhow::anyhow!("binding the gateway on {}: {e}", config.listen))?;
         let tls = match &config.tls {
             Some(tls) => {
                 let certs = tls::Certificates::load(&config.domain, tls.default_cert.clone(), tls.domains.clone())?;
                 tracing::info!("TLS certificates: {}", certs.names().join(", "));
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(certs.clone())?);
-                let listener = TcpListener::bind(tls.listen)
-                    .await
+                let listener = server::bind(tls.listen)
                     .map_err(|e| anyhow::anyhow!("binding the gateway's TLS listener on {}: {e}", tls.listen))?;
                 Some((listener, acceptor, certs.watch(tls.reload_every), tls.redirect_http))
             }
             None => None,
         };
         let mut shared = Shared::new(config)?;
-        let own: Vec<SocketAddr> = std::iter::once(listener.local_addr()?)
-            .chain(tls.as_ref().and_then(|(l, ..)| l.local_addr().ok()))
-            .collect();
+        let http_addr = listener.local_addr()?;
+        let https_addr = match &tls {
+            Some((l, ..)) => Some(l.local_addr()?),
+            None => None,
+        };
         {
             let Some(s) = Arc::get_mut(&mut shared) else { anyhow::bail!("gateway state shared too early") };
             let mut forbidden = (**s.forbidden.load()).clone();
-            for addr in &own {
-                forbidden.add(*addr);
+            for addr in std::iter::once(http_addr).chain(https_addr) {
+                forbidden.add(addr);
             }
             s.forbidden.store(Arc::new(forbidden));
-            if let Some((l, _, _, true)) = &tls {
-                s.https_port = Some(l.local_addr()?.port());
+            if let Some((_, _, _, true)) = &tls {
+                s.https_port = https_addr.map(|a| a.port());
             }
         }
         let service = stack::build(shared.clone());
-        let http = server::spawn(listener, None, service.clone(), shared.clone())?;
-        let (https, cert_watch) = match tls {
-            Some((listener, acceptor, watch, _)) => {
-                (Some(server::spawn(listener, Some(acceptor), service, shared.clone())?), Some(watch))
-            }
-            None => (None, None),
+        let mut bound = vec![server::Bound { listener, tls: None }];
+        let mut cert_watch = None;
+        if let Some((listener, acceptor, watch, _)) = tls {
+            bound.push(server::Bound { listener, tls: Some(acceptor) });
+            cert_watch = Some(watch);
+        }
+        let workers = match shared.config.workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
         };
+        let workers = server::start(bound, workers, service, shared.clone())?;
         let admin = match shared.config.admin_listen {
             Some(addr) => Some(admin(addr, shared.clone()).await?),
             None => None,
         };
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(follow::follow(shared.clone(), stopped));
-        Ok(GatewayHandle { http, https, admin, stop, shared, cert_watch })
+        Ok(GatewayHandle { workers, http_addr, https_addr, admin, stop, shared, cert_watch })
     }
 }
 

@@ -119,6 +119,7 @@ fn config() -> GatewayConfig {
         response_header_timeout: Duration::from_secs(2),
         tls: None,
         admin_listen: None,
+        workers: 1,
         limits: Limits { body_idle_timeout: Duration::from_millis(300), ..Limits::default() },
     }
 }

@@ -112,6 +112,7 @@ fn config() -> gateway::GatewayConfig {
         response_header_timeout: Duration::from_secs(5),
         tls: None,
         admin_listen: None,
+        workers: 2,
         limits: gateway::Limits {
             header_read_timeout: Duration::from_secs(1),
             body_idle_timeout: Duration::from_millis(500),

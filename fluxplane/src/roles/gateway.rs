@@ -70,6 +70,9 @@ pub struct GatewayArgs {
     /// Most megabytes all request bodies in flight may hold in the gateway (default 256).
     #[arg(long)]
     pub body_memory_mb: Option<usize>,
+    /// Worker threads serving connections (default: one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
 }
 
 impl GatewayArgs {
@@ -92,6 +95,7 @@ impl GatewayArgs {
             spread_km: self.spread_km.or(file.spread_km),
             max_in_flight_per_client: self.max_in_flight_per_client.or(file.max_in_flight_per_client),
             body_memory_mb: self.body_memory_mb.or(file.body_memory_mb),
+            workers: self.workers.or(file.workers),
         }
     }
 }
@@ -188,6 +192,7 @@ impl Config {
                 response_header_timeout: daemon.timing.request_deadline + std::time::Duration::from_secs(1),
                 tls: tls(&args)?,
                 admin_listen: args.admin_listen,
+                workers: args.workers.unwrap_or(0),
                 limits: limits(&daemon, &args),
             },
         })
