@@ -35,7 +35,7 @@ pub fn document() -> Value {
                 "get": op("Download a module", "bytes")
             },
             "/v1/agent/heartbeat": { "post": op("Node agent heartbeat, signed with the node key; returns assignments", "Assignments") },
-            "/v1/routes/{region}": { "get": op("Routing feed; ?after=V&wait_ms=N long-polls for a newer version", "RouteFeed") },
+            "/v1/routes/{region}": { "get": op("Routing feed; ?after=V&wait_ms=N long-polls for a newer version; a gateway adds ?gateway=ID (the version it holds) and &ejected=APP@NODE,... (instances it has ejected)", "RouteFeed") },
             "/v1/events/{region}": { "get": op("The region's event log after ?after=SEQ, oldest first; ?wait_ms=N long-polls for one", "EventPage") },
             "/v1/shards/{region}/capacity": { "get": op("The region's open nodes and apps short of their base quota, from its leader; other regions spill to cover them", "RegionReport") }
         },
