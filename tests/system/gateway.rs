@@ -34,19 +34,32 @@ impl Drop for Fixture {
 }
 
 async fn fixture(name: &'static str) -> Fixture {
+    fixture_with_delay(name, Duration::ZERO).await
+}
+
+/// [`fixture`] that takes `delay` before every answer; `/reset` reads the request and breaks
+/// the connection without an answer.
+async fn fixture_with_delay(name: &'static str, delay: Duration) -> Fixture {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let hits = Arc::new(AtomicUsize::new(0));
     let counter = hits.clone();
     let task = tokio::spawn(async move {
+        // Connections die with the accept task, as with a killed process.
+        let mut connections = tokio::task::JoinSet::new();
         while let Ok((stream, _)) = listener.accept().await {
             let counter = counter.clone();
-            tokio::spawn(async move {
+            connections.spawn(async move {
                 let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
                     counter.fetch_add(1, Ordering::SeqCst);
                     async move {
+                        tokio::time::sleep(delay).await;
                         let mut resp = http::Response::new(Full::new(Bytes::from(format!("ok from {name}"))));
                         match req.uri().path() {
+                            "/reset" => {
+                                let _ = req.into_body().collect().await;
+                                return Err("reset");
+                            }
                             "/ws" => {
                                 let upgrade = hyper::upgrade::on(&mut req);
                                 tokio::spawn(async move {
@@ -70,7 +83,7 @@ async fn fixture(name: &'static str) -> Fixture {
                             }
                             _ => {}
                         }
-                        Ok::<_, std::convert::Infallible>(resp)
+                        Ok::<_, &str>(resp)
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -525,4 +538,70 @@ fn geoip_picks_the_region_and_an_ejection_shows_in_app_status() {
     let admin = endpoints["gateway_admin"].as_str().expect("admin");
     let metrics = reqwest::blocking::get(format!("http://{admin}/metrics")).expect("metrics").text().expect("text");
     assert!(metrics.contains("fluxplane_gateway_ejections_total 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn two_choices_send_less_to_an_instance_that_is_made_slow() {
+    let fast = fixture("fast").await;
+    let slow = fixture_with_delay("slow", Duration::from_millis(30)).await;
+    let gw = gateway::Gateway::spawn(config()).await.expect("gateway");
+    gw.shared().set_routes(&[route("hello", "fast", fast.addr, None), route("hello", "slow", slow.addr, None)]);
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/", gw.local_addr());
+    // Eight clients at once, so that load as well as latency counts.
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (client, url) = (client.clone(), url.clone());
+        clients.push(tokio::spawn(async move {
+            for _ in 0..25 {
+                let resp = client.get(&url).header("host", "hello.app.test.local").send().await.expect("answer");
+                assert_eq!(resp.status(), 200);
+            }
+        }));
+    }
+    for c in clients {
+        c.await.expect("client");
+    }
+    let (f, s) = (fast.hits.load(Ordering::SeqCst), slow.hits.load(Ordering::SeqCst));
+    assert_eq!(f + s, 200);
+    assert!(f > 4 * s, "fast {f}, slow {s}: the slow instance should get far less");
+    gw.drain(Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn a_post_is_not_sent_again_after_its_body_went_out_but_a_get_is() {
+    let first = fixture("first").await;
+    let second = fixture("second").await;
+    let mut r1 = route("hello", "first", first.addr, None);
+    let mut r2 = route("hello", "second", second.addr, None);
+    // `first` is nearer, so it is always tried first.
+    r2.geo = model::geo::GeoPoint { lat: 1.3, lon: 103.8 };
+    r2.region = "as".into();
+    r1.geo = model::geo::GeoPoint { lat: 50.0, lon: 8.0 };
+    let gw = gateway::Gateway::spawn(config()).await.expect("gateway");
+    gw.shared().set_routes(&[r1, r2]);
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/reset", gw.local_addr());
+    let resp = client.post(&url).header("host", "hello.app.test.local").body("payload").send().await.expect("answer");
+    assert_eq!(resp.status(), 502);
+    assert_eq!((first.hits.load(Ordering::SeqCst), second.hits.load(Ordering::SeqCst)), (1, 0));
+    let resp = client.get(&url).header("host", "hello.app.test.local").send().await.expect("answer");
+    assert_eq!(resp.status(), 502, "both reset");
+    assert_eq!(resp.headers()["x-fluxplane-attempts"], "2");
+    assert_eq!((first.hits.load(Ordering::SeqCst), second.hits.load(Ordering::SeqCst)), (2, 1));
+    // A killed instance (its port closed): a GET, and a POST too, since nothing was sent.
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for method in [reqwest::Method::GET, reqwest::Method::POST] {
+        let resp = client
+            .request(method.clone(), format!("http://{}/", gw.local_addr()))
+            .header("host", "hello.app.test.local")
+            .body("x")
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(resp.status(), 200, "{method}");
+        assert_eq!(resp.text().await.expect("body"), "ok from second");
+    }
+    gw.drain(Duration::from_secs(2)).await;
 }
