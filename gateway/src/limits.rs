@@ -87,7 +87,9 @@ where
             return Box::pin(async { Ok(text(StatusCode::INTERNAL_SERVER_ERROR, "request without its peer")) });
         };
         let max = self.shared.config.limits.max_in_flight_per_client;
-        let Some(ticket) = self.shared.clients.enter(peer.ip().to_canonical(), max) else {
+        // Behind a trusted proxy every client shares its address: counted by the forwarded one.
+        let client = self.shared.client_ip(&req, peer.ip()).to_canonical();
+        let Some(ticket) = self.shared.clients.enter(client, max) else {
             inc(&self.shared.metrics.refused_client_in_flight);
             return Box::pin(async move {
                 let mut resp =

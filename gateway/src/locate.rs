@@ -41,7 +41,7 @@ impl Shared {
         let Some(peer) = req.extensions().get::<Peer>() else { return self.config.geo };
         let trusted = self.trusts(peer.addr.ip());
         if let Some(db) = &self.geoip {
-            let client = if trusted { self.forwarded_client(req).unwrap_or(peer.addr.ip()) } else { peer.addr.ip() };
+            let client = self.client_ip(req, peer.addr.ip());
             if let Some(found) = db.locate(client) {
                 return found.point;
             }
@@ -54,11 +54,16 @@ impl Shared {
         self.config.geo
     }
 
-    /// The last `x-forwarded-for` address that is not a trusted peer: the client as the
-    /// trusted proxies in front saw it.
-    fn forwarded_client(&self, req: &Req) -> Option<IpAddr> {
-        let header = req.headers().get(crate::hygiene::X_FORWARDED_FOR)?.to_str().ok()?;
-        header.rsplit(',').filter_map(|a| a.trim().parse::<IpAddr>().ok()).find(|ip| !self.trusts(*ip))
+    /// The client's address: the peer's, or for a trusted peer (a proxy in front) the last
+    /// `x-forwarded-for` address that is not trusted, as the proxies saw the client.
+    pub(crate) fn client_ip(&self, req: &Req, peer: IpAddr) -> IpAddr {
+        if !self.trusts(peer) {
+            return peer;
+        }
+        let Some(header) = req.headers().get(crate::hygiene::X_FORWARDED_FOR).and_then(|h| h.to_str().ok()) else {
+            return peer;
+        };
+        header.rsplit(',').filter_map(|a| a.trim().parse::<IpAddr>().ok()).find(|ip| !self.trusts(*ip)).unwrap_or(peer)
     }
 }
 

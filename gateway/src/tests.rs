@@ -370,6 +370,18 @@ async fn per_client_in_flight_is_capped() {
     assert_eq!(got, [StatusCode::OK, StatusCode::OK, StatusCode::TOO_MANY_REQUESTS]);
     // Another address is not held back by the first.
     assert_eq!(send(&svc, request(Method::GET, "hello.app.test", "/", "198.51.100.9:1")).await.0, StatusCode::OK);
+    // Behind a trusted proxy, each forwarded client has its own share.
+    let proxied = |svc: GatewayService, client: &'static str| async move {
+        let mut req = request(Method::GET, "hello.app.test", "/slow", "127.0.0.1:9");
+        req.headers_mut().insert("x-forwarded-for", http::HeaderValue::from_static(client));
+        send(&svc, req).await.0
+    };
+    let all = tokio::join!(
+        proxied(svc.clone(), "198.51.100.1"),
+        proxied(svc.clone(), "198.51.100.2"),
+        proxied(svc.clone(), "198.51.100.3"),
+    );
+    assert_eq!(all, (StatusCode::OK, StatusCode::OK, StatusCode::OK));
 }
 
 #[tokio::test]
