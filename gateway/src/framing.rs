@@ -6,12 +6,16 @@
 //! that does is probing for request smuggling: the gateway refuses it with 400. This reader
 //! follows the framing of each request on a connection (heads, fixed bodies, chunks) and
 //! queues a verdict per head, which the hygiene layer takes in order.
+//!
+//! The same wrapper ends a connection whose client stops reading what is written to it.
 
 use std::collections::VecDeque;
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -27,6 +31,22 @@ impl Verdicts {
 
     fn push(&self, verdict: Option<&'static str>) {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push_back(verdict);
+    }
+}
+
+/// The end of a request head in `buf` (just past its empty line), looking from `from`: a line
+/// feed followed by an empty line, whether lines end in CRLF or, as parsers also accept, LF.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    loop {
+        let at = i + buf.get(i..)?.iter().position(|b| *b == b'\n')?;
+        if buf.get(at + 1) == Some(&b'\n') {
+            return Some(at + 2);
+        }
+        if buf.get(at + 1..at + 3) == Some(b"\r\n") {
+            return Some(at + 3);
+        }
+        i = at + 1;
     }
 }
 
@@ -47,18 +67,44 @@ enum State {
     Off,
 }
 
-/// An IO that watches the request heads read through it.
+/// An IO that watches the request heads read through it, and gives up on a client that
+/// reads nothing of what is written to it for `stall` (so a client that never reads its
+/// response cannot hold the instance's connection and concurrency slot).
 pub struct Watched<T> {
     inner: T,
     state: State,
     verdicts: Verdicts,
     max_head: usize,
+    stall: Duration,
+    stalled_since: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<T> Watched<T> {
     /// Watches `inner`; heads longer than `max_head` stop the watch (hyper answers 431).
-    pub fn new(inner: T, max_head: usize, verdicts: Verdicts) -> Watched<T> {
-        Watched { inner, state: State::Head(Vec::new()), verdicts, max_head }
+    pub fn new(inner: T, max_head: usize, verdicts: Verdicts, stall: Duration) -> Watched<T> {
+        Watched { inner, state: State::Head(Vec::new()), verdicts, max_head, stall, stalled_since: None }
+    }
+
+    /// Only the write stall limit (an HTTP/2 connection: no heads to watch).
+    pub fn writes_only(inner: T, stall: Duration) -> Watched<T> {
+        Watched { inner, state: State::Off, verdicts: Verdicts::default(), max_head: 0, stall, stalled_since: None }
+    }
+
+    /// Passes a write's outcome on, ending the connection once writes have waited `stall`.
+    fn stall_check<R>(&mut self, cx: &mut Context<'_>, result: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        if result.is_ready() {
+            self.stalled_since = None;
+            return result;
+        }
+        let stall = self.stall;
+        let timer = self.stalled_since.get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client read nothing for {stall:?}"),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn feed(&mut self, mut data: &[u8]) {
@@ -75,9 +121,9 @@ impl<T> Watched<T> {
                         }
                     }
                     // Look for the blank line from just before the bytes already held.
-                    let from = head.len().saturating_sub(3);
+                    let from = head.len().saturating_sub(2);
                     head.extend_from_slice(data);
-                    let end = head[from..].windows(4).position(|w| w == b"\r\n\r\n").map(|i| from + i + 4);
+                    let end = head_end(head, from);
                     match end {
                         Some(end) => {
                             // What follows the head goes back to be read as its body.
@@ -168,7 +214,6 @@ impl<T> Watched<T> {
         let mut has_length = false;
         let mut chunked = false;
         let mut has_te = false;
-        let mut upgrade = req.method == Some("CONNECT");
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
                 has_length = true;
@@ -176,15 +221,13 @@ impl<T> Watched<T> {
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 has_te = true;
                 chunked = h.value.trim_ascii().to_ascii_lowercase().ends_with(b"chunked");
-            } else if h.name.eq_ignore_ascii_case("upgrade") {
-                upgrade = true;
             }
         }
         self.verdicts.push((has_length && has_te).then_some("both Content-Length and Transfer-Encoding"));
-        if upgrade {
-            // After a 101 the bytes are the upgraded protocol's.
-            State::Off
-        } else if has_te {
+        // An upgrade may be refused, and the connection go on in HTTP/1.1, so the watch goes on;
+        // after a 101 the upgraded bytes are never a complete head for long (the watch stops
+        // at a head over the limit), and nobody takes their verdicts.
+        if has_te {
             if chunked { State::ChunkSize(Vec::new()) } else { State::Off }
         } else if has_length {
             match length {
@@ -213,11 +256,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.stall_check(cx, result)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_flush(cx);
+        this.stall_check(cx, result)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -233,7 +280,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.stall_check(cx, result)
     }
 }
 
@@ -243,7 +292,7 @@ mod tests {
 
     fn verdicts(stream: &[&[u8]]) -> Vec<Option<&'static str>> {
         let v = Verdicts::default();
-        let mut w = Watched::new(tokio::io::empty(), 8192, v.clone());
+        let mut w = Watched::new(tokio::io::empty(), 8192, v.clone(), Duration::from_secs(1));
         for part in stream {
             w.feed(part);
         }
@@ -270,12 +319,25 @@ mod tests {
     }
 
     #[test]
-    fn http2_and_upgrades_stop_the_watch() {
+    fn http2_stops_the_watch_and_refused_upgrades_and_bare_line_feeds_do_not() {
         assert_eq!(verdicts(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"GET / HTTP/1.1\r\n\r\n"]), vec![]);
+        // After a 101 the upgraded bytes are no head: a verdict nobody takes, and the watch stops.
         let upgraded: &[&[u8]] = &[
             b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             b"\x81\x85junk\r\n\r\n",
         ];
-        assert_eq!(verdicts(upgraded), vec![None]);
+        assert_eq!(verdicts(upgraded), vec![None, None]);
+        // A refused upgrade goes on in HTTP/1.1: the next head is still judged.
+        let refused: &[&[u8]] = &[
+            b"GET /up HTTP/1.1\r\nHost: a\r\nUpgrade: foo\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ];
+        assert_eq!(verdicts(refused), vec![None, Some("both Content-Length and Transfer-Encoding")]);
+        // Heads with bare line feeds end at their empty line too.
+        let bare: &[&[u8]] = &[
+            b"GET /lf HTTP/1.1\nHost: a\n\n",
+            b"POST / HTTP/1.1\nHost: a\nContent-Length: 4\nTransfer-Encoding: chunked\n\n0\r\n\r\n",
+        ];
+        assert_eq!(verdicts(bare), vec![None, Some("both Content-Length and Transfer-Encoding")]);
     }
 }

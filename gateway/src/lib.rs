@@ -104,10 +104,15 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Most requests in flight from one client address (429 beyond).
     pub max_in_flight_per_client: u32,
-    /// A request body that sends nothing for this long is cut off (408).
+    /// A request body that sends nothing for this long is cut off (408), and a client that
+    /// reads nothing of its response for this long is disconnected.
     pub body_idle_timeout: Duration,
     /// Most bytes all request bodies in flight may hold in the gateway at once.
     pub body_memory: usize,
+    /// An HTTP/2 connection on which no request began for this long is closed (GOAWAY: its
+    /// streams in flight finish). HTTP/1.1 keep-alive connections are closed by
+    /// `header_read_timeout`, which runs while hyper waits for the next head.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -119,6 +124,7 @@ impl Default for Limits {
             max_in_flight_per_client: 256,
             body_idle_timeout: Duration::from_secs(10),
             body_memory: 256 << 20,
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }

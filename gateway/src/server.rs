@@ -17,14 +17,15 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::endpoint::now_ms;
 use std::time::Duration;
 
 use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
@@ -117,15 +118,19 @@ pub fn start(
                 }
             };
             let clean = runtime.block_on(async move {
-                let graceful = GracefulShutdown::new();
+                // Each connection holds a clone of `alive`: the drain waits until none is left.
+                let (draining, _) = watch::channel(false);
+                let (alive, mut all_gone) = tokio::sync::mpsc::channel::<()>(1);
+                let drain = Drain { draining: draining.subscribe(), _alive: alive };
                 let mut loops = Vec::new();
                 for (socket, tls) in sockets.into_iter().zip(tls) {
                     let _ = socket.set_nonblocking(true);
                     match TcpListener::from_std(socket) {
-                        Ok(l) => loops.push(accept(l, tls, service.clone(), shared.clone(), &graceful)),
+                        Ok(l) => loops.push(accept(l, tls, service.clone(), shared.clone(), drain.clone())),
                         Err(e) => tracing::error!("gateway worker {w}: listener: {e}"),
                     }
                 }
+                drop(drain);
                 let stop = async {
                     loop {
                         if let Some(deadline) = *stopped.borrow_and_update() {
@@ -140,7 +145,8 @@ pub fn start(
                     _ = futures::future::join_all(loops) => Duration::ZERO,
                     deadline = stop => deadline,
                 };
-                tokio::time::timeout(deadline, graceful.shutdown()).await.is_ok()
+                let _ = draining.send(true);
+                tokio::time::timeout(deadline, all_gone.recv()).await.is_ok()
             });
             let _ = finished.send(clean);
         })?;
@@ -154,7 +160,7 @@ async fn accept(
     tls: Option<tokio_rustls::TlsAcceptor>,
     service: GatewayService,
     shared: Arc<Shared>,
-    graceful: &GracefulShutdown,
+    drain: Drain,
 ) {
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let limits = shared.config.limits.clone();
@@ -172,7 +178,10 @@ async fn accept(
         .max_header_list_size(limits.max_header_bytes as u32)
         .keep_alive_interval(Some(limits.header_read_timeout))
         .keep_alive_timeout(limits.header_read_timeout);
-    let builder = Arc::new(builder);
+    // The protocol is chosen before hyper sees the connection (ALPN, or the first bytes), so
+    // that the wait for those bytes has a deadline: hyper's own detection has none.
+    let h1 = Arc::new(builder.clone().http1_only());
+    let h2 = Arc::new(builder.http2_only());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -195,34 +204,50 @@ async fn accept(
             // client's delayed ACK.
             let _ = stream.set_nodelay(true);
             let tls = tls.clone();
-            let builder = builder.clone();
+            let (h1, h2) = (h1.clone(), h2.clone());
             let service = service.clone();
             let shared = shared.clone();
-            let watcher = graceful.watcher();
+            let mut drain = drain.clone();
             tokio::spawn(async move {
                 let _open = OpenConnection::new(&shared);
+                let _slot = slot;
                 let is_tls = tls.is_some();
                 let max_head = limits.max_header_bytes;
+                let stall = limits.body_idle_timeout;
+                // When the last request began, for the HTTP/2 idle limit.
+                let activity = Arc::new(AtomicU64::new(now_ms()));
+                let request_began = activity.clone();
                 let serve = move |framing: Option<Verdicts>| {
-                    let service = service.clone();
+                    let activity = request_began;
                     hyper::service::service_fn(move |req: Request<Incoming>| {
+                        activity.store(now_ms(), Ordering::Relaxed);
                         let mut req = req.map(boxed);
                         let peer = Peer { addr: peer, tls: is_tls, framing: framing.clone() };
                         req.extensions_mut().insert(peer);
                         service.clone().oneshot(req)
                     })
                 };
+                let deadline = limits.header_read_timeout;
                 let result = match tls {
-                    None => {
-                        let verdicts = Verdicts::default();
-                        let io = TokioIo::new(Watched::new(stream, max_head, verdicts.clone()));
-                        watcher
-                            .watch(builder.serve_connection_with_upgrades(io, serve(Some(verdicts))).into_owned())
-                            .await
-                    }
+                    None => match tokio::time::timeout(deadline, speaks_h2(&stream)).await {
+                        Ok(Some(true)) => {
+                            let io = TokioIo::new(Watched::writes_only(stream, stall));
+                            drive!(
+                                h2.serve_connection_with_upgrades(io, serve(None)),
+                                drain,
+                                Some((activity.clone(), limits.idle_timeout))
+                            )
+                        }
+                        Ok(Some(false)) => {
+                            let verdicts = Verdicts::default();
+                            let io = TokioIo::new(Watched::new(stream, max_head, verdicts.clone(), stall));
+                            drive!(h1.serve_connection_with_upgrades(io, serve(Some(verdicts))), drain, None)
+                        }
+                        // Closed, or nothing (or half an HTTP/2 preface) within the deadline.
+                        Ok(None) | Err(_) => return,
+                    },
                     Some(acceptor) => {
-                        let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await;
-                        let stream = match handshake {
+                        let stream = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
                             Ok(Ok(s)) => s,
                             Ok(Err(e)) => {
                                 crate::metrics::inc(&shared.metrics.tls_handshake_failures);
@@ -236,23 +261,91 @@ async fn accept(
                             }
                         };
                         if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                            let io = TokioIo::new(stream);
-                            watcher.watch(builder.serve_connection_with_upgrades(io, serve(None)).into_owned()).await
+                            let io = TokioIo::new(Watched::writes_only(stream, stall));
+                            drive!(
+                                h2.serve_connection_with_upgrades(io, serve(None)),
+                                drain,
+                                Some((activity.clone(), limits.idle_timeout))
+                            )
                         } else {
                             let verdicts = Verdicts::default();
-                            let io = TokioIo::new(Watched::new(stream, max_head, verdicts.clone()));
-                            watcher
-                                .watch(builder.serve_connection_with_upgrades(io, serve(Some(verdicts))).into_owned())
-                                .await
+                            let io = TokioIo::new(Watched::new(stream, max_head, verdicts.clone(), stall));
+                            drive!(h1.serve_connection_with_upgrades(io, serve(Some(verdicts))), drain, None)
                         }
                     }
                 };
                 if let Err(e) = result {
                     tracing::trace!(%peer, "connection ended: {e}");
                 }
-                drop(slot);
             });
         }
+    }
+}
+
+/// What a connection needs to drain: the signal, and its share of `alive`.
+#[derive(Clone)]
+struct Drain {
+    draining: watch::Receiver<bool>,
+    /// Never sent on: dropped with the connection, which tells the drain one fewer is left.
+    _alive: tokio::sync::mpsc::Sender<()>,
+}
+
+/// Serves one connection to its end; on a drain, or (HTTP/2) when no request has begun for
+/// the idle time, asks it to finish gracefully (HTTP/2: GOAWAY; streams in flight finish).
+macro_rules! drive {
+    ($conn:expr, $drain:expr, $idle:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        let idle: Option<(Arc<AtomicU64>, Duration)> = $idle;
+        let mut closing = false;
+        loop {
+            let idle_for = async {
+                match &idle {
+                    Some((activity, limit)) if !closing => loop {
+                        let quiet = now_ms().saturating_sub(activity.load(Ordering::Relaxed));
+                        let left = limit.as_millis() as u64;
+                        if quiet >= left {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(left - quiet)).await;
+                    },
+                    _ => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                result = conn.as_mut() => break result,
+                _ = $drain.draining.changed(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = idle_for => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }};
+}
+use drive;
+
+/// Whether the client speaks HTTP/2 by prior knowledge: its first bytes are the HTTP/2
+/// preface. `None` when it closes first.
+async fn speaks_h2(stream: &tokio::net::TcpStream) -> Option<bool> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; 24];
+    loop {
+        let n = stream.peek(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        if !PREFACE.starts_with(&buf[..n]) {
+            return Some(false);
+        }
+        if n == PREFACE.len() {
+            return Some(true);
+        }
+        // Part of the preface: peek sees the same bytes until more come.
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -77,6 +77,9 @@ async fn fixture_with_delay(name: &'static str, delay: Duration) -> Fixture {
                                 resp.headers_mut().insert("connection", http::HeaderValue::from_static("upgrade"));
                                 *resp.body_mut() = Full::new(Bytes::new());
                             }
+                            "/big" => {
+                                *resp.body_mut() = Full::new(Bytes::from(vec![b'x'; 32 << 20]));
+                            }
                             "/echo" => {
                                 let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                                 *resp.body_mut() = Full::new(body);
@@ -411,6 +414,31 @@ async fn hostile_clients_get_431_413_and_a_slowloris_is_closed_while_others_are_
     }
     assert!(closed, "the slowloris connection is still open after {:?}", started.elapsed());
     assert!(started.elapsed() < Duration::from_secs(3), "closed after {:?}", started.elapsed());
+    // A connection that sends nothing, or half an HTTP/2 preface, is closed by the header
+    // timeout too.
+    for first in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+        let mut silent = TcpStream::connect(addr).await.expect("connect");
+        silent.write_all(first).await.expect("write");
+        let started = Instant::now();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "still open after {:?}", started.elapsed());
+        assert!(started.elapsed() < Duration::from_secs(3), "closed after {:?}", started.elapsed());
+    }
+    // A client that reads nothing of a large answer is cut off, and frees the instance.
+    let mut reader = TcpStream::connect(addr).await.expect("connect");
+    reader.write_all(b"GET /big HTTP/1.1\r\nHost: hello.app.test.local\r\n\r\n").await.expect("write");
+    let shared = gw.shared().clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let in_flight =
+        |text: &str| text.lines().any(|l| l.starts_with("fluxplane_gateway_instance_in_flight") && l.ends_with(" 1"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(in_flight(&shared.metrics_text()), "the slow reader holds its instance at first");
+    while in_flight(&shared.metrics_text()) {
+        assert!(Instant::now() < deadline, "a client that reads nothing still holds its instance");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(reader);
     // A body that stops arriving: 408 within the body timeout, nothing held.
     let out = raw(
         addr,
