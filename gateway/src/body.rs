@@ -282,3 +282,47 @@ impl hyper::body::Body for LeasedBody {
         self.inner.size_hint()
     }
 }
+
+/// A request body that says when it has been sent to the end (or given up): the wait for
+/// the response head starts then, so a slow upload is not taken for a silent instance.
+pub struct Sent {
+    inner: Body,
+    done: tokio::sync::watch::Sender<bool>,
+}
+
+impl Sent {
+    /// `body`, and what turns true once it has been read to its end (or dropped).
+    pub fn wrap(body: Body) -> (Body, tokio::sync::watch::Receiver<bool>) {
+        let ended = hyper::body::Body::is_end_stream(&body);
+        let (done, rx) = tokio::sync::watch::channel(ended);
+        if ended {
+            return (body, rx);
+        }
+        (boxed(Sent { inner: body, done }), rx)
+    }
+}
+
+impl hyper::body::Body for Sent {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if frame.is_none() || hyper::body::Body::is_end_stream(&this.inner) {
+            let _ = this.done.send(true);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -34,6 +34,8 @@ pub enum Failure {
     Broken { endpoint: Arc<Endpoint>, why: String, timed_out: bool },
     /// No instance could be chosen.
     NoInstance(NoneAvailable),
+    /// The client's request body broke off or was malformed: a 400, nobody else's fault.
+    ClientBody(String),
 }
 
 /// The instance that answered, on the response.
@@ -94,6 +96,9 @@ impl Service<Req> for Forward {
             let endpoint = slot.endpoint().clone();
             let siblings = siblings.as_ref().map_or(&[][..], |s| s.endpoints.as_slice());
             let started = Instant::now();
+            let (parts, body) = req.into_parts();
+            let (body, body_sent) = crate::body::Sent::wrap(body);
+            let mut req = Req::from_parts(parts, body);
             // An upgraded connection never goes back to the pool, so it never comes from it.
             let mut fresh = websocket;
             loop {
@@ -106,8 +111,18 @@ impl Service<Req> for Forward {
                         return Err(Failure::NotSent { req: Box::new(req), endpoint, why: e.0 });
                     }
                 };
-                let sent =
-                    tokio::time::timeout(shared.config.response_header_timeout, conn.try_send_request(req)).await;
+                // The wait for the head counts from the body's end: a slow upload is the
+                // client's (its pace is bounded by the body idle timeout), not the instance's.
+                let mut sent_rx = body_sent.clone();
+                let head_timeout = shared.config.response_header_timeout;
+                let waited = async move {
+                    let _ = sent_rx.wait_for(|done| *done).await;
+                    tokio::time::sleep(head_timeout).await;
+                };
+                let sent = tokio::select! {
+                    r = conn.try_send_request(req) => Ok(r),
+                    _ = waited => Err(()),
+                };
                 let resp = match sent {
                     Ok(Ok(resp)) => resp,
                     Ok(Err(mut e)) => match e.take_message() {
@@ -119,17 +134,21 @@ impl Service<Req> for Forward {
                         }
                         back => {
                             let error = e.into_error();
-                            // The client's own body failing (too large, too slow) is not the
-                            // instance's fault.
-                            if !error.is_user() {
-                                inc(&shared.metrics.upstream_failures);
-                                shared.failed(&endpoint, siblings);
+                            if let Some(req) = back {
+                                let why = format!("instance {} on {}: {error}", endpoint.addr, endpoint.node);
+                                return Err(Failure::NotSent { req: Box::new(req), endpoint, why });
                             }
+                            // The client's own body failing (cut off, malformed, over a limit)
+                            // is not the instance's fault.
+                            if error.is_user() {
+                                return Err(Failure::ClientBody(format!(
+                                    "the request body could not be read: {error}"
+                                )));
+                            }
+                            inc(&shared.metrics.upstream_failures);
+                            shared.failed(&endpoint, siblings);
                             let why = format!("instance {} on {}: {error}", endpoint.addr, endpoint.node);
-                            return Err(match back {
-                                Some(req) => Failure::NotSent { req: Box::new(req), endpoint, why },
-                                None => Failure::Broken { endpoint, why, timed_out: false },
-                            });
+                            return Err(Failure::Broken { endpoint, why, timed_out: false });
                         }
                     },
                     Err(_) => {

@@ -47,7 +47,10 @@ pub fn app_key(host: &str, domain: &str) -> Option<String> {
 /// `host[:port]` without the port, lower case; `None` when it is not a plain host name.
 fn host_only(authority: &str) -> Option<String> {
     let host = match authority.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => {
+            port.parse::<u16>().ok()?;
+            h
+        }
         _ => authority,
     };
     let host = host.strip_suffix('.').unwrap_or(host);
@@ -93,6 +96,16 @@ where
         }
         if req.method() == Method::CONNECT {
             return answer(text(StatusCode::METHOD_NOT_ALLOWED, "CONNECT: this gateway is not a forward proxy"));
+        }
+        if req.uri() == "*" {
+            return answer(text(StatusCode::BAD_REQUEST, "`*` is a target for OPTIONS only"));
+        }
+        if req.uri().scheme().is_some_and(|s| *s != http::uri::Scheme::HTTP && *s != http::uri::Scheme::HTTPS) {
+            return answer(text(StatusCode::BAD_REQUEST, "the request target's scheme is not http or https"));
+        }
+        // RFC 9112 §3.2: more than one Host is a 400.
+        if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+            return answer(text(StatusCode::BAD_REQUEST, "more than one Host header"));
         }
         let from_target = req.uri().authority().map(|a| a.as_str().to_string());
         let from_header = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string);
@@ -161,5 +174,7 @@ mod tests {
         assert_eq!(host_only("hello.app.test.").as_deref(), Some("hello.app.test"));
         assert_eq!(host_only("evil/host"), None);
         assert_eq!(host_only("[::1]:80"), None);
+        assert_eq!(host_only("hello.app.test:999999999999"), None);
+        assert_eq!(host_only("user@hello.app.test"), None);
     }
 }

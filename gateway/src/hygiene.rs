@@ -27,11 +27,13 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// The hop-by-hop headers every message loses.
-const HOP_BY_HOP: [HeaderName; 9] = [
+const HOP_BY_HOP: [HeaderName; 10] = [
+    HeaderName::from_static("http2-settings"),
     header::CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
@@ -181,10 +183,24 @@ where
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         }
+        // Names with `_` are dropped, as nginx does: servers that fold `_` into `-` (CGI,
+        // WSGI) would read `X_Forwarded_For` as the real thing.
+        if headers.keys().any(|k| k.as_str().contains('_')) {
+            let underscored: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().contains('_')).cloned().collect();
+            for name in underscored {
+                headers.remove(name);
+            }
+        }
         if !trusted {
+            // Whatever a client says about where it comes from, in any of the usual forms.
             headers.remove(crate::locate::CLIENT_GEO);
-            headers.remove(X_FORWARDED_PROTO);
-            headers.remove(X_FORWARDED_HOST);
+            headers.remove(header::FORWARDED);
+            headers.remove(X_REAL_IP);
+            let forwarded: Vec<HeaderName> =
+                headers.keys().filter(|k| k.as_str().starts_with("x-forwarded-")).cloned().collect();
+            for name in forwarded {
+                headers.remove(name);
+            }
         }
         if let Some((addr, tls)) = peer {
             let ip = addr.ip().to_canonical().to_string();

@@ -189,6 +189,7 @@ where
                         }
                         last_why = why;
                     }
+                    Err(Failure::ClientBody(why)) => break (text(StatusCode::BAD_REQUEST, why), attempts),
                     Err(Failure::NoInstance(none)) => {
                         if let Some(resp) = last_answer.take() {
                             break (resp, attempts - 1);

@@ -190,13 +190,29 @@ async fn headers_are_cleaned_and_forwarded_for_is_replaced() {
         ("x-forwarded-for", "6.6.6.6"),
         ("x-forwarded-proto", "https"),
         ("x-fluxplane-client-geo", "1,1"),
+        ("forwarded", "for=6.6.6.6;proto=https"),
+        ("x-real-ip", "6.6.6.6"),
+        ("x-forwarded-port", "443"),
+        ("x_forwarded_for", "6.6.6.6"),
+        ("http2-settings", "AAMAAABkAAQAAP__"),
     ] {
         req.headers_mut().insert(http::HeaderName::from_static(k), http::HeaderValue::from_static(v));
     }
     assert_eq!(send(&svc, req).await.0, StatusCode::OK);
     let seen = a.seen.lock().expect("lock").clone();
     let has = |prefix: &str| seen.iter().any(|h| h.starts_with(prefix));
-    for gone in ["x-drop-me", "te:", "upgrade", "proxy-authorization", "x-fluxplane-client-geo"] {
+    for gone in [
+        "x-drop-me",
+        "te:",
+        "upgrade",
+        "proxy-authorization",
+        "x-fluxplane-client-geo",
+        "forwarded",
+        "x-real-ip",
+        "x-forwarded-port",
+        "x_forwarded_for",
+        "http2-settings",
+    ] {
         assert!(!has(gone), "{gone} reached the instance: {seen:?}");
     }
     assert!(seen.contains(&"x-forwarded-for: 203.0.113.7".to_string()), "{seen:?}");
@@ -471,4 +487,34 @@ async fn a_route_to_the_control_plane_is_never_dialed() {
         StatusCode::SERVICE_UNAVAILABLE
     );
     assert_eq!(control.hits.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_slow_upload_is_not_taken_for_a_silent_instance_and_a_broken_body_is_a_400() {
+    let a = instance(Mode::ByPath).await;
+    let mut config = config();
+    config.response_header_timeout = Duration::from_millis(300);
+    let (shared, svc) = stack(config, &[route("n1", "eu", 0.0, a.addr)]);
+    // Ten frames 150 ms apart: 1.5 s of upload, five times the wait for a response head.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(1);
+    tokio::spawn(async move {
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            if tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"0123456789")))).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut req = request(Method::POST, "hello.app.test", "/echo", STRANGER);
+    *req.body_mut() = boxed(http_body_util::StreamBody::new(stream_of(rx)));
+    let (status, _, body) = send(&svc, req).await;
+    assert_eq!((status, body.len()), (StatusCode::OK, 100));
+    // A body that breaks off with an error is the client's doing: 400, the instance not blamed.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(2);
+    tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"start")))).await.expect("send");
+    tx.send(Err(std::io::Error::other("client went away"))).await.expect("send");
+    let mut req = request(Method::POST, "hello.app.test", "/echo", STRANGER);
+    *req.body_mut() = boxed(http_body_util::StreamBody::new(stream_of(rx)));
+    assert_eq!(send(&svc, req).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(shared.metrics.upstream_failures.load(Ordering::Relaxed), 0);
 }
