@@ -16,7 +16,6 @@ use http::uri::{PathAndQuery, Uri};
 use http::{Method, StatusCode};
 use tower::Service;
 
-use crate::Shared;
 use crate::body::{empty, text};
 use crate::stack::{BoxFuture, Peer, Req, Resp};
 use crate::table::{AppRoutes, domain_key};
@@ -58,17 +57,9 @@ fn host_only(authority: &str) -> Option<String> {
         .then(|| host.to_ascii_lowercase())
 }
 
-/// Maps the host to its app.
-#[derive(Clone)]
-pub struct HostRouting<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
-
-impl<S> HostRouting<S> {
-    pub fn new(inner: S, shared: Arc<Shared>) -> Self {
-        HostRouting { inner, shared }
-    }
+crate::stack::layer_service! {
+    /// Maps the host to its app.
+    HostRouting
 }
 
 impl<S> Service<Req> for HostRouting<S>

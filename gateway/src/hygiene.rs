@@ -11,14 +11,12 @@
 //! - `traceparent` is passed on when valid, else a new trace is started.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 use tower::Service;
 
-use crate::Shared;
 use crate::body::text;
 use crate::metrics::inc;
 use crate::stack::{BoxFuture, Peer, Req, Resp};
@@ -155,17 +153,9 @@ fn new_traceparent() -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01"))
 }
 
-/// Cleans the request's headers and the response's.
-#[derive(Clone)]
-pub struct Hygiene<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
-
-impl<S> Hygiene<S> {
-    pub fn new(inner: S, shared: Arc<Shared>) -> Self {
-        Hygiene { inner, shared }
-    }
+crate::stack::layer_service! {
+    /// Cleans the request's headers and the response's.
+    Hygiene
 }
 
 impl<S> Service<Req> for Hygiene<S>

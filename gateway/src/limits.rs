@@ -12,7 +12,6 @@ use dashmap::DashMap;
 use http::{HeaderValue, StatusCode};
 use tower::Service;
 
-use crate::Shared;
 use crate::body::{BodyFault, FaultCell, LimitedBody, text};
 use crate::host::Target;
 use crate::metrics::inc;
@@ -56,17 +55,9 @@ impl Drop for ClientTicket {
     }
 }
 
-/// Turns away a client with too many requests in flight (429).
-#[derive(Clone)]
-pub struct ClientLimit<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
-
-impl<S> ClientLimit<S> {
-    pub fn new(inner: S, shared: Arc<Shared>) -> Self {
-        ClientLimit { inner, shared }
-    }
+crate::stack::layer_service! {
+    /// Turns away a client with too many requests in flight (429).
+    ClientLimit
 }
 
 impl<S> Service<Req> for ClientLimit<S>
@@ -108,18 +99,10 @@ where
     }
 }
 
-/// Puts the request body under its app's size limit, the body-read timeout and the memory
-/// cap, and answers for a body that broke one of them.
-#[derive(Clone)]
-pub struct BodyLimit<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
-
-impl<S> BodyLimit<S> {
-    pub fn new(inner: S, shared: Arc<Shared>) -> Self {
-        BodyLimit { inner, shared }
-    }
+crate::stack::layer_service! {
+    /// Puts the request body under its app's size limit, the body-read timeout and the memory
+    /// cap, and answers for a body that broke one of them.
+    BodyLimit
 }
 
 impl<S> Service<Req> for BodyLimit<S>

@@ -6,7 +6,6 @@
 
 use std::convert::Infallible;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use model::geo::GeoPoint;
@@ -22,17 +21,9 @@ pub const CLIENT_GEO: &str = "x-fluxplane-client-geo";
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ClientGeo(pub GeoPoint);
 
-/// Finds the client's location.
-#[derive(Clone)]
-pub struct Locate<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
-
-impl<S> Locate<S> {
-    pub fn new(inner: S, shared: Arc<Shared>) -> Self {
-        Locate { inner, shared }
-    }
+crate::stack::layer_service! {
+    /// Finds the client's location.
+    Locate
 }
 
 impl Shared {

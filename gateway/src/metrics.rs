@@ -6,7 +6,6 @@
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -140,17 +139,9 @@ impl Metrics {
     }
 }
 
-/// Counts and times every answer.
-#[derive(Clone)]
-pub struct MetricsLayer<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
-
-impl<S> MetricsLayer<S> {
-    pub fn new(inner: S, shared: Arc<Shared>) -> Self {
-        MetricsLayer { inner, shared }
-    }
+crate::stack::layer_service! {
+    /// Counts and times every answer.
+    MetricsLayer
 }
 
 impl<S> Service<Req> for MetricsLayer<S>

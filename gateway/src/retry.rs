@@ -63,17 +63,9 @@ fn idempotent(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }
 
-/// Tries again on the next instance when that is safe.
-#[derive(Clone)]
-pub struct Retry<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
-
-impl<S> Retry<S> {
-    pub fn new(inner: S, shared: Arc<Shared>) -> Self {
-        Retry { inner, shared }
-    }
+crate::stack::layer_service! {
+    /// Tries again on the next instance when that is safe.
+    Retry
 }
 
 /// What is kept of a request that may be sent again after it went out: all but its (empty)

@@ -14,7 +14,6 @@ use model::geo::GeoPoint;
 use rand::Rng;
 use tower::Service;
 
-use crate::Shared;
 use crate::endpoint::{Endpoint, Slot, now_ms};
 use crate::forward::Failure;
 use crate::host::Target;
@@ -113,17 +112,9 @@ pub fn choose(
     Err(if saw_full { NoneAvailable::AllFull } else { NoneAvailable::Exhausted })
 }
 
-/// Chooses the instance for each attempt.
-#[derive(Clone)]
-pub struct Select<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
-
-impl<S> Select<S> {
-    pub fn new(inner: S, shared: Arc<Shared>) -> Self {
-        Select { inner, shared }
-    }
+crate::stack::layer_service! {
+    /// Chooses the instance for each attempt.
+    Select
 }
 
 impl<S> Service<Req> for Select<S>

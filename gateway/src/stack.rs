@@ -58,40 +58,41 @@ pub struct Peer {
 /// 9. **forward**: sends the request to the chosen instance over a pooled connection and
 ///    feeds the outcome back into the instance's latency and passive health.
 pub fn build(shared: Arc<Shared>) -> GatewayService {
-    let s = shared.clone();
+    let s = &shared;
     let service = ServiceBuilder::new()
-        .layer(layer_fn({
-            let s = s.clone();
-            move |inner| crate::metrics::MetricsLayer::new(inner, s.clone())
-        }))
-        .layer(layer_fn({
-            let s = s.clone();
-            move |inner| crate::limits::ClientLimit::new(inner, s.clone())
-        }))
-        .layer(layer_fn({
-            let s = s.clone();
-            move |inner| crate::hygiene::Hygiene::new(inner, s.clone())
-        }))
-        .layer(layer_fn({
-            let s = s.clone();
-            move |inner| crate::host::HostRouting::new(inner, s.clone())
-        }))
-        .layer(layer_fn({
-            let s = s.clone();
-            move |inner| crate::locate::Locate::new(inner, s.clone())
-        }))
-        .layer(layer_fn({
-            let s = s.clone();
-            move |inner| crate::limits::BodyLimit::new(inner, s.clone())
-        }))
-        .layer(layer_fn({
-            let s = s.clone();
-            move |inner| crate::retry::Retry::new(inner, s.clone())
-        }))
-        .layer(layer_fn({
-            let s = s.clone();
-            move |inner| crate::select::Select::new(inner, s.clone())
-        }))
-        .service(crate::forward::Forward::new(shared));
+        .layer(with_shared(s, crate::metrics::MetricsLayer::new))
+        .layer(with_shared(s, crate::limits::ClientLimit::new))
+        .layer(with_shared(s, crate::hygiene::Hygiene::new))
+        .layer(with_shared(s, crate::host::HostRouting::new))
+        .layer(with_shared(s, crate::locate::Locate::new))
+        .layer(with_shared(s, crate::limits::BodyLimit::new))
+        .layer(with_shared(s, crate::retry::Retry::new))
+        .layer(with_shared(s, crate::select::Select::new))
+        .service(crate::forward::Forward::new(shared.clone()));
     BoxCloneService::new(service)
 }
+
+/// The layer that wraps a service in `make(service, shared)`.
+fn with_shared<S, L>(shared: &Arc<Shared>, make: fn(S, Arc<Shared>) -> L) -> impl tower::Layer<S, Service = L> {
+    let shared = shared.clone();
+    layer_fn(move |inner| make(inner, shared.clone()))
+}
+
+/// A layer's service: the service it wraps and what every layer shares, with `new`.
+macro_rules! layer_service {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone)]
+        pub struct $name<S> {
+            inner: S,
+            shared: std::sync::Arc<crate::Shared>,
+        }
+
+        impl<S> $name<S> {
+            pub fn new(inner: S, shared: std::sync::Arc<crate::Shared>) -> Self {
+                $name { inner, shared }
+            }
+        }
+    };
+}
+pub(crate) use layer_service;
