@@ -911,6 +911,12 @@ impl Shard {
         Ok(())
     }
 
+    /// Whether `instance` (`app@node`) is placed in this region.
+    pub fn is_placed(&self, instance: &str) -> bool {
+        let Some((app, node)) = instance.split_once('@') else { return false };
+        self.read(|s| s.placements.get(app).is_some_and(|nodes| nodes.contains_key(node)))
+    }
+
     /// The gateways (heard from within [`GATEWAY_QUIET`]) that report `instance` ejected.
     pub fn ejected_by(&self, instance: &str) -> Vec<String> {
         let soft = self.soft();

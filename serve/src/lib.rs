@@ -1,10 +1,11 @@
 //! Serving HTTP/1.1 on a listener so that no client can hold the server open: a cap on
 //! connections, a deadline for the request head (on the first request and on every idle
 //! keep-alive connection), and a drain that lets requests in flight finish before the server
-//! stops. Every fluxplane listener (control API, chain, gateway) is served through here.
+//! stops. The control API, the chain and the gateway's admin listener are served through here
+//! (the gateway's app listeners have their own server, for HTTP/2, TLS and upgrades).
 //!
 //! Request bodies are the service's business: it bounds how long it waits for one (the control
-//! API buffers bodies under a deadline; the gateway likewise).
+//! API buffers bodies under a deadline).
 //!
 //! [`json_errors`] keeps axum's own rejections in the API's JSON error shape.
 //!

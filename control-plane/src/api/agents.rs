@@ -210,13 +210,14 @@ pub(super) async fn routes(
     if let Some(id) = q.gateway.as_deref() {
         // Known from its first ask on, so that `deploy --wait` waits for it too.
         check_gateway_id(id)?;
-        // Only instance ids (`app@node`), and only so many: this is soft state for display.
+        // Gateway ids are not authenticated: only instances this region places are kept, so a
+        // client posing as many gateways stores nothing but real instance ids.
         let ejected: Vec<String> = q
             .ejected
             .as_deref()
             .unwrap_or("")
             .split(',')
-            .filter(|i| !i.is_empty() && i.len() <= 200 && i.contains('@'))
+            .filter(|i| i.len() <= 200 && shard.is_placed(i))
             .take(1000)
             .map(str::to_string)
             .collect();
