@@ -331,6 +331,8 @@ impl Shard {
             election_timeout_max: t.election_max.as_millis() as u64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(t.snapshot_logs),
             max_in_snapshot_log_to_keep: t.keep_logs,
+            // Receivers bound a snapshot call's body by this chunk size.
+            snapshot_max_chunk_size: crate::network::SNAPSHOT_CHUNK as u64,
             ..Default::default()
         }
         .validate()

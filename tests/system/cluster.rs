@@ -41,6 +41,13 @@ impl Proc {
         self.child.as_ref().map_or(0, |c| c.id() as i32)
     }
 
+    /// The process's resident memory, in bytes (from `/proc`).
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+        kb.unwrap_or(0) * 1024
+    }
+
     fn signal(&self, sig: &str) {
         let _ = Command::new("kill").args([sig, &self.pid().to_string()]).status();
     }

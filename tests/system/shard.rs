@@ -242,18 +242,7 @@ fn a_forged_raft_call_is_refused_and_changes_nothing() {
             assert_eq!(resp.status(), 401, "unsigned {rpc} to replica {}", r.id);
             // Signed by a key that is not a member's, claiming to be member 1.
             let bytes = serde_json::to_vec(body).expect("json");
-            let now = chain::now_ms();
-            let msg = control_plane::auth::call_bytes("eu", rpc, 1, r.id, now, &bytes);
-            let resp = http
-                .post(&url)
-                .header("content-type", "application/json")
-                .header("x-fluxplane-replica-id", "1")
-                .header("x-fluxplane-replica-key", impostor.public().0)
-                .header("x-fluxplane-timestamp", now.to_string())
-                .header("x-fluxplane-signature", impostor.sign_hex(&msg))
-                .body(bytes)
-                .send()
-                .expect("answer");
+            let resp = signed_raft_call(&http, &url, rpc, 1, r.id, &impostor, 1, bytes).send().expect("answer");
             assert_eq!(resp.status(), 401, "impostor {rpc} to replica {}", r.id);
         }
     }
@@ -267,6 +256,120 @@ fn a_forged_raft_call_is_refused_and_changes_nothing() {
         );
     }
     c.chain.thaw();
+}
+
+/// A Raft call to `url` signed with `key` as replica `from` to replica `to`, call number
+/// `sequence`, carrying `body`.
+#[allow(clippy::too_many_arguments)]
+fn signed_raft_call(
+    http: &reqwest::blocking::Client,
+    url: &str,
+    rpc: &str,
+    from: u64,
+    to: u64,
+    key: &Keypair,
+    sequence: u64,
+    body: Vec<u8>,
+) -> reqwest::blocking::RequestBuilder {
+    let admin = control_plane::auth::AdminToken::new(TOKEN).expect("token");
+    let call = control_plane::auth::SignedCall::sign(REGION, rpc, from, to, sequence, &body, key, &admin);
+    http.post(url)
+        .header("content-type", "application/json")
+        .header(control_plane::auth::REPLICA_ID, from.to_string())
+        .header(control_plane::auth::REPLICA_KEY, call.key.0.as_str())
+        .header(control_plane::auth::TIMESTAMP, call.timestamp_ms.to_string())
+        .header(control_plane::auth::SEQUENCE, sequence.to_string())
+        .header(control_plane::auth::BODY_DIGEST, call.body_digest.as_str())
+        .header(control_plane::auth::SIGNATURE, call.signature.as_str())
+        .body(body)
+}
+
+/// A member's signed call, sent twice, is taken once; a body other than the signed one, or
+/// over its kind's limit, is refused.
+#[test]
+fn a_replayed_or_altered_raft_call_is_refused() {
+    let c = Cluster::start(&Loopback, &[1], &[1], TEST_CONFIG);
+    c.wait_leader(Duration::from_secs(5));
+    let r = &c.replicas[&1];
+    let key = Keypair::from_secret_hex(&std::fs::read_to_string(r.data_dir.join("replica.key")).expect("replica key"))
+        .expect("key");
+    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+    let url = format!("{}/raft/{REGION}/read-index", r.url);
+    let sequence = 42;
+    let call = |body: &[u8]| signed_raft_call(&http, &url, "read-index", 1, 1, &key, sequence, body.to_vec());
+    let first = call(b"{}").send().expect("answer");
+    assert_eq!(first.status(), 200, "{}", first.text().unwrap_or_default());
+    let replay = call(b"{}").send().expect("answer");
+    assert_eq!(replay.status(), 401);
+    let why = replay.text().unwrap_or_default();
+    assert!(why.contains("replay"), "{why}");
+
+    // The signed digest is of another body.
+    let mut altered = call(b"{}").build().expect("request");
+    *altered.body_mut() = Some(b"{\"x\":1}".to_vec().into());
+    let headers = altered.headers_mut();
+    headers.insert(control_plane::auth::SEQUENCE, "43".parse().expect("header"));
+    let resp = http.execute(altered).expect("answer");
+    assert_eq!(resp.status(), 401, "the sequence is signed too");
+    let swapped = signed_raft_call(&http, &url, "read-index", 1, 1, &key, 44, b"{}".to_vec())
+        .body(b"{\"x\":1}".to_vec())
+        .send()
+        .expect("answer");
+    assert_eq!(swapped.status(), 401);
+    let why = swapped.text().unwrap_or_default();
+    assert!(why.contains("does not hash"), "{why}");
+
+    // A vote is small; a member's oversized one is refused before it is read.
+    let vote_url = format!("{}/raft/{REGION}/vote", r.url);
+    let big = vec![b' '; 1 << 20];
+    let resp = signed_raft_call(&http, &vote_url, "vote", 1, 1, &key, 45, big).send().expect("answer");
+    assert_eq!(resp.status(), 413);
+}
+
+/// Twenty strangers posting 60 MB bodies at once are refused from their headers: the replica
+/// reads none of it, and its memory stays where it was.
+#[test]
+fn unsigned_large_raft_posts_cost_the_replica_no_memory() {
+    let c = Cluster::start(&Loopback, &[1], &[1], TEST_CONFIG);
+    c.wait_leader(Duration::from_secs(5));
+    let r = &c.replicas[&1];
+    let rss = || r.proc.lock().expect("proc").as_ref().map_or(0, |p| p.rss_bytes());
+    std::thread::sleep(Duration::from_secs(1));
+    let before = rss();
+    assert!(before > 0, "the replica's RSS is readable");
+    let url = format!("{}/raft/{REGION}/append", r.url);
+    let body = std::sync::Arc::new(vec![b'x'; 60 << 20]);
+    let answers: Vec<Result<u16, String>> = std::thread::scope(|s| {
+        let posts: Vec<_> = (0..20)
+            .map(|_| {
+                let (url, body) = (url.clone(), body.clone());
+                s.spawn(move || {
+                    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+                    http.post(&url)
+                        .header("content-type", "application/json")
+                        .body(body.to_vec())
+                        .send()
+                        .map(|resp| resp.status().as_u16())
+                        .map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        posts.into_iter().map(|p| p.join().expect("thread")).collect()
+    });
+    // The replica answers from the headers and closes; a client still sending may see the
+    // close instead of the answer.
+    assert!(answers.iter().all(|a| matches!(a, Ok(401) | Err(_))), "{answers:?}");
+    assert!(answers.iter().any(|a| matches!(a, Ok(401))), "{answers:?}");
+    std::thread::sleep(Duration::from_secs(1));
+    let after = rss();
+    assert!(
+        after < before + (50 << 20),
+        "RSS went from {} MB to {} MB",
+        before >> 20,
+        after >> 20
+    );
+    // Still serving.
+    c.wait_leader(Duration::from_secs(5));
 }
 
 #[test]

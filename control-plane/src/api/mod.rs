@@ -174,7 +174,7 @@ const MAX_SMALL_BODY: usize = 2 << 20;
 /// request open.
 pub fn service(api: Arc<Api>, body_timeout: std::time::Duration) -> Router {
     router(api.clone())
-        .merge(crate::network::router(api.shard.clone()))
+        .merge(crate::network::router(api.shard.clone(), body_timeout))
         .layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
             read_body_within(req, next, body_timeout)
         }))
@@ -188,9 +188,13 @@ async fn read_body_within(
     within: std::time::Duration,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    // Only modules and Raft calls may be large; a stranger's body elsewhere is held to 2 MB.
+    // Raft calls and uploads read their own bodies, once their signed headers are checked.
     let path = req.uri().path();
-    let limit = if path.starts_with("/v1/blobs/") || path.starts_with("/raft/") { MAX_BODY } else { MAX_SMALL_BODY };
+    if path.starts_with("/raft/") || (req.method() == axum::http::Method::PUT && path.starts_with("/v1/blobs/")) {
+        return next.run(req).await;
+    }
+    // A stranger's body is held to 2 MB.
+    let limit = MAX_SMALL_BODY;
     let (parts, body) = req.into_parts();
     match tokio::time::timeout(within, axum::body::to_bytes(body, limit)).await {
         Err(_) => ApiError::new("timeout", format!("request body not received within {within:?}")).into_response(),

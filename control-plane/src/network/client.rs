@@ -43,6 +43,8 @@ pub struct Network {
     admin: AdminToken,
     http: reqwest::Client,
     contacts: Contacts,
+    /// The next call's sequence number, shared by every peer client of this replica.
+    sequence: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Network {
@@ -54,7 +56,14 @@ impl Network {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .unwrap_or_default();
-        Self { region: region.to_string(), id, key, admin, http, contacts }
+        // Start at the clock in µs, so a restarted replica's calls are ahead of its last ones
+        // (a peer refuses a number it has taken; see `auth::ReplayWindow`).
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or_default();
+        let sequence = Arc::new(std::sync::atomic::AtomicU64::new(start));
+        Self { region: region.to_string(), id, key, admin, http, contacts, sequence }
     }
 
     /// A client to `target` at `node`.
@@ -88,7 +97,8 @@ impl PeerClient {
     ) -> Result<Resp, RpcError<E>> {
         let net = &self.net;
         let body = serde_json::to_vec(req).map_err(|e| RpcError::Network(NetworkError::new(&e)))?;
-        let signed = SignedCall::sign(&net.region, rpc, net.id, self.target, &body, &net.key, &net.admin);
+        let sequence = net.sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let signed = SignedCall::sign(&net.region, rpc, net.id, self.target, sequence, &body, &net.key, &net.admin);
         let url = format!("{}{}", self.base, paths::raft(&net.region, rpc));
         let resp = net
             .http
@@ -99,6 +109,8 @@ impl PeerClient {
             .header(auth::REPLICA_KEY, signed.key.0.as_str())
             .header(auth::TIMESTAMP, signed.timestamp_ms.to_string())
             .header(auth::SIGNATURE, signed.signature.as_str())
+            .header(auth::SEQUENCE, signed.sequence.to_string())
+            .header(auth::BODY_DIGEST, signed.body_digest.as_str())
             .header(auth::VOUCH, signed.vouch.as_str())
             .body(body)
             .send()
