@@ -239,21 +239,26 @@ pub enum LogsRefused {
     Unknown(String),
 }
 
-/// How far a logs request's time may be from the node's clock.
-const LOGS_SKEW_MS: u64 = 5 * 60 * 1000;
-
 impl AgentHandle {
-    /// The output of the request's instance, by component, once the request is checked: signed
-    /// by the key it names, recently, and that key owns the app.
-    pub fn logs(&self, request: &model::api::LogsRequest) -> Result<BTreeMap<String, LogBuffer>, LogsRefused> {
+    /// The output of `instance`, by component, once the request for it is checked: signed by
+    /// the key it names, recently, and that key owns the app. (The caller checks that the
+    /// signed path names `instance`, and that the nonce is new.)
+    pub fn logs(
+        &self,
+        instance: &str,
+        request: &model::api::LogsRequest,
+    ) -> Result<BTreeMap<String, LogBuffer>, LogsRefused> {
         request.verify().map_err(LogsRefused::Unauthenticated)?;
-        if now_ms().abs_diff(request.at_ms) > LOGS_SKEW_MS {
-            return Err(LogsRefused::Unauthenticated("the request is more than 5 minutes old (or ahead)".into()));
+        let skew = model::api::LogsRequest::MAX_SKEW_MS;
+        if now_ms().abs_diff(request.at_ms) > skew {
+            return Err(LogsRefused::Unauthenticated(format!(
+                "the request was signed more than {} s from this node's clock",
+                skew / 1000
+            )));
         }
         let table = self.instances.lock();
-        let instance = table
-            .get(&request.instance)
-            .ok_or_else(|| LogsRefused::Unknown(format!("this node does not run {}", request.instance)))?;
+        let instance =
+            table.get(instance).ok_or_else(|| LogsRefused::Unknown(format!("this node does not run {instance}")))?;
         if instance.assignment.owner.as_ref() != Some(&request.owner) {
             return Err(LogsRefused::NotOwner);
         }

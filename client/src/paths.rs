@@ -61,6 +61,10 @@ pub const NODE_CORDON_ROUTE: &str = "/v1/nodes/{id}/cordon";
 pub const NODE_UNCORDON_ROUTE: &str = "/v1/nodes/{id}/uncordon";
 /// Raft RPCs between replicas: `append`, `vote`, `snapshot`, `read-index`, `timeout-now`.
 pub const RAFT_ROUTE: &str = "/raft/{region}/{rpc}";
+/// On a node's API: an instance's output, to its app's owner.
+pub const NODE_LOGS_ROUTE: &str = "/v1/logs/{instance}";
+/// On a node's API: whether it serves.
+pub const NODE_HEALTHZ: &str = "/healthz";
 
 /// Percent-encodes one path segment, so that a name from a user can never change the path.
 pub fn segment(text: &str) -> String {
@@ -124,6 +128,10 @@ pub fn shard(route: &str, region: &str) -> String {
 /// `/v1/nodes/{id}/cordon` and `/uncordon`.
 pub fn node(route: &str, id: &str) -> String {
     fill(route, &[("id", id)])
+}
+/// `/v1/logs/{instance}` on a node's API.
+pub fn node_logs(instance: &str) -> String {
+    fill(NODE_LOGS_ROUTE, &[("instance", instance)])
 }
 /// `/raft/{region}/{rpc}`.
 pub fn raft(region: &str, rpc: &str) -> String {

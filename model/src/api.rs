@@ -50,15 +50,18 @@ pub struct ChainTip {
 pub fn status_of(code: &str) -> u16 {
     match code {
         "bad_request" | "invalid_spec" | "invalid_node" | "invalid_announce" | "invalid_transfer"
-        | "missing_module" | "bad_block" | "bad_endpoint" | "invalid_module" | "bad_nonce" | "invalid_secret" => 400,
+        | "missing_module" | "bad_block" | "bad_endpoint" | "invalid_module" | "bad_nonce" | "invalid_secret"
+        | "invalid_archive" | "invalid_blob" => 400,
         "bad_signature" | "unauthorized" => 401,
-        "underpaid" | "insufficient_funds" => 402,
-        "forbidden" => 403,
+        "underpaid" | "insufficient_funds" | "payment_required" => 402,
+        "forbidden" | "quota_exceeded" => 403,
         "not_found" => 404,
         "timeout" => 408,
         "conflict" | "stale_nonce" | "other_chain" | "rejected" | "not_caught_up" => 409,
         "method_not_allowed" => 405,
+        "length_required" => 411,
         "payload_too_large" => 413,
+        "too_many_requests" => 429,
         "unsupported_media_type" => 415,
         "infeasible" => 422,
         "wrong_region" => 421,
@@ -639,12 +642,20 @@ pub struct Assignment {
 
 /// A request for an instance's logs, signed by its app's owner and sent to the node that runs
 /// it (`GET /v1/logs/{instance}` on the node's API). Nodes answer only the owner.
+///
+/// The signature covers the method, the path and query exactly as sent, the time and a random
+/// nonce, so a captured request can be neither replayed (the node remembers the nonces of its
+/// [`LogsRequest::MAX_SKEW_MS`] window) nor reused with another query.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogsRequest {
-    /// `app@node`.
-    pub instance: String,
-    /// When it was signed, ms since the epoch; a node refuses one more than 5 minutes off.
+    /// The HTTP method, `GET`.
+    pub method: String,
+    /// The path and query as sent, e.g. `/v1/logs/hello%40eu-1?follow=true`.
+    pub path_and_query: String,
+    /// When it was signed, ms since the epoch.
     pub at_ms: u64,
+    /// 16 random bytes, hex: a node answers each nonce once.
+    pub nonce: String,
     /// The owner's key.
     pub owner: PublicKeyHex,
     /// ed25519 over [`LogsRequest::signing_bytes`], hex.
@@ -656,27 +667,34 @@ impl LogsRequest {
     pub const OWNER_HEADER: &'static str = "x-fluxplane-owner";
     /// The header carrying `at_ms`.
     pub const AT_HEADER: &'static str = "x-fluxplane-at-ms";
+    /// The header carrying `nonce`.
+    pub const NONCE_HEADER: &'static str = "x-fluxplane-nonce";
     /// The header carrying `signature`.
     pub const SIGNATURE_HEADER: &'static str = "x-fluxplane-signature";
+    /// How far a request's time may be from the node's clock.
+    pub const MAX_SKEW_MS: u64 = 30_000;
 
-    /// The bytes signed: a domain tag, the instance and the time.
-    pub fn signing_bytes(instance: &str, at_ms: u64) -> Vec<u8> {
-        format!("fluxplane-logs-v1\n{instance}\n{at_ms}").into_bytes()
+    /// The bytes signed: a domain tag, the method, path and query, the time and the nonce.
+    pub fn signing_bytes(method: &str, path_and_query: &str, at_ms: u64, nonce: &str) -> Vec<u8> {
+        format!("fluxplane-logs-v2\n{method}\n{path_and_query}\n{at_ms}\n{nonce}").into_bytes()
     }
 
-    /// A request for `instance`'s logs, signed now by `key`.
-    pub fn sign(instance: &str, at_ms: u64, key: &crate::keys::Keypair) -> LogsRequest {
-        LogsRequest {
-            instance: instance.to_string(),
-            at_ms,
-            owner: key.public(),
-            signature: key.sign_hex(&Self::signing_bytes(instance, at_ms)),
-        }
+    /// A `GET` of `path_and_query`, signed by `key` at `at_ms` with a fresh nonce.
+    pub fn sign(path_and_query: &str, at_ms: u64, key: &crate::keys::Keypair) -> LogsRequest {
+        let nonce = hex::encode(rand::random::<[u8; 16]>());
+        let method = "GET".to_string();
+        let signature = key.sign_hex(&Self::signing_bytes(&method, path_and_query, at_ms, &nonce));
+        LogsRequest { method, path_and_query: path_and_query.to_string(), at_ms, nonce, owner: key.public(), signature }
     }
 
-    /// Checks the signature (not who signed: the node compares `owner` with the app's).
+    /// Checks the signature and that the nonce is one (not who signed: the node compares
+    /// `owner` with the app's, nor the time: the node compares it with its clock).
     pub fn verify(&self) -> Result<(), String> {
-        crate::keys::verify_hex(&self.owner, &Self::signing_bytes(&self.instance, self.at_ms), &self.signature)
+        if self.nonce.len() != 32 || !self.nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("{} must be 16 random bytes in hex", Self::NONCE_HEADER));
+        }
+        let bytes = Self::signing_bytes(&self.method, &self.path_and_query, self.at_ms, &self.nonce);
+        crate::keys::verify_hex(&self.owner, &bytes, &self.signature)
     }
 }
 

@@ -139,14 +139,16 @@ fn a_flux_v8_container_app_is_served_and_removed_without_a_trace() {
         let instance = &view.placements[0];
         nodes.into_iter().find(|n| n.id == instance.node)?.api.map(|a| (a, instance.id.clone()))
     });
-    let url = format!("http://{}/v1/logs/{}", node_api.0, node_api.1);
+    let path = client::paths::node_logs(&node_api.1);
+    let url = format!("http://{}{path}", node_api.0);
     let http = reqwest::blocking::Client::new();
     assert_eq!(http.get(&url).send().expect("answer").status().as_u16(), 401);
-    let stranger = model::api::LogsRequest::sign(&node_api.1, chain::now_ms(), &model::keys::Keypair::generate());
+    let stranger = model::api::LogsRequest::sign(&path, chain::now_ms(), &model::keys::Keypair::generate());
     let resp = http
         .get(&url)
         .header(model::api::LogsRequest::OWNER_HEADER, stranger.owner.0.as_str())
         .header(model::api::LogsRequest::AT_HEADER, stranger.at_ms.to_string())
+        .header(model::api::LogsRequest::NONCE_HEADER, stranger.nonce.as_str())
         .header(model::api::LogsRequest::SIGNATURE_HEADER, stranger.signature.as_str())
         .send()
         .expect("answer");

@@ -694,3 +694,163 @@ fn a_garbled_chain_store_stops_the_chain_with_its_name() {
         assert!(!output.contains("panicked"), "a panic, not an error:\n{output}");
     }
 }
+
+/// A signed logs request to `node_api` for `path_and_query`, signed by `key`, with its headers.
+fn signed_logs_get(
+    http: &reqwest::blocking::Client,
+    node_api: &str,
+    path_and_query: &str,
+    key: &Keypair,
+) -> reqwest::blocking::RequestBuilder {
+    let request = model::api::LogsRequest::sign(path_and_query, chain::now_ms(), key);
+    with_logs_headers(http.get(format!("http://{node_api}{path_and_query}")), &request)
+}
+
+fn with_logs_headers(
+    builder: reqwest::blocking::RequestBuilder,
+    request: &model::api::LogsRequest,
+) -> reqwest::blocking::RequestBuilder {
+    use model::api::LogsRequest as L;
+    builder
+        .header(L::OWNER_HEADER, request.owner.0.as_str())
+        .header(L::AT_HEADER, request.at_ms.to_string())
+        .header(L::NONCE_HEADER, request.nonce.as_str())
+        .header(L::SIGNATURE_HEADER, request.signature.as_str())
+}
+
+/// The JSON error code of a node API answer.
+fn error_code(resp: reqwest::blocking::Response) -> String {
+    let body: serde_json::Value = resp.json().expect("a JSON error body");
+    body["error"]["code"].as_str().unwrap_or_default().to_string()
+}
+
+/// A captured logs request is answered once: replayed, or sent with another query, it gets
+/// 401. An app holds at most eight follow streams on a node; the ninth gets a JSON 429, and a
+/// closed stream gives its place back.
+#[test]
+fn a_logs_request_is_answered_once_and_follow_streams_are_bounded() {
+    let cloud = Cloud::with_regions(&[(REGION, 1)]);
+    cloud.deploy_hello_as("name = \"hello\"\ninstances = 1\n[[component]]\nname = \"web\"\nwasm = \"hello.wasm\"\n");
+    let c = &cloud.cluster;
+    let (node_api, instance) = eventually_value(Duration::from_secs(10), "the node's API and the instance", || {
+        let nodes: Vec<model::api::NodeView> =
+            serde_json::from_slice(&c.fluxctl(&["--output", "json", "node", "list"]).stdout).ok()?;
+        let app: model::api::AppView =
+            serde_json::from_slice(&c.fluxctl(&["--output", "json", "app", "status", "hello"]).stdout).ok()?;
+        let placed = app.placements.first()?;
+        Some((nodes.into_iter().find(|n| n.id == placed.node)?.api?, placed.id.clone()))
+    });
+    let owner = c.wallet();
+    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+    let path = format!("{}?tail=5", client::paths::node_logs(&instance));
+
+    let request = model::api::LogsRequest::sign(&path, chain::now_ms(), &owner);
+    let first = with_logs_headers(http.get(format!("http://{node_api}{path}")), &request).send().expect("answer");
+    assert_eq!(first.status(), 200, "{}", first.text().unwrap_or_default());
+    let replay = with_logs_headers(http.get(format!("http://{node_api}{path}")), &request).send().expect("answer");
+    assert_eq!(replay.status(), 401);
+    assert_eq!(error_code(replay), "unauthorized");
+    // The same signature on another query (a follow stream, say).
+    let other = format!("{}?follow=true", client::paths::node_logs(&instance));
+    let fresh = model::api::LogsRequest::sign(&path, chain::now_ms(), &owner);
+    let moved = with_logs_headers(http.get(format!("http://{node_api}{other}")), &fresh).send().expect("answer");
+    assert_eq!(moved.status(), 401);
+    // A request signed long ago.
+    let old = model::api::LogsRequest::sign(&path, chain::now_ms() - 60_000, &owner);
+    let stale = with_logs_headers(http.get(format!("http://{node_api}{path}")), &old).send().expect("answer");
+    assert_eq!(stale.status(), 401);
+
+    // Eight follow streams are held open; the ninth is refused.
+    let streaming = reqwest::blocking::Client::builder().build().expect("client");
+    let mut open: Vec<reqwest::blocking::Response> = (0..8)
+        .map(|i| {
+            let resp = signed_logs_get(&streaming, &node_api, &other, &owner).send().expect("answer");
+            assert_eq!(resp.status(), 200, "follow stream {i}");
+            resp
+        })
+        .collect();
+    let ninth = signed_logs_get(&http, &node_api, &other, &owner).send().expect("answer");
+    assert_eq!(ninth.status(), 429);
+    assert_eq!(error_code(ninth), "too_many_requests");
+    // A stream the client closes gives its place back.
+    drop(open.pop());
+    eventually(Duration::from_secs(10), "a closed follow stream's place is free", || {
+        let resp = signed_logs_get(&streaming, &node_api, &other, &owner).send().expect("answer");
+        let ok = resp.status() == 200;
+        if ok {
+            open.push(resp);
+        }
+        ok
+    });
+}
+
+/// The answer's status and JSON error code.
+fn status_and_code(resp: reqwest::blocking::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().unwrap_or_default();
+    (status, body["error"]["code"].as_str().unwrap_or_default().to_string())
+}
+
+/// Nobody stores bytes for free: an unsigned upload gets 401 before its body is read, an
+/// unfunded key's 402, an unpaid one 402, and a tar that only names a `manifest.json` is
+/// refused as `invalid_archive` (400). A paid blob that no app refers to is removed from every
+/// replica once its grace period (3 s here) runs out; one an app refers to stays.
+#[test]
+fn uploads_are_signed_paid_for_checked_and_collected() {
+    let config = format!("{TEST_CONFIG}[chain]\nblob_grace = \"3s\"\n");
+    let c = Cluster::start(&Loopback, &[1, 2, 3], &[1, 2, 3], &config);
+    c.wait_leader(Duration::from_secs(10));
+    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+    let url = c.replicas[&1].url.clone();
+    let wallet = c.wallet();
+    let junk = model::tar::build(&[("manifest.json", b"\x8f\x01 random bytes, not JSON"), ("layer", &[7u8; 4096])]);
+    let junk_hash = blake3::hash(&junk).to_hex().to_string();
+
+    // Unsigned: refused from the headers.
+    let resp = http.put(format!("{url}/v1/blobs/{junk_hash}")).body(junk.clone()).send().expect("answer");
+    assert_eq!(status_and_code(resp), (401, "unauthorized".to_string()));
+    // Signed by a key with no funds.
+    let stranger = Keypair::generate();
+    let resp = signed_upload(&http, &url, &stranger, &junk).send().expect("answer");
+    assert_eq!(status_and_code(resp), (402, "insufficient_funds".to_string()));
+    // Signed by a funded key that has not paid.
+    let resp = signed_upload(&http, &url, &wallet, &junk).send().expect("answer");
+    assert_eq!(status_and_code(resp), (402, "payment_required".to_string()));
+
+    // Paid: the junk tar is read and refused as an archive; nothing is stored.
+    let pay = |bytes: &[u8]| {
+        let payment =
+            model::chain::BlobPayment { hash: blake3::hash(bytes).to_hex().to_string(), size: bytes.len() as u64 };
+        c.submit_applied(&[1, 2, 3], &wallet, Tx::BlobUpload { blobs: vec![payment] }).expect("paid");
+    };
+    pay(&junk);
+    let resp = signed_upload(&http, &url, &wallet, &junk).send().expect("answer");
+    assert_eq!(status_and_code(resp), (400, "invalid_archive".to_string()));
+    let stored = |id: u64, hash: &str| {
+        http.get(format!("{}/v1/blobs/{hash}?local=true", c.replicas[&id].url))
+            .send()
+            .is_ok_and(|r| r.status().is_success())
+    };
+    assert!(!stored(1, &junk_hash));
+
+    // A paid module no app refers to is stored, then removed everywhere after the grace.
+    let module = std::fs::read(repo().join("tests/guests/misbehave/misbehave.wasm")).expect("wasm");
+    let module_hash = blake3::hash(&module).to_hex().to_string();
+    pay(&module);
+    let resp = signed_upload(&http, &url, &wallet, &module).send().expect("answer");
+    assert_eq!(resp.status(), 204, "{}", resp.text().unwrap_or_default());
+    assert!([1, 2, 3].iter().filter(|id| stored(**id, &module_hash)).count() >= 2, "held by a majority");
+    // One an app refers to stays.
+    let hello = c.upload_module();
+    c.node_on_chain("eu-keeper");
+    let spec = app_spec("keeper", &hello, 1);
+    c.submit_applied(&[1, 2, 3], &wallet, Tx::AppRegister { payment: model::price::app_price(&spec), spec })
+        .expect("registered");
+    eventually(Duration::from_secs(30), "the unreferenced module is removed from every replica", || {
+        [1, 2, 3].iter().all(|id| !stored(*id, &module_hash))
+    });
+    assert!([1, 2, 3].iter().all(|id| stored(*id, &hello)), "a module an app refers to was removed");
+    // Its payment has expired too: uploading it again needs a new one.
+    let resp = signed_upload(&http, &url, &wallet, &module).send().expect("answer");
+    assert_eq!(status_and_code(resp), (402, "payment_required".to_string()));
+}

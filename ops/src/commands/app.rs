@@ -604,17 +604,20 @@ async fn logs(
             eprintln!("{}: node {} has not said where its API is (is it up?)", p.id, p.node);
             continue;
         };
-        let request = model::api::LogsRequest::sign(&p.id, now_ms, &key);
-        let mut url = format!("http://{node_api}/v1/logs/{}?since_ms={since_ms}&follow={follow}", p.id);
+        let mut path = format!("{}?since_ms={since_ms}&follow={follow}", client::paths::node_logs(&p.id));
         if let Some(n) = tail {
-            url.push_str(&format!("&tail={n}"));
+            path.push_str(&format!("&tail={n}"));
         }
+        // Signed as sent: the node checks the signature over this path and query.
+        let request = model::api::LogsRequest::sign(&path, now_ms, &key);
+        let url = format!("http://{node_api}{path}");
         let (http, tx, id) = (http.clone(), lines_tx.clone(), p.id.clone());
         readers.push(tokio::spawn(async move {
             let sent = http
                 .get(&url)
                 .header(model::api::LogsRequest::OWNER_HEADER, request.owner.0.as_str())
                 .header(model::api::LogsRequest::AT_HEADER, request.at_ms.to_string())
+                .header(model::api::LogsRequest::NONCE_HEADER, request.nonce.as_str())
                 .header(model::api::LogsRequest::SIGNATURE_HEADER, request.signature.as_str())
                 .send()
                 .await;
@@ -622,7 +625,10 @@ async fn logs(
                 Ok(r) if r.status().is_success() => r,
                 Ok(r) => {
                     let status = r.status();
-                    eprintln!("{id}: the node answered {status}: {}", r.text().await.unwrap_or_default().trim());
+                    let text = r.text().await.unwrap_or_default();
+                    let why = serde_json::from_str::<model::api::ErrorBody>(&text)
+                        .map_or_else(|_| text.trim().to_string(), |e| e.error.message);
+                    eprintln!("{id}: the node answered {status}: {why}");
                     return;
                 }
                 Err(e) => {
