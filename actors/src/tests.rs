@@ -141,10 +141,13 @@ async fn at_1500_nodes_the_loop_places_every_instance_and_a_node_down_reconciles
             country: "DE".into(),
             geo: model::geo::GeoPoint { lat: 50.1, lon: 8.7 },
             tier: model::tier::Tier::Cumulus,
+            // Each its own loopback address: a node's address and ports are its own.
+            address: std::net::Ipv4Addr::new(127, 1 + (i >> 16) as u8, (i >> 8) as u8, i as u8).into(),
+            instance_ports: model::chain::PortRange::DEFAULT,
         })
         .collect();
     let funds = 100_000_000 * model::tier::FLUX;
-    let genesis = chain::funded_genesis(&wallet, &nodes, funds, 0);
+    let genesis = chain::funded_genesis(&wallet, &nodes, funds, None, 0);
     let devnet = Devnet::open(&dir.path().join("chain.redb"), || genesis).expect("devnet");
     let wasm = format!("blake3:{}", "ab".repeat(32));
     for a in 0..APPS {

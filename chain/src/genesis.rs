@@ -54,16 +54,24 @@ pub fn dev_node_key(wallet: &Keypair, node_id: &str) -> Keypair {
 /// Block 0: fund `wallet` with 1,000,000 FLUX, make it the control operator, and start `nodes`
 /// with its collateral.
 pub fn dev_genesis(wallet: &Keypair, nodes: &[DevNode], time_ms: u64) -> Block {
-    funded_genesis(wallet, nodes, 1_000_000 * FLUX, time_ms)
+    funded_genesis(wallet, nodes, 1_000_000 * FLUX, None, time_ms)
 }
 
 /// [`dev_genesis`] with `allocation` (in the chain's smallest unit) for `wallet`: big clouds
-/// for scale tests need more than a million FLUX of collateral.
-pub fn funded_genesis(wallet: &Keypair, nodes: &[DevNode], allocation: u64, time_ms: u64) -> Block {
+/// for scale tests need more than a million FLUX of collateral. `blob_rules` (None: the
+/// defaults) set how long unreferenced uploads are kept and how many bytes a key may hold.
+pub fn funded_genesis(
+    wallet: &Keypair,
+    nodes: &[DevNode],
+    allocation: u64,
+    blob_rules: Option<model::chain::BlobRules>,
+    time_ms: u64,
+) -> Block {
     let genesis = Genesis {
         regions: default_regions(),
         allocations: vec![(wallet.public(), allocation)],
         control_operators: vec![wallet.public()],
+        blob_rules,
     };
     let txs = nodes
         .iter()

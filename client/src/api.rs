@@ -132,28 +132,46 @@ impl Client {
 
     // === modules ===
 
-    /// Uploads a module under its blake3 hash; idempotent. The replica answers once a majority
-    /// of its region's replicas hold it.
-    pub async fn put_blob(&self, hash: &str, bytes: Vec<u8>) -> Result<(), ClientError> {
-        self.put_blob_with(hash, bytes, false).await
+    /// Uploads a blob (a module or an image archive) whose payment the chain records, signed
+    /// by its payer; idempotent. The replica answers once a majority of its region's replicas
+    /// hold it.
+    pub async fn put_blob(&self, upload: &model::api::SignedUpload, bytes: Vec<u8>) -> Result<(), ClientError> {
+        self.put_blob_with(upload, bytes, false).await
     }
 
-    /// Stores a module on the answering replica only: how a replica hands an upload to its peers.
-    pub async fn put_blob_local(&self, hash: &str, bytes: Vec<u8>) -> Result<(), ClientError> {
-        self.put_blob_with(hash, bytes, true).await
+    /// Stores a blob on the answering replica only: how a replica hands an upload to its peers,
+    /// with the uploader's signed headers.
+    pub async fn put_blob_local(&self, upload: &model::api::SignedUpload, bytes: Vec<u8>) -> Result<(), ClientError> {
+        self.put_blob_with(upload, bytes, true).await
     }
 
-    async fn put_blob_with(&self, hash: &str, bytes: Vec<u8>, local: bool) -> Result<(), ClientError> {
+    async fn put_blob_with(
+        &self,
+        upload: &model::api::SignedUpload,
+        bytes: Vec<u8>,
+        local: bool,
+    ) -> Result<(), ClientError> {
+        use model::api::SignedUpload as U;
         let call = Call {
             method: Method::PUT,
-            path: paths::blob(hash),
+            path: paths::blob(&upload.hash),
             query: if local { vec![("local", "true".into())] } else { Vec::new() },
             body: Some((Bytes::from(bytes), "application/octet-stream")),
             timeout: Some(Duration::from_secs(120)),
             // Content-addressed: storing the same bytes twice is harmless.
             retry: Retry::Always,
+            headers: vec![
+                (U::UPLOADER_HEADER, upload.uploader.0.clone()),
+                (U::AT_HEADER, upload.at_ms.to_string()),
+                (U::SIGNATURE_HEADER, upload.signature.clone()),
+            ],
         };
         self.send(call).await.map(|_| ())
+    }
+
+    /// Whether a blob is stored, and whose payment the chain records for it.
+    pub async fn blob_status(&self, hash: &str) -> Result<model::api::BlobStatus, ClientError> {
+        self.json(Call::get(paths::blob_status(hash))).await
     }
 
     /// Downloads a module.

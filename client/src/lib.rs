@@ -11,6 +11,7 @@
 //! Depends on `model` only, so any role can link it without the control plane.
 
 mod api;
+pub mod blobs;
 mod error;
 pub mod paths;
 mod transport;

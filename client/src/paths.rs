@@ -31,6 +31,8 @@ pub const CHAIN_TIP: &str = "/v1/chain/tip";
 pub const BLOCK_ROUTE: &str = "/v1/chain/blocks/{height}";
 /// One module.
 pub const BLOB_ROUTE: &str = "/v1/blobs/{hash}";
+/// Whether a blob is stored, and who paid for it.
+pub const BLOB_STATUS_ROUTE: &str = "/v1/blobs/{hash}/status";
 /// Node agent heartbeats.
 pub const HEARTBEAT: &str = "/v1/agent/heartbeat";
 /// A region's routing feed.
@@ -111,6 +113,10 @@ pub fn block(height: u64) -> String {
 /// `/v1/blobs/{hash}`.
 pub fn blob(hash: &str) -> String {
     fill(BLOB_ROUTE, &[("hash", hash)])
+}
+/// `/v1/blobs/{hash}/status`.
+pub fn blob_status(hash: &str) -> String {
+    fill(BLOB_STATUS_ROUTE, &[("hash", hash)])
 }
 /// `/v1/events/{region}`.
 pub fn events(region: &str) -> String {

@@ -68,6 +68,8 @@ pub(crate) struct Call {
     pub(crate) body: Option<(Bytes, &'static str)>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) retry: Retry,
+    /// More headers (a signed upload's).
+    pub(crate) headers: Vec<(&'static str, String)>,
 }
 
 impl Call {
@@ -79,6 +81,7 @@ impl Call {
             body: None,
             timeout: None,
             retry: Retry::Always,
+            headers: Vec::new(),
         }
     }
 
@@ -91,6 +94,7 @@ impl Call {
             body: Some((Bytes::from(bytes), "application/json")),
             timeout: None,
             retry: Retry::BeforeSent,
+            headers: Vec::new(),
         })
     }
 
@@ -263,6 +267,9 @@ impl Client {
             }
             if let Some(token) = &self.inner.admin_token {
                 req = req.header(ADMIN_TOKEN_HEADER, token);
+            }
+            for (name, value) in &call.headers {
+                req = req.header(*name, value);
             }
             let resp = match req.send().await {
                 Ok(resp) => resp,

@@ -196,6 +196,31 @@ impl BlobStore {
     pub fn contains(&self, hash: &str) -> bool {
         self.path(hash).is_ok_and(|p| p.exists())
     }
+
+    /// Removes every stored blob whose hash `keep` refuses, and uploads left half-written for
+    /// over an hour; returns how many blobs went.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) -> std::io::Result<usize> {
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.contains(".partial-") {
+                let old = entry.metadata()?.modified()?.elapsed().is_ok_and(|age| age.as_secs() > 3600);
+                if old {
+                    std::fs::remove_file(entry.path())?;
+                }
+                continue;
+            }
+            if name.len() == 64 && !keep(&name) {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(removed)
+    }
 }
 
 #[cfg(test)]

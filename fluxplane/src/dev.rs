@@ -236,7 +236,7 @@ async fn deploy_demo(api_url: &str, wallet: &Keypair) -> anyhow::Result<()> {
     }
     let mut spec = model::AppSpec::from_toml(HELLO_MANIFEST).map_err(|e| anyhow::anyhow!("{e}"))?;
     let hash = blake3::hash(HELLO_WASM).to_hex().to_string();
-    api.put_blob(&hash, HELLO_WASM.to_vec()).await?;
+    client::blobs::publish(&api, wallet, &[(hash.clone(), HELLO_WASM.to_vec())]).await?;
     for c in &mut spec.components {
         c.workload = model::spec::Workload::Wasm(format!("{}{hash}", model::spec::BLAKE3_PREFIX));
     }

@@ -330,6 +330,95 @@ pub struct AppCheck {
     pub owner: Option<crate::keys::PublicKeyHex>,
 }
 
+/// The headers of a blob upload (`PUT /v1/blobs/{hash}`): who uploads, when, and their
+/// signature over the hash and size. A replica checks them, and that the chain records this key's
+/// payment for this blob and size, before it reads a byte of the body. The same headers travel
+/// with the copies replicas hand each other, so each copy is checked alike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedUpload {
+    /// The uploader's key: the blob's payer.
+    pub uploader: PublicKeyHex,
+    /// blake3 of the bytes, hex.
+    pub hash: String,
+    /// Length of the bytes.
+    pub size: u64,
+    /// When it was signed, ms since the epoch.
+    pub at_ms: u64,
+    /// ed25519 over [`SignedUpload::signing_bytes`], hex.
+    pub signature: String,
+}
+
+impl SignedUpload {
+    /// The header carrying `uploader`.
+    pub const UPLOADER_HEADER: &'static str = "x-fluxplane-uploader";
+    /// The header carrying `at_ms`.
+    pub const AT_HEADER: &'static str = "x-fluxplane-at-ms";
+    /// The header carrying `signature`.
+    pub const SIGNATURE_HEADER: &'static str = "x-fluxplane-signature";
+    /// How far an upload's time may be from the replica's clock: uploads of large archives
+    /// may wait for a place, and a replay can only store the same paid bytes again.
+    pub const MAX_SKEW_MS: u64 = 10 * 60 * 1000;
+
+    /// The bytes signed: a domain tag, the hash, the size and the time.
+    pub fn signing_bytes(hash: &str, size: u64, at_ms: u64) -> Vec<u8> {
+        format!("fluxplane-upload-v1\n{hash}\n{size}\n{at_ms}").into_bytes()
+    }
+
+    /// An upload of `size` bytes hashing to `hash`, signed now by `key`.
+    pub fn sign(hash: &str, size: u64, at_ms: u64, key: &crate::keys::Keypair) -> SignedUpload {
+        let signature = key.sign_hex(&Self::signing_bytes(hash, size, at_ms));
+        SignedUpload { uploader: key.public(), hash: hash.to_string(), size, at_ms, signature }
+    }
+
+    /// Checks the signature.
+    pub fn verify(&self) -> Result<(), String> {
+        crate::keys::verify_hex(&self.uploader, &Self::signing_bytes(&self.hash, self.size, self.at_ms), &self.signature)
+    }
+}
+
+/// A node's answer to the shard leader's challenge on its advertised address
+/// (`GET /v1/address-proof?node=ID&nonce=HEX` on the node's API): proof that the node holding
+/// the registered node key answers there. A node that cannot prove its address gets no work, so
+/// a node cannot claim an address that is not its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressProof {
+    /// The node that answers.
+    pub node: String,
+    /// ed25519 by the node key over [`AddressProof::signing_bytes`], hex.
+    pub signature: String,
+}
+
+impl AddressProof {
+    /// The bytes signed: a domain tag, the node, the address the challenge was sent to, and
+    /// the challenge's nonce.
+    pub fn signing_bytes(node: &str, api: &str, nonce: &str) -> Vec<u8> {
+        format!("fluxplane-address-proof-v1\n{node}\n{api}\n{nonce}").into_bytes()
+    }
+
+    /// The answer of `node`, reached at `api`, to `nonce`.
+    pub fn sign(node: &str, api: &str, nonce: &str, key: &crate::keys::Keypair) -> AddressProof {
+        AddressProof { node: node.to_string(), signature: key.sign_hex(&Self::signing_bytes(node, api, nonce)) }
+    }
+
+    /// Checks the answer against the registered node key.
+    pub fn verify(&self, api: &str, nonce: &str, key: &PublicKeyHex) -> Result<(), String> {
+        crate::keys::verify_hex(key, &Self::signing_bytes(&self.node, api, nonce), &self.signature)
+    }
+}
+
+/// `GET /v1/blobs/{hash}/status`: whether a blob is stored, and who paid for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobStatus {
+    /// Whether the answering replica holds it (or fetched it from a peer to answer).
+    pub stored: bool,
+    /// The key whose payment the chain records, while it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paid_by: Option<PublicKeyHex>,
+    /// The paid size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
 /// `GET /v1/wallets/{address}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WalletView {

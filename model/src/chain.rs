@@ -210,6 +210,12 @@ pub enum Tx {
         /// Amount in the smallest unit.
         amount: u64,
     },
+    /// Pay to store blobs (modules, image archives) on the control replicas: a fee per started
+    /// megabyte of each, burned. A replica takes the upload of a paid blob from its payer only.
+    BlobUpload {
+        /// The blobs paid for.
+        blobs: Vec<BlobPayment>,
+    },
     /// Publish where one replica of a region's shard serves the API, so that gateways, agents and
     /// `fluxctl` can find every region from any one control URL. Only a control operator named
     /// in genesis may sign it.
@@ -232,6 +238,7 @@ impl Tx {
             Tx::AppUpdate { .. } => "app_update",
             Tx::AppRemove { .. } => "app_remove",
             Tx::Transfer { .. } => "transfer",
+            Tx::BlobUpload { .. } => "blob_upload",
             Tx::ControlAnnounce { .. } => "control_announce",
         }
     }
@@ -314,6 +321,10 @@ pub struct Genesis {
     /// Keys allowed to publish control replicas in the region directory.
     #[serde(default)]
     pub control_operators: Vec<PublicKeyHex>,
+    /// Blob storage parameters; absent means [`BlobRules::default`] (and keeps the hash of a
+    /// genesis made before they existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob_rules: Option<BlobRules>,
 }
 
 /// A block.
@@ -453,6 +464,22 @@ pub enum TxError {
     /// A transfer names no valid receiver.
     #[error("invalid transfer: {0}")]
     InvalidTransfer(String),
+    /// A blob payment is malformed.
+    #[error("invalid blob payment: {0}")]
+    InvalidBlob(String),
+    /// The payment would take the signer past its quota of bytes no app refers to.
+    #[error(
+        "blob quota: the key holds {held} bytes no app refers to and asks for {asked} more; at most {quota} \
+         (deploy an app that uses them, or wait for them to expire)"
+    )]
+    BlobQuota {
+        /// Unreferenced bytes held.
+        held: u64,
+        /// Bytes asked for.
+        asked: u64,
+        /// The quota.
+        quota: u64,
+    },
 }
 
 impl TxError {
@@ -472,6 +499,8 @@ impl TxError {
             TxError::NotAuthorized(_) => "forbidden",
             TxError::InvalidAnnounce(_) => "invalid_announce",
             TxError::InvalidTransfer(_) => "invalid_transfer",
+            TxError::InvalidBlob(_) => "invalid_blob",
+            TxError::BlobQuota { .. } => "quota_exceeded",
         }
     }
 }
@@ -537,6 +566,15 @@ pub struct ChainState {
     /// The region directory: region -> replica id -> API URL.
     #[serde(default)]
     pub directory: BTreeMap<String, BTreeMap<u64, String>>,
+    /// The time of the last applied block (ms since the epoch).
+    #[serde(default)]
+    pub time_ms: u64,
+    /// Paid blobs by hash, kept while an app refers to them or in their grace period.
+    #[serde(default)]
+    pub blobs: BTreeMap<String, PaidBlob>,
+    /// Blob storage parameters, from genesis.
+    #[serde(default)]
+    pub blob_rules: BlobRules,
 }
 
 /// What applying one block did, transaction by transaction.
@@ -594,6 +632,7 @@ impl ChainState {
         {
             self.regions = genesis.regions.clone();
             self.control_operators = genesis.control_operators.clone();
+            self.blob_rules = genesis.blob_rules.unwrap_or_default();
             for (addr, amount) in &genesis.allocations {
                 *self.balances.entry(addr.clone()).or_default() += amount;
             }
@@ -601,6 +640,7 @@ impl ChainState {
         if block.height == 0 {
             self.genesis_hash = block.hash.clone();
         }
+        self.time_ms = block.time_ms;
         for stx in &block.txs {
             if let Err(e) = self.apply_tx(stx, block.height) {
                 outcome.rejected.push((stx.id(), e));
@@ -612,6 +652,7 @@ impl ChainState {
             self.apps.remove(name);
         }
         outcome.expired = expired;
+        self.expire_blobs(block.time_ms);
         self.height = Some(block.height);
         self.tip_hash = block.hash.clone();
         outcome
@@ -714,6 +755,11 @@ impl ChainState {
                 self.debit(signer, *amount, fee)?;
                 *self.balances.entry(to.clone()).or_default() += amount;
             }
+            Tx::BlobUpload { blobs } => {
+                let bytes_fee = self.check_blob_upload(signer, blobs)?;
+                self.debit(signer, bytes_fee, fee)?;
+                self.record_blobs(signer, blobs);
+            }
             Tx::ControlAnnounce { region, replica_id, api_url } => {
                 if !self.control_operators.contains(signer) {
                     return Err(TxError::NotAuthorized(format!(
@@ -775,6 +821,9 @@ fn check_payment(spec: &AppSpec, paid: u64) -> Result<(), TxError> {
     }
     Ok(())
 }
+
+mod blobs;
+pub use blobs::{BlobPayment, BlobRules, MAX_BLOB_BYTES, MAX_BLOBS_PER_TX, PaidBlob, is_blob_hash};
 
 #[cfg(test)]
 mod tests;

@@ -12,6 +12,15 @@ pub const MIN_TX_FEE: u64 = 10_000;
 /// The fee per started 1,000 bytes of a signed transaction, in the smallest unit (0.0001 FLUX).
 pub const FEE_PER_KB: u64 = 10_000;
 
+/// The fee per started megabyte (1,000,000 bytes) of a stored blob, in the smallest unit
+/// (0.001 FLUX): a 64 MB image archive costs 0.064 FLUX, and 300 MB of junk 0.3 FLUX.
+pub const FEE_PER_BLOB_MB: u64 = 100_000;
+
+/// The fee for storing a blob of `size` bytes, burned like transaction fees.
+pub fn blob_fee(size: u64) -> u64 {
+    size.div_ceil(1_000_000).saturating_mul(FEE_PER_BLOB_MB)
+}
+
 /// The fee for a signed transaction of `size` bytes (see `SignedTx::size`).
 pub fn tx_fee(size: usize) -> u64 {
     let kilobytes = (size as u64).div_ceil(1000);

@@ -16,6 +16,23 @@ pub const REGION: &str = "eu";
 /// The admin token of every cluster test.
 pub const TOKEN: &str = "cluster-test-admin-token";
 
+/// `PUT /v1/blobs/{hash}` of `bytes` to the replica at `url`, signed by `key`.
+pub fn signed_upload(
+    http: &reqwest::blocking::Client,
+    url: &str,
+    key: &Keypair,
+    bytes: &[u8],
+) -> reqwest::blocking::RequestBuilder {
+    use model::api::SignedUpload as U;
+    let hash = blake3::hash(bytes).to_hex().to_string();
+    let upload = U::sign(&hash, bytes.len() as u64, chain::now_ms(), key);
+    http.put(format!("{url}/v1/blobs/{hash}"))
+        .header(U::UPLOADER_HEADER, upload.uploader.0.as_str())
+        .header(U::AT_HEADER, upload.at_ms.to_string())
+        .header(U::SIGNATURE_HEADER, upload.signature.as_str())
+        .body(bytes.to_vec())
+}
+
 /// A child process, killed (SIGKILL) when dropped.
 pub struct Proc {
     child: Option<Child>,
@@ -198,7 +215,7 @@ impl Cluster {
             fluxplane(),
             &strings(&["chain", "--listen", &chain_addr, "--block-time", "100ms", "--data-dir"])
                 .into_iter()
-                .chain([chain_dir.display().to_string()])
+                .chain([chain_dir.display().to_string(), "--config".into(), config_path.display().to_string()])
                 .collect::<Vec<_>>(),
             dir.path().join("chain.log"),
         );
@@ -422,14 +439,18 @@ impl Cluster {
         out
     }
 
-    /// Uploads the hello module to every running replica.
+    /// Pays for the hello module with the genesis wallet and uploads it, signed.
     pub fn upload_module(&self) -> String {
         let wasm = std::fs::read(crate::util::repo().join("examples/hello/hello.wasm")).expect("hello.wasm");
         let hash = blake3::hash(&wasm).to_hex().to_string();
+        let wallet = self.wallet();
+        let payment = model::chain::BlobPayment { hash: hash.clone(), size: wasm.len() as u64 };
+        self.submit_applied(&self.running(), &wallet, Tx::BlobUpload { blobs: vec![payment] })
+            .expect("the module paid for");
         // Any member takes it and hands it to a majority of the region; non-members refuse.
         let mut refusals = Vec::new();
         for r in self.replicas.values().filter(|r| self.is_running(r.id)) {
-            let resp = self.http.put(format!("{}/v1/blobs/{hash}", r.url)).body(wasm.clone()).send().expect("upload");
+            let resp = signed_upload(&self.http, &r.url, &wallet, &wasm).send().expect("upload");
             if resp.status().is_success() {
                 return hash;
             }

@@ -511,7 +511,9 @@ fn an_uploaded_module_outlives_the_replica_that_took_it() {
     let wasm = std::fs::read(crate::util::repo().join("examples/hello/hello.wasm")).expect("hello.wasm");
     let hash = blake3::hash(&wasm).to_hex().to_string();
     let http = reqwest::blocking::Client::new();
-    let resp = http.put(format!("{}/v1/blobs/{hash}", c.replicas[&1].url)).body(wasm.clone()).send().expect("upload");
+    let payment = model::chain::BlobPayment { hash: hash.clone(), size: wasm.len() as u64 };
+    c.submit_applied(&[1, 2, 3], &c.wallet(), Tx::BlobUpload { blobs: vec![payment] }).expect("paid");
+    let resp = signed_upload(&http, &c.replicas[&1].url, &c.wallet(), &wasm).send().expect("upload");
     assert!(resp.status().is_success(), "upload: {}", resp.status());
     let holds = |id: u64| {
         http.get(format!("{}/v1/blobs/{hash}?local=true", c.replicas[&id].url))

@@ -854,3 +854,79 @@ fn uploads_are_signed_paid_for_checked_and_collected() {
     let resp = signed_upload(&http, &url, &wallet, &module).send().expect("answer");
     assert_eq!(status_and_code(resp), (402, "payment_required".to_string()));
 }
+
+/// A rogue cannot register another node's address and ports, nor ports that hold a control
+/// replica's listener; and a node that registered an address it does not answer on gets no work
+/// until the node key answers the leader's challenge there.
+#[test]
+fn a_node_cannot_take_another_address_and_gets_work_only_once_it_proves_its_own() {
+    let cloud = Cloud::with_regions(&[(REGION, 1)]);
+    let c = &cloud.cluster;
+    let control = c.replicas[&1].url.clone();
+    let replica_port: u16 = c.replicas[&1].addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    let nodes = || -> Vec<model::api::NodeView> {
+        serde_json::from_slice(&c.fluxctl(&["--output", "json", "node", "list"]).stdout).unwrap_or_default()
+    };
+    let honest = eventually_value(Duration::from_secs(30), "eu-n1 on chain", || {
+        nodes().into_iter().find(|n| n.id == "eu-n1").map(|n| (n.address, n.instance_ports))
+    });
+    let key = Keypair::generate();
+    let start = |address: std::net::IpAddr, instance_ports: PortRange| NodeStart {
+        node_id: "eu-rogue".into(),
+        collateral: Tier::Cumulus.collateral(),
+        region: REGION.into(),
+        continent: "EU".into(),
+        country: "DE".into(),
+        geo: model::GeoPoint { lat: 50.0, lon: 8.0 },
+        capabilities: vec![Capability::Wasm],
+        node_key: key.public(),
+        address,
+        instance_ports,
+    };
+    // eu-n1's own address and ports.
+    let refused = c.submit_applied(&[1], &c.wallet(), Tx::NodeStart(start(honest.0, honest.1)));
+    let err = refused.expect_err("another node's ports");
+    assert!(err.contains("overlap node `eu-n1`"), "{err}");
+    // Ports that hold the control replica's listener.
+    let first = replica_port.saturating_sub(10).max(1024);
+    let around = PortRange { first, last: first + 200 };
+    let loopback: std::net::IpAddr = std::net::Ipv4Addr::LOCALHOST.into();
+    let err = c.submit_applied(&[1], &c.wallet(), Tx::NodeStart(start(loopback, around))).expect_err("a replica's");
+    assert!(err.contains("control replica"), "{err}");
+
+    // An address of its own on chain, where it does not answer: no work.
+    let claimed: std::net::IpAddr = std::net::Ipv4Addr::new(127, 0, 0, 3).into();
+    c.submit_applied(&[1], &c.wallet(), Tx::NodeStart(start(claimed, PortRange::DEFAULT))).expect("on chain");
+    let dir = c.dir.path().join("two");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::copy(repo().join("examples/hello/hello.wasm"), dir.join("hello.wasm")).expect("wasm");
+    let manifest = "name = \"two\"\ninstances = 2\n[[component]]\nname = \"web\"\nwasm = \"hello.wasm\"\n";
+    std::fs::write(dir.join("fluxapp.toml"), manifest).expect("manifest");
+    let out = c.fluxctl(&["app", "deploy", &path_str(&dir.join("fluxapp.toml"))]);
+    assert!(out.status.success(), "deploy: {}", text(&out.stderr));
+    // Its beats name an API on 127.0.0.3 where nothing answers.
+    let silent = std::net::TcpListener::bind("127.0.0.3:0").expect("a port to name");
+    let nowhere = silent.local_addr().expect("addr").to_string();
+    drop(silent);
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        let (status, body) = beat_with_api(&control, "eu-rogue", &key, Vec::new(), Some(nowhere.clone()));
+        assert_eq!(status, 200, "{body}");
+        let assigned: Assignments = serde_json::from_str(&body).expect("assignments");
+        assert!(assigned.instances.is_empty(), "work for a node that did not prove its address: {body}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let rogue = nodes().into_iter().find(|n| n.id == "eu-rogue").expect("listed");
+    let why = rogue.unavailable.values().next().cloned().unwrap_or_default();
+    assert!(why.contains("address not proven"), "{why}");
+
+    // Once the node key answers on its address, it gets its instance.
+    let prover = AddressProver::start("127.0.0.3", "eu-rogue", &key);
+    let api = Some(prover.addr.to_string());
+    let assigned = eventually_value(Duration::from_secs(20), "the proven node gets work", || {
+        let (_, body) = beat_with_api(&control, "eu-rogue", &key, Vec::new(), api.clone());
+        let a: Assignments = serde_json::from_str(&body).ok()?;
+        (!a.instances.is_empty()).then_some(a)
+    });
+    assert_eq!(assigned.instances[0].app, "two");
+}

@@ -22,14 +22,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 use chain::SharedChainSource;
 use client::paths;
 use serde::Deserialize;
 
 pub use self::error::ApiError;
-use crate::blobs::{BlobStore, MAX_BLOB_BYTES};
+use crate::blobs::BlobStore;
 use crate::shard::Shard;
 
 /// What one control replica's API serves from.
@@ -44,6 +43,29 @@ pub struct Api {
     pub peers: BTreeMap<u64, String>,
     /// A client to build clients of other replicas and regions from.
     pub client: client::Client,
+    /// How long a request body may take to arrive (uploads read their own).
+    pub body_timeout: std::time::Duration,
+}
+
+/// Removes, every little while until `stopped`, the blobs the chain no longer keeps (see
+/// [`modules::collect_garbage`]): as often as a quarter of the chain's grace period, at most
+/// once a second and at least once a minute.
+pub async fn sweep_blobs(api: Arc<Api>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let grace = api.shard.read(|s| s.chain.blob_rules.grace_ms);
+        let every = std::time::Duration::from_millis((grace / 4).clamp(1_000, 60_000));
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stopped.changed() => return,
+        }
+        let this = api.clone();
+        match tokio::task::spawn_blocking(move || modules::collect_garbage(&this)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(region = %api.shard.region, removed = n, "removed blobs no app refers to"),
+            Ok(Err(e)) => tracing::warn!(region = %api.shard.region, "sweeping blobs: {e}"),
+            Err(e) => tracing::warn!(region = %api.shard.region, "sweeping blobs: {e}"),
+        }
+    }
 }
 
 /// Query flags every read takes.
@@ -80,15 +102,8 @@ pub fn router(api: Arc<Api>) -> Router {
         .route(paths::TRANSACTION_ROUTE, get(ledger::tx_status))
         .route(paths::CHAIN_TIP, get(ledger::tip))
         .route(paths::BLOCK_ROUTE, get(ledger::block))
-        .route(
-            paths::BLOB_ROUTE,
-            put(axum::handler::Handler::layer(
-                modules::put_blob,
-                axum::middleware::from_fn(modules::one_of_few_uploads),
-            ))
-            .get(modules::get_blob)
-            .layer(DefaultBodyLimit::max(MAX_BLOB_BYTES)),
-        )
+        .route(paths::BLOB_ROUTE, put(modules::put_blob).get(modules::get_blob))
+        .route(paths::BLOB_STATUS_ROUTE, get(modules::blob_status))
         .route(paths::HEARTBEAT, post(agents::heartbeat))
         .route(paths::ROUTES_ROUTE, get(agents::routes))
         .route(paths::EVENTS_ROUTE, get(views::events))
@@ -164,9 +179,8 @@ impl Api {
 /// How long a cloud-wide view waits for another region.
 const FAN_OUT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Largest request body of a module upload or a Raft call.
-const MAX_BODY: usize = MAX_BLOB_BYTES + (1 << 20);
-/// Largest request body anywhere else (transactions, heartbeats, admin calls).
+/// Largest request body of the calls that do not read their own (transactions, heartbeats,
+/// admin calls).
 const MAX_SMALL_BODY: usize = 2 << 20;
 
 /// Everything a control replica serves on its one listener: the API and the Raft transport,

@@ -31,6 +31,11 @@ pub struct ChainArgs {
     /// about 1,000 Cumulus nodes' collateral. Scale tests of many nodes need more.
     #[arg(long)]
     pub genesis_flux: Option<u64>,
+    /// How long an uploaded module or image archive that no app refers to is kept (default
+    /// 1h). A chain parameter: set in genesis when the chain is created, ignored after.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, deserialize_with = "config::option_duration")]
+    pub blob_grace: Option<Duration>,
 }
 
 impl ChainArgs {
@@ -41,6 +46,7 @@ impl ChainArgs {
             block_time: self.block_time.or(file.block_time),
             data_dir: self.data_dir.or(file.data_dir),
             genesis_flux: self.genesis_flux.or(file.genesis_flux),
+            blob_grace: self.blob_grace.or(file.blob_grace),
         }
     }
 }
@@ -51,6 +57,7 @@ pub struct Config {
     block_time: Duration,
     data_dir: PathBuf,
     genesis_flux: u64,
+    blob_rules: Option<model::chain::BlobRules>,
     limits: serve::Limits,
 }
 
@@ -69,6 +76,10 @@ impl Config {
                 })?,
                 None => 1_000_000 * model::tier::FLUX,
             },
+            blob_rules: args.blob_grace.map(|grace| model::chain::BlobRules {
+                grace_ms: grace.as_millis() as u64,
+                ..Default::default()
+            }),
             limits: daemon.http.limits(),
         })
     }
@@ -90,7 +101,7 @@ impl Config {
                 key_path.display()
             );
             let key = load_or_create_key(&key_path)?;
-            Devnet::open(&chain_path, || chain::funded_genesis(&key, &[], self.genesis_flux, chain::now_ms()))?
+            Devnet::open(&chain_path, || chain::funded_genesis(&key, &[], self.genesis_flux, self.blob_rules, chain::now_ms()))?
         };
         let listener = bind(self.listen, "chain").await?;
         Ok(Built { config: self, devnet, listener, key_path })

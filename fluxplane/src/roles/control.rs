@@ -226,11 +226,13 @@ impl Built {
             blobs: BlobStore::open(&config.data_dir.join("blobs"))?,
             peers: config.peers.clone(),
             client: client::Client::new(vec![advertise.clone()])?,
+            body_timeout: config.daemon.http.body_timeout,
         });
         let http = &config.daemon.http;
-        let server = serve_router(listener, api::service(api, http.body_timeout), http.limits())?;
+        let server = serve_router(listener, api::service(api.clone(), http.body_timeout), http.limits())?;
         let fatal = Fatal::default();
         let (stop, stopped) = watch::channel(false);
+        tokio::spawn(api::sweep_blobs(api, stopped.clone()));
         let actors = tokio::spawn(actors::lead(shard.clone(), chain.clone(), fatal.clone(), stopped.clone()));
         let peers = client::Client::new(vec![advertise.clone()])?;
         tokio::spawn(control_plane::capacity::follow_other_regions(shard.clone(), peers, stopped.clone()));

@@ -45,6 +45,7 @@ fn genesis(funded: &Keypair) -> (ChainState, Block) {
         regions: default_regions(),
         allocations: vec![(funded.public(), 100_000 * FLUX)],
         control_operators: vec![funded.public()],
+        blob_rules: Some(BlobRules { grace_ms: 60_000, quota_bytes: 10_000_000 }),
     };
     let block = Block::new(0, String::new(), 0, Some(g), vec![]);
     let mut state = ChainState::default();
@@ -317,4 +318,84 @@ fn a_container_component_round_trips_and_signs() {
     assert_eq!(back, stx);
     let Tx::AppRegister { spec, .. } = &back.tx else { panic!("a register") };
     assert_eq!(spec.components[0].capability(), Capability::Oci);
+}
+
+#[test]
+fn blobs_are_paid_per_megabyte_bounded_per_key_and_dropped_unless_an_app_refers_to_them() {
+    let owner = Keypair::generate();
+    let (mut state, g) = genesis(&owner);
+    let hash = |n: u8| format!("{n:02x}").repeat(32);
+    let pay = |blobs: Vec<(u8, u64)>, nonce: u64| {
+        let blobs = blobs.into_iter().map(|(n, size)| BlobPayment { hash: hash(n), size }).collect();
+        SignedTx::sign(Tx::BlobUpload { blobs }, nonce, &owner)
+    };
+    let before = state.balances[&owner.public()];
+    let tx = pay(vec![(1, 2_500_000), (2, 10)], 1);
+    let fee = tx.fee();
+    let b1 = Block::new(1, g.hash.clone(), 1_000, None, vec![tx]);
+    let out = state.apply_block(&b1);
+    assert!(out.rejected.is_empty(), "{out:?}");
+    // 3 started MB and 1 started MB, burned with the transaction fee.
+    assert_eq!(state.balances[&owner.public()], before - 4 * crate::fee::FEE_PER_BLOB_MB - fee);
+    assert_eq!(state.blobs[&hash(1)].payer, owner.public());
+    assert_eq!(state.blobs[&hash(1)].paid_ms, 1_000);
+
+    // The quota (10 MB here) counts what no app refers to.
+    let over = pay(vec![(3, 8_000_000)], 2);
+    assert!(matches!(state.check_tx(&over, 2), Err(TxError::BlobQuota { held: 2_500_010, .. })), "{:?}", state.check_tx(&over, 2));
+    for bad in [vec![], vec![(4, 0)], vec![(5, MAX_BLOB_BYTES + 1)], vec![(6, 1), (6, 1)]] {
+        assert!(matches!(state.check_tx(&pay(bad.clone(), 2), 2), Err(TxError::InvalidBlob(_))), "{bad:?}");
+    }
+    let upper = SignedTx::sign(
+        Tx::BlobUpload { blobs: vec![BlobPayment { hash: hash(0xab).to_uppercase(), size: 1 }] },
+        2,
+        &owner,
+    );
+    assert!(matches!(state.check_tx(&upper, 2), Err(TxError::InvalidBlob(_))));
+    let unfunded = SignedTx::sign(Tx::BlobUpload { blobs: vec![BlobPayment { hash: hash(8), size: 1 }] }, 1, &Keypair::generate());
+    assert!(matches!(state.check_tx(&unfunded, 2), Err(TxError::InsufficientFunds { .. })));
+
+    // An app refers to blob 1: it stays past the grace; blob 2 goes.
+    let mut app = spec("a");
+    app.components[0].workload = crate::spec::Workload::Wasm(format!("blake3:{}", hash(1)));
+    app.expire = 1000;
+    let reg = SignedTx::sign(Tx::AppRegister { spec: app, payment: FLUX }, 2, &owner);
+    let b2 = Block::new(2, b1.hash.clone(), 2_000, None, vec![reg]);
+    assert!(state.apply_block(&b2).rejected.is_empty());
+    let b3 = Block::new(3, b2.hash.clone(), 61_000, None, vec![]);
+    state.apply_block(&b3);
+    assert!(state.blobs.contains_key(&hash(1)) && !state.blobs.contains_key(&hash(2)), "{:?}", state.blobs.keys());
+    // Referenced bytes do not count: 8 MB more fit now.
+    state.check_tx(&pay(vec![(3, 8_000_000)], 3), 4).expect("within the quota");
+    // Once the app goes, so does its blob.
+    let remove = SignedTx::sign(Tx::AppRemove { name: "a".into() }, 3, &owner);
+    let b4 = Block::new(4, b3.hash.clone(), 62_000, None, vec![remove]);
+    state.apply_block(&b4);
+    assert!(state.blobs.is_empty());
+}
+
+#[test]
+fn a_node_cannot_claim_another_nodes_ports_or_a_control_replicas_listener() {
+    let operator = Keypair::generate();
+    let (mut state, _) = genesis(&operator);
+    let next = |state: &ChainState| state.nonces.get(&operator.public()).copied().unwrap_or(0) + 1;
+    let start = |state: &mut ChainState, id: &str, address: [u8; 4], first: u16| {
+        let mut s = node_start(id);
+        s.address = std::net::Ipv4Addr::from(address).into();
+        s.instance_ports = PortRange { first, last: first + 999 };
+        let nonce = next(state);
+        state.apply_tx(&SignedTx::sign(Tx::NodeStart(s), nonce, &operator), 1)
+    };
+    start(&mut state, "eu-1", [127, 0, 0, 1], 20_000).expect("the first node");
+    start(&mut state, "eu-2", [127, 0, 0, 1], 21_000).expect("the next range on the same address");
+    start(&mut state, "eu-3", [127, 0, 0, 2], 20_000).expect("the same range on another address");
+    let err = start(&mut state, "eu-rogue", [127, 0, 0, 1], 20_500).expect_err("overlaps eu-1 and eu-2");
+    assert!(err.to_string().contains("overlap node `eu-1`"), "{err}");
+    let announce = Tx::ControlAnnounce { region: "eu".into(), replica_id: 1, api_url: "http://127.0.0.9:7070".into() };
+    let nonce = next(&state);
+    state.apply_tx(&SignedTx::sign(announce, nonce, &operator), 1).expect("announced");
+    let err = start(&mut state, "eu-4", [127, 0, 0, 9], 7_000).expect_err("covers the replica");
+    assert!(err.to_string().contains("control replica http://127.0.0.9:7070"), "{err}");
+    assert_eq!(url_listener("https://[::1]"), Some("[::1]:443".parse().expect("addr")));
+    assert_eq!(url_listener("http://example.com:80"), None);
 }

@@ -128,15 +128,40 @@ pub(super) async fn run(cli: &Cli, api: &Client, cmd: &AppCommand) -> anyhow::Re
     }
 }
 
-/// Reads a manifest, uploads its modules, and returns the spec in chain form. A module must be
-/// inside the manifest's directory unless `allow_outside`: uploads are public.
-pub async fn prepare(api: &Client, file: &Path, allow_outside: bool) -> anyhow::Result<AppSpec> {
-    read_manifest(Some(api), file, allow_outside).await
+/// Reads a manifest, checks the app with the control plane (valid, placeable, and not another
+/// key's), publishes the modules it lacks (paid for by `key`), and returns the spec in chain
+/// form. Nothing is paid for an app that would be refused. A module must be inside the
+/// manifest's directory unless `allow_outside`: uploads are public.
+pub async fn prepare(api: &Client, key: &Keypair, file: &Path, allow_outside: bool) -> anyhow::Result<AppSpec> {
+    let (spec, blobs) = read_manifest(file, allow_outside)?;
+    let check = api.check_app(&spec).await.context("checking the app with the control plane")?;
+    if let Some(owner) = check.owner.as_ref().filter(|o| **o != key.public()) {
+        anyhow::bail!("`{}` belongs to {owner}; only its owner may update it", spec.name);
+    }
+    if !check.feasible {
+        anyhow::bail!(
+            "`{}` cannot be placed: {} (422 infeasible)",
+            spec.name,
+            check.reason.as_deref().unwrap_or("no set of nodes on chain could run it")
+        );
+    }
+    let missing: Vec<(String, Vec<u8>)> = blobs
+        .into_iter()
+        .filter(|(hash, _)| check.missing_modules.iter().any(|m| m.strip_prefix(BLAKE3_PREFIX) == Some(hash.as_str())))
+        .collect();
+    if !missing.is_empty() {
+        let done = client::blobs::publish(api, key, &missing).await.context("publishing the modules")?;
+        if done.paid > 0 {
+            eprintln!("paid {} FLUX to store {} blob(s) (a fee per started MB)", format_flux(done.fee), done.paid);
+        }
+        eprintln!("uploaded {} blob(s)", done.uploaded);
+    }
+    Ok(spec)
 }
 
 /// `deploy --dry-run`: what the deploy would do, sending nothing.
 async fn dry_run(cli: &Cli, api: &Client, file: &Path, allow_outside: bool) -> anyhow::Result<()> {
-    let spec = read_manifest(None, file, allow_outside).await?;
+    let (spec, _) = read_manifest(file, allow_outside)?;
     let check = api.check_app(&spec).await.context("checking the app with the control plane")?;
     // The fee depends on the signed size; any nonce of the same width gives it.
     let key = keys::load(cli.key.as_ref()).ok().map(|(key, _)| key);
@@ -301,13 +326,14 @@ fn pairs_names(values: &std::collections::BTreeMap<String, Vec<u8>>) -> String {
     values.keys().cloned().collect::<Vec<_>>().join(", ")
 }
 
-/// Reads a manifest and returns the spec in chain form, uploading its modules through `api`
-/// when given (only hashing them otherwise).
-async fn read_manifest(api: Option<&Client>, file: &Path, allow_outside: bool) -> anyhow::Result<AppSpec> {
+/// Reads a manifest and returns the spec in chain form (modules by hash), with the bytes of
+/// each module and image archive it names, by hash.
+fn read_manifest(file: &Path, allow_outside: bool) -> anyhow::Result<(AppSpec, Vec<(String, Vec<u8>)>)> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let mut spec = AppSpec::from_manifest(&text).map_err(|e| anyhow::anyhow!("{} is invalid:\n{e}", file.display()))?;
     let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let home = dir.canonicalize().with_context(|| format!("reading {}", dir.display()))?;
+    let mut blobs = Vec::new();
     for (i, c) in spec.components.iter_mut().enumerate() {
         for (field, blob) in c.blobs_mut() {
             let what = if field == "wasm" { "module" } else { "image archive" };
@@ -325,14 +351,11 @@ async fn read_manifest(api: Option<&Client>, file: &Path, allow_outside: bool) -
             let bytes =
                 std::fs::read(&real).with_context(|| format!("component[{i}].{field}: reading {}", path.display()))?;
             let hash = blake3::hash(&bytes).to_hex().to_string();
-            if let Some(api) = api {
-                eprintln!("uploading {what} {} ({} KB)", path.display(), bytes.len().div_ceil(1024));
-                api.put_blob(&hash, bytes).await.with_context(|| format!("uploading {what} {hash}"))?;
-            }
+            blobs.push((hash.clone(), bytes));
             *blob = format!("{BLAKE3_PREFIX}{hash}");
         }
     }
-    Ok(spec)
+    Ok((spec, blobs))
 }
 
 /// Signs and submits a register (or, for an app that exists, an update) of `spec`. Returns
@@ -377,7 +400,7 @@ async fn deploy(
     let deadline = started + timeout;
     let (key, _) = keys::load(cli.key.as_ref())?;
     let secrets = read_manifest_secrets(file)?;
-    let spec = prepare(api, file, allow_outside).await?;
+    let spec = prepare(api, &key, file, allow_outside).await?;
     let name = spec.name.clone();
     let price = model::price::app_price(&spec);
     let (resp, update) = submit_spec(api, &key, spec).await?;
