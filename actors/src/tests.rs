@@ -19,6 +19,8 @@ async fn leader_shard(dir: &std::path::Path, region: &str) -> Arc<Shard> {
             placement_lease: Duration::from_secs(10),
             raft: RaftTiming::default(),
             write_timeout: Duration::from_secs(5),
+            // No node listens here: placement is tested without address proofs.
+            require_address_proof: false,
         },
         Keypair::generate(),
         AdminToken::generate(),
@@ -172,6 +174,8 @@ async fn at_1500_nodes_the_loop_places_every_instance_and_a_node_down_reconciles
             placement_lease: Duration::from_secs(3600),
             raft: RaftTiming::default(),
             write_timeout: Duration::from_secs(10),
+            // No node listens here: placement is tested without address proofs.
+            require_address_proof: false,
         },
         Keypair::generate(),
         AdminToken::generate(),

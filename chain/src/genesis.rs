@@ -1,6 +1,6 @@
 //! The devnet's genesis: a funded dev wallet and two nodes in each default region.
 
-use model::chain::{Block, Capability, Genesis, NodeStart, SignedTx, Tx};
+use model::chain::{Block, Capability, Genesis, NodeStart, PortRange, SignedTx, Tx};
 use model::geo::{GeoPoint, default_regions};
 use model::keys::Keypair;
 use model::tier::{FLUX, Tier};
@@ -20,9 +20,14 @@ pub struct DevNode {
     pub geo: GeoPoint,
     /// Tier.
     pub tier: Tier,
+    /// The address its instances listen on.
+    pub address: std::net::IpAddr,
+    /// Its instance ports: its own on that address.
+    pub instance_ports: PortRange,
 }
 
-/// Two nodes per default region, in real data-centre cities.
+/// Two nodes per default region, in real data-centre cities. They all serve on loopback, each on
+/// its own thousand instance ports from 20000 up (a node's address and ports are its own).
 pub fn dev_nodes() -> Vec<DevNode> {
     let n = |id: &str, region: &str, continent: &str, country: &str, lat: f64, lon: f64, tier| DevNode {
         id: id.into(),
@@ -31,15 +36,25 @@ pub fn dev_nodes() -> Vec<DevNode> {
         country: country.into(),
         geo: GeoPoint { lat, lon },
         tier,
+        address: std::net::Ipv4Addr::LOCALHOST.into(),
+        instance_ports: PortRange::DEFAULT,
     };
-    vec![
+    let nodes = vec![
         n("eu-1", "eu", "EU", "DE", 50.11, 8.68, Tier::Nimbus),
         n("eu-2", "eu", "EU", "NL", 52.37, 4.90, Tier::Cumulus),
         n("na-1", "na", "NA", "US", 39.04, -77.49, Tier::Nimbus),
         n("na-2", "na", "NA", "US", 37.34, -121.89, Tier::Cumulus),
         n("as-1", "as", "AS", "SG", 1.35, 103.82, Tier::Nimbus),
         n("as-2", "as", "AS", "JP", 35.68, 139.69, Tier::Cumulus),
-    ]
+    ];
+    nodes
+        .into_iter()
+        .enumerate()
+        .map(|(i, node)| {
+            let first = PortRange::DEFAULT.first + 1000 * i as u16;
+            DevNode { instance_ports: PortRange { first, last: first + 999 }, ..node }
+        })
+        .collect()
 }
 
 /// The node key of a dev node: derived from the dev wallet and the node id, so that the chain
@@ -88,9 +103,8 @@ pub fn funded_genesis(
                 // says so in its beats, and gets no container meanwhile.
                 capabilities: vec![Capability::Wasm, Capability::Oci],
                 node_key: dev_node_key(wallet, &n.id).public(),
-                // Dev nodes all serve on loopback; each binds the free ports of one range.
-                address: std::net::Ipv4Addr::LOCALHOST.into(),
-                instance_ports: model::chain::PortRange::DEFAULT,
+                address: n.address,
+                instance_ports: n.instance_ports,
             };
             SignedTx::sign(Tx::NodeStart(start), i as u64 + 1, wallet)
         })

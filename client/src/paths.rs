@@ -65,6 +65,8 @@ pub const NODE_UNCORDON_ROUTE: &str = "/v1/nodes/{id}/uncordon";
 pub const RAFT_ROUTE: &str = "/raft/{region}/{rpc}";
 /// On a node's API: an instance's output, to its app's owner.
 pub const NODE_LOGS_ROUTE: &str = "/v1/logs/{instance}";
+/// On a node's API: the answer to the shard leader's address challenge.
+pub const NODE_ADDRESS_PROOF: &str = "/v1/address-proof";
 /// On a node's API: whether it serves.
 pub const NODE_HEALTHZ: &str = "/healthz";
 

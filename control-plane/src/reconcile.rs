@@ -37,6 +37,12 @@ pub trait Liveness {
     fn lacks(&self, _node: &str, _needs: model::chain::Capabilities) -> Option<String> {
         None
     }
+
+    /// Why `node` may not take new instances yet (it keeps those it has): it has not proven its
+    /// address to this leader.
+    fn unproven(&self, _node: &str) -> Option<String> {
+        None
+    }
 }
 
 /// When and how the leader judges.
@@ -118,7 +124,9 @@ fn judge<'a>(
     let candidate = |n: &'a NodeRecord| Candidate {
         node: n,
         up: up(s, live, j, &current, &n.start.node_id),
-        cordoned: s.cordoned.contains(&n.start.node_id),
+        // A node that has not proven its address keeps its instances but takes none, as if
+        // cordoned.
+        cordoned: s.cordoned.contains(&n.start.node_id) || live.unproven(&n.start.node_id).is_some(),
         free: n.resources().saturating_sub(&s.used_on(&n.start.node_id)),
         lacks: live.lacks(&n.start.node_id, needs),
     };

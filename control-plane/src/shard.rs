@@ -78,6 +78,9 @@ pub struct ShardConfig {
     /// Longest a write waits to commit, or a read to be linearized, before it is reported as not
     /// done (an isolated leader never acknowledges).
     pub write_timeout: Duration,
+    /// Nodes get work only once they answer a challenge on their advertised address. Off only
+    /// where no node listens (in-process tests of placement).
+    pub require_address_proof: bool,
 }
 
 /// Why a write failed.
@@ -190,6 +193,8 @@ struct NodeSoft {
     unavailable: BTreeMap<Capability, String>,
     /// Its own API's address (checked to be on its registered address).
     api: Option<String>,
+    /// Whether it proved to this leader that it answers at `api`.
+    address: address::AddressCheck,
 }
 
 /// Stripes of [`Beats`]: enough that heartbeats of different nodes rarely meet on a lock.
@@ -280,6 +285,7 @@ pub struct Shard {
     placement_lease: Duration,
     write_timeout: Duration,
     election_max: Duration,
+    require_address_proof: bool,
 }
 
 impl crate::reconcile::Liveness for Shard {
@@ -291,7 +297,14 @@ impl crate::reconcile::Liveness for Shard {
         self.since_heartbeat(node).is_some_and(|d| d < self.node_timeout / 2)
     }
 
+    fn unproven(&self, node: &str) -> Option<String> {
+        Shard::unproven(self, node)
+    }
+
     fn lacks(&self, node: &str, needs: model::chain::Capabilities) -> Option<String> {
+        if let Some(why) = self.address_failed(node) {
+            return Some(why);
+        }
         let stripe = self.beats.stripe(node);
         let unavailable = &stripe.get(node)?.unavailable;
         let why: Vec<String> = unavailable
@@ -372,6 +385,7 @@ impl Shard {
             placement_lease: config.placement_lease,
             write_timeout: config.write_timeout,
             election_max: config.raft.election_max,
+            require_address_proof: config.require_address_proof,
         });
         tokio::spawn(watch_leadership(Arc::downgrade(&shard), shard.raft.metrics()));
         Ok(shard)
@@ -868,7 +882,10 @@ impl Shard {
                 (was_fresh, changed, abilities_changed)
             }
             None => {
-                stripe.insert(node.to_string(), NodeSoft { beat: now, reports, unavailable, api });
+                stripe.insert(
+                    node.to_string(),
+                    NodeSoft { beat: now, reports, unavailable, api, address: Default::default() },
+                );
                 (false, true, false)
             }
         };
@@ -957,7 +974,15 @@ impl Shard {
 
     /// The capabilities `node` declares but said, in its last beat, it cannot use now.
     pub fn unavailable(&self, node: &str) -> BTreeMap<Capability, String> {
-        self.beats.stripe(node).get(node).map(|n| n.unavailable.clone()).unwrap_or_default()
+        let mut unavailable =
+            self.beats.stripe(node).get(node).map(|n| n.unavailable.clone()).unwrap_or_default();
+        // A node that has not proven its address takes no work of any kind.
+        if let Some(why) = self.unproven(node) {
+            for cap in Capability::ALL {
+                unavailable.entry(cap).or_insert_with(|| why.clone());
+            }
+        }
+        unavailable
     }
 
     /// Where `node`'s own API listens, as its last beat said.
@@ -1160,6 +1185,9 @@ fn describe_membership_error(e: &ChangeMembershipError<u64>) -> String {
     }
 }
 
+mod address;
 mod proposer;
 #[cfg(test)]
 mod tests;
+
+pub use address::prove_address;

@@ -75,6 +75,22 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     } else {
         Devnet::open(&chain_path, || dev_genesis(&wallet, &dev_nodes(), chain::now_ms()))?
     };
+    // A chain made before each node's ports were its own gave every dev node the same range;
+    // under today's rules only the first of them is started.
+    let chain_nodes = devnet.state().nodes;
+    if let Some(n) = dev_nodes().iter().find(|n| {
+        chain_nodes.get(&n.id).is_none_or(|r| r.start.address != n.address || r.start.instance_ports != n.instance_ports)
+    }) {
+        anyhow::bail!(
+            "{}: dev node {} is not on this chain with address {} and ports {} (the data dir was written by an \
+             older fluxplane, when dev nodes shared one port range); remove {} to start afresh",
+            chain_path.display(),
+            n.id,
+            n.address,
+            n.instance_ports,
+            data.display()
+        );
+    }
     let fluxctl_key = ops::keys::config_dir().join(ops::keys::DEV_WALLET);
     ops::keys::write(&fluxctl_key, &wallet)?;
     let source: SharedChainSource = Arc::new(devnet.clone());
@@ -122,7 +138,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             id: Some(n.id.clone()),
             country: n.country.clone(),
             advertise: None,
-            instance_ports: model::chain::PortRange::DEFAULT,
+            instance_ports: n.instance_ports,
             key: Some(dev_node_key(&wallet, &n.id)),
             cache: Some(cache.clone()),
             docker_socket: args.docker_socket.clone(),

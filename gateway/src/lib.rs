@@ -335,6 +335,14 @@ impl Gateway {
             Some(addr) => Some(admin(addr, shared.clone()).await?),
             None => None,
         };
+        if let Some(admin) = &admin {
+            // Never proxied to, like the app listeners: a node reporting it as an endpoint
+            // would put `/metrics` behind an app's host.
+            let mut forbidden = (**shared.forbidden.load()).clone();
+            forbidden.add(admin.local_addr());
+            shared.forbidden.store(Arc::new(forbidden));
+            shared.rebuild();
+        }
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(follow::follow(shared.clone(), stopped));
         Ok(GatewayHandle { workers, http_addr, https_addr, admin, stop, shared, cert_watch })

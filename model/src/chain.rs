@@ -161,7 +161,38 @@ impl std::str::FromStr for PortRange {
     }
 }
 
+impl PortRange {
+    /// Whether the two ranges share a port.
+    pub fn overlaps(&self, other: &PortRange) -> bool {
+        self.first <= other.last && other.first <= self.last
+    }
+}
+
+/// The listener an API base URL (`http(s)://IP[:port]`) names, when its host is an address.
+pub fn url_listener(url: &str) -> Option<std::net::SocketAddr> {
+    let (rest, default_port) = match url.strip_prefix("https://") {
+        Some(rest) => (rest, 443),
+        None => (url.strip_prefix("http://")?, 80),
+    };
+    let host_port = rest.split('/').next()?;
+    if let Ok(addr) = host_port.parse::<std::net::SocketAddr>() {
+        return Some(std::net::SocketAddr::new(addr.ip().to_canonical(), addr.port()));
+    }
+    let ip: std::net::IpAddr = host_port.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    Some(std::net::SocketAddr::new(ip.to_canonical(), default_port))
+}
+
 impl NodeStart {
+    /// Whether `listener` is on this node's address, in its instance ports.
+    pub fn covers(&self, listener: std::net::SocketAddr) -> bool {
+        listener.ip().to_canonical() == self.address.to_canonical() && self.instance_ports.contains(listener.port())
+    }
+
+    /// Whether the two nodes claim a port in common on the same address.
+    pub fn overlaps(&self, other: &NodeStart) -> bool {
+        self.address.to_canonical() == other.address.to_canonical() && self.instance_ports.overlaps(&other.instance_ports)
+    }
+
     /// Why `endpoint` (an instance endpoint the node reported) is not one it may serve on, if
     /// it is not: it must be `address:port` on the node's registered address, in its range.
     pub fn check_endpoint(&self, endpoint: &str) -> Result<std::net::SocketAddr, String> {
@@ -709,6 +740,25 @@ impl ChainState {
                 start.instance_ports.check().map_err(TxError::InvalidNode)?;
                 if self.nodes.contains_key(&start.node_id) {
                     return Err(TxError::InvalidNode(format!("node `{}` already started", start.node_id)));
+                }
+                // A node's address and ports are its own: claiming another node's would let it
+                // report that node's listeners as its endpoints, and a control replica's would
+                // put the control API behind an app's host.
+                if let Some(other) = self.nodes.values().find(|n| n.start.overlaps(start)) {
+                    return Err(TxError::InvalidNode(format!(
+                        "address {} ports {} overlap node `{}`'s ports {} there: each node's instance ports are its \
+                         own (give another --instance-ports range)",
+                        start.address, start.instance_ports, other.start.node_id, other.start.instance_ports
+                    )));
+                }
+                let replica = self.directory.values().flat_map(|d| d.values()).find(|url| {
+                    url_listener(url).is_some_and(|listener| start.covers(listener))
+                });
+                if let Some(url) = replica {
+                    return Err(TxError::InvalidNode(format!(
+                        "instance ports {} on {} include the listener of control replica {url}",
+                        start.instance_ports, start.address
+                    )));
                 }
                 if !self.regions.iter().any(|r| r.name == start.region) {
                     return Err(TxError::InvalidNode(format!("unknown region `{}`", start.region)));

@@ -215,6 +215,14 @@ fn spawn_node(cluster: &Cluster, spot: &NodeSpot, urls: &str) -> Proc {
         ]))
         .chain(spot.args.iter().cloned())
         .collect();
+    // Each node its own instance ports: nodes on one address may not share them.
+    let mut args = args;
+    if !spot.args.iter().any(|a| a == "--instance-ports") {
+        let region_index = ["eu", "na", "as"].iter().position(|r| *r == region).unwrap_or(3);
+        let first = 20_000 + 1000 * (region_index * 8 + spot.i.saturating_sub(1) % 8);
+        args.push("--instance-ports".into());
+        args.push(format!("{first}-{}", first + 999));
+    }
     Proc::spawn(&format!("node {name}"), program, &args, dir.join(format!("{name}.log")))
 }
 

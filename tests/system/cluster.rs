@@ -189,6 +189,8 @@ pub struct Cluster {
     http: reqwest::blocking::Client,
     /// Set when the test is ending (also by a panic), so helper threads stop early.
     stopping: std::sync::atomic::AtomicBool,
+    /// Nodes [`Cluster::node_on_chain`] started, each on an address of its own.
+    nodes_on_chain: std::sync::atomic::AtomicUsize,
 }
 
 impl Drop for Cluster {
@@ -254,6 +256,7 @@ impl Cluster {
             dir,
             http,
             stopping: Default::default(),
+            nodes_on_chain: Default::default(),
         };
         for id in ids {
             cluster.start_replica(*id);
@@ -471,7 +474,8 @@ impl Cluster {
             geo: model::GeoPoint { lat: 50.0, lon: 8.0 },
             capabilities: vec![model::chain::Capability::Wasm],
             node_key: Keypair::generate().public(),
-            address: std::net::Ipv4Addr::LOCALHOST.into(),
+            // Each its own address: a node's address and ports are its own.
+            address: std::net::Ipv4Addr::new(127, 2, 0, 1 + self.nodes_on_chain.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as u8).into(),
             instance_ports: model::chain::PortRange::DEFAULT,
         };
         self.submit_applied(&self.running(), &self.wallet(), Tx::NodeStart(start)).expect("node on chain");

@@ -9,13 +9,73 @@ use model::keys::Keypair;
 use model::tier::Tier;
 
 use crate::cloud::Cloud;
+
+/// A stand-in for a node's API that answers the leader's address challenges with `key`, on a
+/// thread; stops (and frees its port) when dropped.
+struct AddressProver {
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl AddressProver {
+    fn start(ip: &str, node: &str, key: &Keypair) -> AddressProver {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind(format!("{ip}:0")).expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (node, key, stopping) = (node.to_string(), key.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((mut socket, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let _ = socket.set_nonblocking(false);
+                let mut head = [0u8; 2048];
+                let n = socket.read(&mut head).unwrap_or(0);
+                let text = String::from_utf8_lossy(&head[..n]).to_string();
+                let nonce = text
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|t| t.split("nonce=").nth(1))
+                    .map(|n| n.split('&').next().unwrap_or_default().to_string())
+                    .unwrap_or_default();
+                let proof = model::api::AddressProof::sign(&node, &addr.to_string(), &nonce, &key);
+                let body = serde_json::to_string(&proof).expect("json");
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes());
+            }
+        });
+        AddressProver { addr, stop }
+    }
+}
+
+impl Drop for AddressProver {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 use crate::cluster::*;
 use crate::util::repo;
 
 /// One signed beat of `node`, reporting `instances`; the status and body of the answer.
 fn beat(url: &str, node: &str, key: &Keypair, instances: Vec<InstanceReport>) -> (u16, String) {
-    let beat =
-        Heartbeat { node: node.into(), at_ms: chain::now_ms(), instances, unavailable: Default::default(), api: None };
+    beat_with_api(url, node, key, instances, None)
+}
+
+/// [`beat`], naming the node's API address (where the leader challenges it).
+fn beat_with_api(
+    url: &str,
+    node: &str,
+    key: &Keypair,
+    instances: Vec<InstanceReport>,
+    api: Option<String>,
+) -> (u16, String) {
+    let beat = Heartbeat { node: node.into(), at_ms: chain::now_ms(), instances, unavailable: Default::default(), api };
     let signed = SignedHeartbeat::sign(beat, key);
     let resp = reqwest::blocking::Client::new()
         .post(format!("{url}/v1/agent/heartbeat"))
@@ -59,12 +119,15 @@ fn a_rogue_node_cannot_point_the_gateway_at_the_control_plane() {
     let manifest = "name = \"hello\"\ninstances = 1\n[[component]]\nname = \"web\"\nwasm = \"hello.wasm\"\n";
     std::fs::write(dir.join("fluxapp.toml"), manifest).expect("manifest");
 
-    // It beats until the instance is assigned to it.
+    // It beats until the instance is assigned to it, answering the leader's address challenge
+    // (it registered its own address honestly).
+    let prover = AddressProver::start("127.0.0.1", "eu-rogue", &key);
+    let api = Some(prover.addr.to_string());
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut deployed = false;
     let assignment = loop {
         assert!(Instant::now() < deadline, "never assigned an instance\n{}", c.logs());
-        let (status, body) = beat(&control, "eu-rogue", &key, Vec::new());
+        let (status, body) = beat_with_api(&control, "eu-rogue", &key, Vec::new(), api.clone());
         if status == 200
             && let Ok(a) = serde_json::from_str::<Assignments>(&body)
             && let Some(first) = a.instances.into_iter().next()

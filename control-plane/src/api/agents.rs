@@ -86,6 +86,10 @@ pub(super) async fn heartbeat(State(api): State<Arc<Api>>, body: Bytes) -> Json<
             .is_ok_and(|addr| addr.ip().to_canonical() == record.start.address.to_canonical())
     });
     shard.record_heartbeat(&node_id, signed.beat.instances, signed.beat.unavailable, api_addr)?;
+    // Work only for a node that answers on its own address (see `shard::prove_address`).
+    if let Some(api) = shard.address_to_prove(&node_id) {
+        tokio::spawn(crate::shard::prove_address(shard.clone(), node_id.clone(), api));
+    }
     // Secrets go to the node sealed again, to its own key.
     // Secrets are copied out under the lock and sealed again after it: the X25519 work of a
     // node with many secrets must not hold up the shard's writers.

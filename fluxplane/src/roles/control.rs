@@ -169,6 +169,7 @@ impl Config {
                 placement_lease: t.placement_lease,
                 raft: t.raft(&self.daemon.raft),
                 write_timeout: t.write_timeout,
+                require_address_proof: true,
             },
             key,
             self.admin.clone(),

@@ -220,8 +220,9 @@ impl Built {
         let advertise = config.advertise.unwrap_or(bind_ip);
         let api_addr = SocketAddr::new(advertise, listener.local_addr()?.port());
         let agent_slot = super::node_api::AgentSlot::default();
-        let server =
-            super::serve_router(listener, super::node_api::router(agent_slot.clone()), config.daemon.http.limits())?;
+        let identity = super::node_api::Identity { id: id.clone(), key: key.clone(), api: api_addr };
+        let router = super::node_api::router(agent_slot.clone(), identity);
+        let server = super::serve_router(listener, router, config.daemon.http.limits())?;
         let fatal = Fatal::default();
         let (stop, stopped) = watch::channel(false);
         let t = config.daemon.timing.clone();

@@ -30,8 +30,19 @@ const MAX_NONCES: usize = 100_000;
 /// The agent, once it runs (the API listens before the node has joined).
 pub type AgentSlot = Arc<OnceLock<agent::AgentHandle>>;
 
+/// What the node proves its address with: its id, its key, and the address it advertises.
+pub struct Identity {
+    /// The node id.
+    pub id: String,
+    /// The node key (registered on chain).
+    pub key: model::keys::Keypair,
+    /// The API address the node reports in its beats, where the leader dials it.
+    pub api: std::net::SocketAddr,
+}
+
 struct NodeApi {
     agent: AgentSlot,
+    identity: Identity,
     /// Nonces of logs requests answered, with their signing time, for the skew window.
     nonces: Mutex<HashMap<String, u64>>,
     /// Follow streams open, by app.
@@ -39,14 +50,35 @@ struct NodeApi {
 }
 
 /// The node's router.
-pub fn router(agent: AgentSlot) -> axum::Router {
-    let api = Arc::new(NodeApi { agent, nonces: Mutex::default(), follows: Arc::default() });
+pub fn router(agent: AgentSlot, identity: Identity) -> axum::Router {
+    let api = Arc::new(NodeApi { agent, identity, nonces: Mutex::default(), follows: Arc::default() });
     axum::Router::new()
         .route(paths::NODE_HEALTHZ, axum::routing::get(|| async { "ok\n" }))
+        .route(paths::NODE_ADDRESS_PROOF, axum::routing::get(address_proof))
         .route(paths::NODE_LOGS_ROUTE, axum::routing::get(logs))
         .with_state(api)
         // Outermost, so that axum's own rejections (a bad query) leave as JSON too.
         .layer(axum::middleware::from_fn(serve::json_errors))
+}
+
+#[derive(Deserialize)]
+struct ChallengeQuery {
+    node: String,
+    nonce: String,
+}
+
+/// Answers the leader's challenge: the node key's signature over this node, its advertised API
+/// address and the nonce. Only for this node's own id, and a nonce of plain hex, so the key
+/// signs nothing a caller chose but the nonce.
+async fn address_proof(State(api): State<Arc<NodeApi>>, Query(q): Query<ChallengeQuery>) -> Response {
+    let me = &api.identity;
+    if q.node != me.id {
+        return refuse(StatusCode::NOT_FOUND, "not_found", format!("this is node {}, not {}", me.id, q.node));
+    }
+    if q.nonce.is_empty() || q.nonce.len() > 64 || !q.nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return refuse(StatusCode::BAD_REQUEST, "bad_request", "the nonce is 1 to 64 hex digits");
+    }
+    axum::Json(model::api::AddressProof::sign(&me.id, &me.api.to_string(), &q.nonce, &me.key)).into_response()
 }
 
 #[derive(Deserialize)]

@@ -151,6 +151,48 @@ struct Agent {
     id: String,
     region: String,
     key: Keypair,
+    /// Its registered address; its instance endpoints and its API are there.
+    address: std::net::IpAddr,
+    /// The port of the harness's one challenge listener (on every loopback address).
+    proof_port: u16,
+}
+
+/// Answers the shard leaders' address challenges for every simulated node: one listener on
+/// 0.0.0.0, so that each node's own loopback address reaches it, signing with the key of the
+/// node asked for, over the address that was dialed. Real HTTP/1.1, one request a connection.
+async fn serve_address_proofs(
+    listener: tokio::net::TcpListener,
+    keys: Arc<std::collections::HashMap<String, Keypair>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    while let Ok((mut socket, _)) = listener.accept().await {
+        let keys = keys.clone();
+        tokio::spawn(async move {
+            let mut head = vec![0u8; 2048];
+            let Ok(n) = socket.read(&mut head).await else { return };
+            let text = String::from_utf8_lossy(&head[..n]).to_string();
+            let target = text.split_whitespace().nth(1).unwrap_or_default().to_string();
+            let query = target.split_once('?').map_or("", |(_, q)| q);
+            let param = |name: &str| {
+                query.split('&').find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('='))).unwrap_or("")
+            };
+            let (node, nonce) = (param("node").to_string(), param("nonce").to_string());
+            let Ok(local) = socket.local_addr() else { return };
+            let answer = match keys.get(&node) {
+                Some(key) => {
+                    let proof = model::api::AddressProof::sign(&node, &local.to_string(), &nonce, key);
+                    let body = serde_json::to_string(&proof).unwrap_or_default();
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: \
+                         close\r\n\r\n{body}",
+                        body.len()
+                    )
+                }
+                None => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_string(),
+            };
+            let _ = socket.write_all(answer.as_bytes()).await;
+        });
+    }
 }
 
 /// Heartbeat round trips, µs, while recording is on.
@@ -193,7 +235,7 @@ async fn run_agent(
             at_ms: chain::now_ms(),
             instances: running.clone(),
             unavailable: Default::default(),
-            api: None,
+            api: Some(std::net::SocketAddr::new(agent.address, agent.proof_port).to_string()),
         };
         let signed = SignedHeartbeat::sign(beat, &agent.key);
         let started = Instant::now();
@@ -214,7 +256,7 @@ async fn run_agent(
                         endpoints: a
                             .components
                             .iter()
-                            .map(|c| (c.name.clone(), "127.0.0.1:20000".to_string()))
+                            .map(|c| (c.name.clone(), format!("{}:20000", agent.address)))
                             .collect(),
                         healthy: true,
                         message: None,
@@ -451,14 +493,22 @@ async fn run(args: Args, d: &Path) -> anyhow::Result<()> {
             geo: r.center,
             capabilities: vec![Capability::Wasm],
             node_key: key.public(),
-            address: std::net::Ipv4Addr::LOCALHOST.into(),
+            // Each its own loopback address: a node's address and ports are its own.
+            address: std::net::Ipv4Addr::new(127, 1 + (i >> 16) as u8, (i >> 8) as u8, i as u8).into(),
             instance_ports: model::chain::PortRange::DEFAULT,
         };
         txs.push(Tx::NodeStart(start.clone()));
-        agents.push(Agent { id: start.node_id, region: r.name.clone(), key });
+        agents.push(Agent { id: start.node_id, region: r.name.clone(), key, address: start.address, proof_port: 0 });
     }
     submit_all(&chain, &wallet, txs, "node registrations").await?;
     eprintln!("{} nodes submitted in {:.1} s", args.nodes, started.elapsed().as_secs_f64());
+
+    // Leaders give work only to nodes that answer on their address.
+    let proofs = tokio::net::TcpListener::bind("0.0.0.0:0").await.context("binding the challenge listener")?;
+    let proof_port = proofs.local_addr()?.port();
+    let keys = agents.iter().map(|a| (a.id.clone(), a.key.clone())).collect();
+    tokio::spawn(serve_address_proofs(proofs, Arc::new(keys)));
+    let agents: Vec<Agent> = agents.into_iter().map(|a| Agent { proof_port, ..a }).collect();
 
     // The agents beat from now on.
     let latencies = Arc::new(Latencies::default());
