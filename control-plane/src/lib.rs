@@ -13,6 +13,7 @@ pub mod api;
 pub mod auth;
 pub mod blobs;
 pub mod capacity;
+pub mod domains;
 pub mod log_store;
 pub mod network;
 pub mod openapi;

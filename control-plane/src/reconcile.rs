@@ -346,6 +346,7 @@ mod tests {
                 registered_height: 0,
                 updated_height: 0,
                 expires_height: 1000,
+                domains: Default::default(),
             };
             state.chain.apps.insert(format!("a{i}"), record);
         }

@@ -1105,7 +1105,7 @@ impl Shard {
                             geo: node.start.geo,
                             addr: addr.clone(),
                             port: port.map(|p| p.public),
-                            domain: port.and_then(|p| p.domain.clone()),
+                            domain: port.and_then(|p| p.domain.as_deref()).map(model::domains::canonical),
                             traffic: component.traffic,
                         };
                         if let Some(addr) = report.endpoints.get(&component.name) {
@@ -1133,10 +1133,24 @@ impl Shard {
                 .filter(|(name, _)| !routed.contains(name.as_str()))
                 .map(|(name, app)| (name.clone(), app.spec.components.iter().map(|c| c.name.clone()).collect()))
                 .collect();
-            (routes, unrouted)
+            // The custom domains of the apps listed here that are served for one of them. Every
+            // shard checks every claim, so a winner placed elsewhere is that region's to list.
+            let here = |app: &str| s.placements.contains_key(app) || s.shortfall.contains_key(app);
+            let mut domains = BTreeMap::new();
+            for app in s.chain.apps.iter().filter(|(name, _)| here(name)).map(|(_, app)| app) {
+                for (domain, _) in app.claims() {
+                    if domains.contains_key(&domain) {
+                        continue;
+                    }
+                    if let Some(winner) = s.domain_winner(&domain).filter(|w| here(&w.app)) {
+                        domains.insert(domain, winner);
+                    }
+                }
+            }
+            (routes, unrouted, domains)
         });
-        let (routes, unrouted) = routes;
-        RouteFeed { region: self.region.clone(), version, routes, unrouted }
+        let (routes, unrouted, domains) = routes;
+        RouteFeed { region: self.region.clone(), version, routes, unrouted, domains }
     }
 
     /// Stops the Raft replica.

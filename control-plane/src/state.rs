@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 use model::capacity::RegionReport;
 use model::chain::ChainState;
 use model::command::{Command, CommandResult, Placement};
+use model::domains::{DomainCheck, DomainWinner};
 use model::event::{Event, EventKind};
 use model::tier::Resources;
 
@@ -51,6 +52,10 @@ pub struct ShardState {
     /// Each app's secrets for this region, sealed to `secrets_key`; never on chain.
     #[serde(default)]
     pub secrets: BTreeMap<AppName, AppSecrets>,
+    /// What the leader's DNS lookups last found for each claim on a custom domain: domain ->
+    /// app -> check. Only checks of claims the chain holds now are kept.
+    #[serde(default)]
+    pub domains: BTreeMap<String, BTreeMap<AppName, DomainCheck>>,
     /// Lookups derived from the fields above, never stored: built on first use (so also after
     /// a state is loaded or installed from a snapshot) and kept up to date by [`Self::apply`],
     /// their only writer. Code that sets fields directly (tests, benchmarks) does so before the
@@ -305,6 +310,10 @@ impl ShardState {
                 // A name registered again (by anyone) starts with no secrets.
                 self.secrets
                     .retain(|app, s| chain.apps.get(app).is_some_and(|a| a.registered_height <= s.version_height));
+                // Expiry removes apps without a transaction, which the count shows.
+                if block.txs.iter().any(|t| t.tx.app_name().is_some()) || self.chain.apps.len() != apps_before {
+                    self.forget_stale_domain_checks();
+                }
                 CommandResult::Applied
             }
             Command::Reconcile { app, place, remove, shortfall, at_ms, why } => {
@@ -420,6 +429,24 @@ impl ShardState {
                     CommandResult::Applied
                 }
             },
+            Command::SetDomainChecks { checks } => {
+                let mut changed = false;
+                for check in checks {
+                    if !self.holds_claim(check) {
+                        continue;
+                    }
+                    let stored = self.domains.entry(check.domain.clone()).or_default();
+                    if stored.get(&check.app) != Some(check) {
+                        stored.insert(check.app.clone(), check.clone());
+                        changed = true;
+                    }
+                }
+                if changed {
+                    CommandResult::Applied
+                } else {
+                    CommandResult::Skipped { reason: "no verdict changed".into() }
+                }
+            }
             Command::SetCordon { node, cordoned } => {
                 if self.chain.nodes.get(node).is_none_or(|n| n.start.region != self.region) {
                     return CommandResult::Rejected {
@@ -528,6 +555,64 @@ impl ShardState {
         if registered > 0 || apps_before + registered != self.chain.apps.len() {
             self.touched.members();
         }
+    }
+
+    /// Whether the chain holds the claim `check` is about: the app claims the domain since the
+    /// same height, and has the same owner.
+    pub fn holds_claim(&self, check: &DomainCheck) -> bool {
+        self.chain.apps.get(&check.app).is_some_and(|a| {
+            a.owner == check.owner && a.claims().any(|(d, since)| d == check.domain && since == check.since)
+        })
+    }
+
+    /// Drops the checks of claims the chain no longer holds (an app removed, a domain dropped,
+    /// a name registered again).
+    pub(crate) fn forget_stale_domain_checks(&mut self) {
+        let mut domains = std::mem::take(&mut self.domains);
+        for checks in domains.values_mut() {
+            checks.retain(|_, c| self.holds_claim(c));
+        }
+        domains.retain(|_, checks| !checks.is_empty());
+        self.domains = domains;
+    }
+
+    /// The check of `app`'s claim on `domain`, if one was committed.
+    pub fn domain_check(&self, domain: &str, app: &str) -> Option<&DomainCheck> {
+        self.domains.get(domain).and_then(|checks| checks.get(app))
+    }
+
+    /// The claim `domain` is served for: the oldest verified one (see `model::domains`).
+    pub fn domain_winner(&self, domain: &str) -> Option<DomainWinner> {
+        let checks = self.domains.get(domain)?;
+        model::domains::winner(checks.values().map(|c| (&c.app, c.since, c.verified)))
+    }
+
+    /// Where each of `app`'s custom domains stands.
+    pub fn domain_views(&self, app: &str) -> Vec<model::domains::DomainView> {
+        use model::domains::{DomainState, DomainView, txt_name};
+        let Some(record) = self.chain.apps.get(app) else { return Vec::new() };
+        record
+            .claims()
+            .map(|(domain, since)| {
+                let check = self.domain_check(&domain, app).filter(|c| c.since == since && c.owner == record.owner);
+                let winner = self.domain_winner(&domain);
+                let state = match (check, &winner) {
+                    (None, _) => DomainState::Unchecked,
+                    (Some(c), _) if !c.verified => DomainState::Pending,
+                    (Some(_), Some(w)) if w.app != app => DomainState::Outranked,
+                    (Some(_), _) => DomainState::Serving,
+                };
+                DomainView {
+                    record: txt_name(&domain),
+                    value: record.owner.0.clone(),
+                    state,
+                    since,
+                    served_by: winner.map(|w| w.app).filter(|w| w != app),
+                    message: check.and_then(|c| c.message.clone()),
+                    domain,
+                }
+            })
+            .collect()
     }
 
     /// What applied commands changed since the last call.
@@ -671,6 +756,7 @@ mod tests {
             registered_height: 0,
             updated_height: 0,
             expires_height: 1000,
+            domains: Default::default(),
         };
         state.chain.apps.insert("hello".into(), record);
         state

@@ -48,8 +48,14 @@ pub fn cloud(nodes: usize, apps: usize) -> ChainState {
                 traffic: Default::default(),
             }],
         };
-        let record =
-            AppRecord { spec, owner: key.clone(), registered_height: 0, updated_height: 0, expires_height: 100_000 };
+        let record = AppRecord {
+            spec,
+            owner: key.clone(),
+            registered_height: 0,
+            updated_height: 0,
+            expires_height: 100_000,
+            domains: Default::default(),
+        };
         chain.apps.insert(record.spec.name.clone(), record);
     }
     chain

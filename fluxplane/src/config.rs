@@ -180,6 +180,10 @@ pub struct Timing {
     /// How long a stopped container gets to end by itself (SIGTERM) before it is killed.
     #[serde(deserialize_with = "duration")]
     pub stop_grace: Duration,
+    /// How often the control plane's leader looks up each custom domain's TXT record again
+    /// (a new claim is looked up within a second).
+    #[serde(deserialize_with = "duration")]
+    pub domain_recheck: Duration,
 }
 
 impl Default for Timing {
@@ -196,6 +200,7 @@ impl Default for Timing {
             request_deadline: Duration::from_secs(10),
             placement_lease: Duration::from_secs(10),
             stop_grace: Duration::from_secs(5),
+            domain_recheck: Duration::from_secs(60),
         }
     }
 }
@@ -209,6 +214,11 @@ impl Timing {
         let t = self;
         let ms = |d: Duration| humantime::format_duration(d).to_string();
         anyhow::ensure!(!t.heartbeat_period.is_zero(), "timing.heartbeat_period must be above zero");
+        anyhow::ensure!(
+            t.domain_recheck >= Duration::from_secs(1),
+            "timing.domain_recheck ({}) must be at least 1s, so that DNS servers are not asked in a loop",
+            ms(t.domain_recheck)
+        );
         anyhow::ensure!(
             t.placement_lease >= t.heartbeat_period * 4,
             "timing.placement_lease ({}) must be at least 4 × timing.heartbeat_period ({}), so that an instance \

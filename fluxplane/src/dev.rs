@@ -54,6 +54,10 @@ pub struct DevArgs {
     /// <data-dir>/endpoints.json).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub gateway_admin_listen: SocketAddr,
+    /// The DNS server (`ADDR:PORT`) that custom domains' TXT records are looked up at
+    /// (default: `[control] dns` in --config, else the name servers in /etc/resolv.conf).
+    #[arg(long)]
+    pub dns: Option<SocketAddr>,
 }
 
 const HELLO_MANIFEST: &str = include_str!("../../examples/hello/fluxapp.toml");
@@ -111,6 +115,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             data_dir: regions_dir.join(&region.name),
             admin: admin.clone(),
             wallet: Some(wallet.clone()),
+            dns: args.dns.or(daemon.control.dns),
             daemon: daemon.clone(),
         }
         .build()

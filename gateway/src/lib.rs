@@ -193,13 +193,25 @@ impl Shared {
         let feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
         let routes = feeds.values().flat_map(|f| f.routes.iter());
         let unrouted = feeds.values().flat_map(|f| f.unrouted.iter());
-        let table = RouteTable::build(routes, unrouted, &self.forbidden.load(), &self.endpoints);
+        let domains = feeds.values().flat_map(|f| f.domains.iter());
+        let table = RouteTable::build(routes, unrouted, domains, &self.forbidden.load(), &self.endpoints);
         self.table.store(Arc::new(table));
     }
 
     /// Replaces the table with one built from `routes` (tests and benchmarks that have no
-    /// control plane).
+    /// control plane). With no control plane to prove them, every custom domain in `routes`
+    /// counts as proven by its app (two apps on one domain: the first by name).
     pub fn set_routes(&self, routes: &[model::api::Route]) {
+        let mut domains = std::collections::BTreeMap::new();
+        for r in routes {
+            if let Some(domain) = &r.domain {
+                let winner = model::domains::DomainWinner { app: r.app.clone(), since: 0 };
+                let best = domains.entry(domain.clone()).or_insert_with(|| winner.clone());
+                if winner.beats(best) {
+                    *best = winner;
+                }
+            }
+        }
         let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
         feeds.clear();
         feeds.insert(
@@ -209,6 +221,7 @@ impl Shared {
                 version: 0,
                 routes: routes.to_vec(),
                 unrouted: Default::default(),
+                domains,
             },
         );
         drop(feeds);

@@ -168,7 +168,13 @@ mod tests {
     }
 
     fn table(routes: &[model::api::Route]) -> Arc<AppRoutes> {
-        let t = RouteTable::build(routes.iter(), std::iter::empty(), &Forbidden::default(), &Endpoints::default());
+        let t = RouteTable::build(
+            routes.iter(),
+            std::iter::empty(),
+            std::iter::empty(),
+            &Forbidden::default(),
+            &Endpoints::default(),
+        );
         t.get("a").expect("a").clone()
     }
 

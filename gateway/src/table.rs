@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use model::api::Route;
+use model::domains::DomainWinner;
 use model::geo::GeoPoint;
 
 use crate::endpoint::Endpoint;
@@ -89,9 +90,14 @@ impl RouteTable {
     /// registered but without a healthy instance: their hosts are known, with no endpoint.
     /// A route to a listener in `forbidden` (a control replica, the gateway itself) or to no
     /// address at all is left out.
+    ///
+    /// A custom domain routes only to the claim `domains` serves it for (the regions' entries
+    /// for one domain can differ for a moment; the oldest claim wins, as in each shard): an
+    /// unproven claim, or a later one, gets nothing.
     pub fn build<'a>(
         routes: impl Iterator<Item = &'a Route>,
         unrouted: impl Iterator<Item = (&'a String, &'a Vec<String>)>,
+        domains: impl Iterator<Item = (&'a String, &'a DomainWinner)>,
         forbidden: &Forbidden,
         endpoints: &Endpoints,
     ) -> RouteTable {
@@ -104,8 +110,17 @@ impl RouteTable {
                 keys.entry(format!("{c}.{app}")).or_insert_with(|| (app.clone(), Vec::new()));
             }
         }
-        // A custom domain routes only while one app claims it (domains are not verified yet).
-        let mut claimed: HashMap<&str, Option<&str>> = HashMap::new();
+        let mut served: HashMap<&str, &DomainWinner> = HashMap::new();
+        for (domain, winner) in domains {
+            let best = served.entry(domain.as_str()).or_insert(winner);
+            if winner.beats(best) {
+                *best = winner;
+            }
+        }
+        for (domain, winner) in &served {
+            // Known, so that its host is a 503 while the app has no instance, not a 404.
+            keys.entry(domain_key(domain)).or_insert_with(|| (winner.app.clone(), Vec::new()));
+        }
         for r in routes {
             let Ok(addr) = r.addr.parse::<SocketAddr>() else {
                 tracing::warn!(node = %r.node, addr = %r.addr, "route without an address:port: left out");
@@ -122,11 +137,9 @@ impl RouteTable {
             if let Some(port) = r.port {
                 // FluxOS's convention: `<app>_<port>` is the component that publishes the port.
                 add(format!("{}_{port}", r.app));
-                if let Some(domain) = &r.domain {
-                    let owner = claimed.entry(domain.as_str()).or_insert(Some(r.app.as_str()));
-                    if *owner != Some(r.app.as_str()) {
-                        *owner = None;
-                    }
+                if let Some(domain) = &r.domain
+                    && served.get(domain.as_str()).is_some_and(|w| w.app == r.app)
+                {
                     add(domain_key(domain));
                 }
                 continue;
@@ -135,12 +148,6 @@ impl RouteTable {
                 add(r.app.clone());
             }
             add(format!("{}.{}", r.component, r.app));
-        }
-        for (domain, owner) in claimed {
-            if owner.is_none() {
-                tracing::warn!(%domain, "custom domain claimed by more than one app: not routed");
-                keys.remove(&domain_key(domain));
-            }
         }
         let mut next = HashMap::new();
         let by_key = keys
@@ -208,23 +215,49 @@ mod tests {
         }
     }
 
+    fn served(entries: &[(&str, &str, u64)]) -> Vec<(String, DomainWinner)> {
+        entries
+            .iter()
+            .map(|(d, app, since)| (d.to_string(), DomainWinner { app: app.to_string(), since: *since }))
+            .collect()
+    }
+
     #[test]
-    fn published_ports_and_custom_domains_have_their_own_keys() {
+    fn published_ports_and_proven_custom_domains_have_their_own_keys() {
         let routes = [
             route("shop", "web", true, None, None),
             route("shop", "web", false, Some(31000), Some("shop.example.com")),
             route("shop", "api", false, Some(31001), None),
-            // Two apps claim one domain: neither gets it.
+            // Two apps claim one domain: the one it is served for gets it.
             route("a", "web", false, Some(32000), Some("taken.example.com")),
             route("b", "web", false, Some(33000), Some("taken.example.com")),
+            // Claimed, never proven.
+            route("c", "web", false, Some(34000), Some("unproven.example.com")),
         ];
-        let table = RouteTable::build(routes.iter(), std::iter::empty(), &Forbidden::default(), &Endpoints::default());
+        // Two regions name different claims for a moment: the older one wins.
+        let domains = served(&[
+            ("shop.example.com", "shop", 3),
+            ("taken.example.com", "b", 9),
+            ("taken.example.com", "a", 4),
+            ("idle.example.com", "gone", 1),
+        ]);
+        let table = RouteTable::build(
+            routes.iter(),
+            std::iter::empty(),
+            domains.iter().map(|(d, w)| (d, w)),
+            &Forbidden::default(),
+            &Endpoints::default(),
+        );
         let count = |key: &str| table.get(key).map(|r| r.endpoints.len());
         assert_eq!(count("shop"), Some(1));
         assert_eq!(count("shop_31000"), Some(1));
         assert_eq!(count("shop_31001"), Some(1));
         assert_eq!(count(&domain_key("shop.example.com")), Some(1));
-        assert_eq!(count(&domain_key("taken.example.com")), None);
+        let taken = table.get(&domain_key("taken.example.com")).expect("served");
+        assert_eq!((taken.app.as_str(), taken.endpoints.len()), ("a", 1));
+        assert_eq!(count(&domain_key("unproven.example.com")), None);
+        // Served for an app with no instance now: known (a 503), with no endpoint.
+        assert_eq!(count(&domain_key("idle.example.com")), Some(0));
         // A port route is not the app's primary route, nor a component route.
         assert_eq!(count("api.shop"), None);
     }
@@ -242,14 +275,16 @@ mod tests {
         c.node = "n3".into();
         c.addr = "127.0.0.1:20002".into();
         let forbidden = Forbidden::default();
-        let first = RouteTable::build([&a, &b, &c].into_iter(), std::iter::empty(), &forbidden, &endpoints);
+        let first =
+            RouteTable::build([&a, &b, &c].into_iter(), std::iter::empty(), std::iter::empty(), &forbidden, &endpoints);
         let shop = first.get("shop").expect("shop");
         assert_eq!(shop.regions, vec![vec![0, 2], vec![1]]);
         let far: Vec<f64> = shop.region_distances(&GeoPoint { lat: 1.0, lon: 103.0 }).collect();
         assert!(far[1] < far[0]);
         let slot = shop.endpoints[0].try_acquire().expect("slot");
         a.traffic.max_concurrency = Some(7);
-        let second = RouteTable::build([&a, &b].into_iter(), std::iter::empty(), &forbidden, &endpoints);
+        let second =
+            RouteTable::build([&a, &b].into_iter(), std::iter::empty(), std::iter::empty(), &forbidden, &endpoints);
         let kept = &second.get("shop").expect("shop").endpoints[0];
         assert!(Arc::ptr_eq(kept, slot.endpoint()), "same instance, same endpoint");
         assert_eq!(kept.in_flight(), 1);
@@ -262,7 +297,13 @@ mod tests {
         let mut forbidden = Forbidden::default();
         forbidden.add("127.0.0.1:20000".parse().expect("addr"));
         let r = route("shop", "web", true, None, None);
-        let table = RouteTable::build([&r].into_iter(), std::iter::empty(), &forbidden, &Endpoints::default());
+        let table = RouteTable::build(
+            [&r].into_iter(),
+            std::iter::empty(),
+            std::iter::empty(),
+            &forbidden,
+            &Endpoints::default(),
+        );
         assert!(table.get("shop").expect("known").endpoints.is_empty());
     }
 }

@@ -180,6 +180,10 @@ pub struct AppView {
     /// Names of the app's secrets this region holds; never the values.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// The app's custom domains: whether each is proven and served, and the TXT record that
+    /// proves it (as the answering region's shard sees it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<crate::domains::DomainView>,
 }
 
 /// Which gateways route what one region's leader shows.
@@ -916,6 +920,12 @@ pub struct RouteFeed {
     /// A gateway answers their hosts 503 (try again), not 404 (no such app).
     #[serde(default)]
     pub unrouted: BTreeMap<AppName, Vec<String>>,
+    /// The custom domains served for an app this region places or is short of, each with the
+    /// claim it is served for: the oldest claim whose owner proved the domain (see
+    /// `model::domains`). A domain missing here is not served by this region's routes; a
+    /// gateway takes, of the regions' entries for one domain, the oldest claim.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub domains: BTreeMap<String, crate::domains::DomainWinner>,
 }
 
 /// One healthy endpoint of one component of one instance.

@@ -424,6 +424,22 @@ pub struct AppRecord {
     pub updated_height: u64,
     /// The app is removed when this height is reached.
     pub expires_height: u64,
+    /// The custom domains its spec claims, each with the height of the block in which the app
+    /// first claimed it (kept across updates that keep the domain): a claim's age, which
+    /// decides between two proven claims (see `model::domains`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub domains: BTreeMap<String, u64>,
+}
+
+impl AppRecord {
+    /// The custom domains the app claims, each with the height it first claimed it at. A record
+    /// stored before claims were tracked counts from its registration.
+    pub fn claims(&self) -> impl Iterator<Item = (String, u64)> + '_ {
+        self.spec.domains().into_iter().map(|d| {
+            let since = self.domains.get(&d).copied().unwrap_or(self.registered_height);
+            (d, since)
+        })
+    }
 }
 
 /// Why a transaction did not apply.
@@ -781,6 +797,7 @@ impl ChainState {
                     registered_height: height,
                     updated_height: height,
                     expires_height: height + u64::from(spec.expire),
+                    domains: spec.domains().into_iter().map(|d| (d, height)).collect(),
                 };
                 self.apps.insert(spec.name.clone(), record);
             }
@@ -790,6 +807,12 @@ impl ChainState {
                 check_payment(spec, *payment)?;
                 self.debit(signer, *payment, fee)?;
                 if let Some(app) = self.apps.get_mut(&spec.name) {
+                    let before = std::mem::take(&mut app.domains);
+                    app.domains = spec
+                        .domains()
+                        .into_iter()
+                        .map(|d| (d.clone(), before.get(&d).copied().unwrap_or(height)))
+                        .collect();
                     app.spec = spec.clone();
                     app.updated_height = height;
                     app.expires_height = height + u64::from(spec.expire);

@@ -116,6 +116,13 @@ pub enum Command {
         /// The signed update.
         update: crate::api::SecretsUpdate,
     },
+    /// What the leader's DNS lookups found for custom-domain claims (see `model::domains`):
+    /// only verdicts that changed. A check of a claim the chain no longer holds (another owner,
+    /// a newer claim) is skipped, so every replica keeps the same ones.
+    SetDomainChecks {
+        /// The verdicts.
+        checks: Vec<crate::domains::DomainCheck>,
+    },
     /// Several commands proposed together, applied in order as if one by one. The leader
     /// batches writes that arrive while earlier ones are still being written, so that a burst
     /// costs one log append instead of one each. Batches do not nest.

@@ -12,6 +12,7 @@ pub mod api;
 pub mod capacity;
 pub mod chain;
 pub mod command;
+pub mod domains;
 pub mod event;
 pub mod fee;
 pub mod flux;

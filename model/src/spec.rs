@@ -210,6 +210,19 @@ impl AppSpec {
         self.components.iter().fold(Resources::default(), |acc, c| acc.add(&c.resources()))
     }
 
+    /// The custom domains its containers' ports claim, in [`crate::domains::canonical`] form.
+    pub fn domains(&self) -> std::collections::BTreeSet<String> {
+        self.components
+            .iter()
+            .filter_map(|c| match &c.workload {
+                Workload::Oci(oci) => Some(oci.ports.iter().filter_map(|p| p.domain.as_deref())),
+                Workload::Wasm(_) => None,
+            })
+            .flatten()
+            .map(crate::domains::canonical)
+            .collect()
+    }
+
     /// The capabilities a node needs to run an instance: one per kind of workload.
     pub fn needs(&self) -> crate::chain::Capabilities {
         let caps: Vec<crate::chain::Capability> = self.components.iter().map(ComponentSpec::capability).collect();

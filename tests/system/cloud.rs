@@ -41,7 +41,7 @@ impl Cloud {
     }
 
     /// Starts the nodes (on loopback) and a gateway (in Frankfurt) around `cluster`.
-    fn around(cluster: Cluster, regions: &[(&str, usize)]) -> Cloud {
+    pub(crate) fn around(cluster: Cluster, regions: &[(&str, usize)]) -> Cloud {
         let spots = regions.iter().flat_map(|(r, n)| (1..=*n).map(|i| NodeSpot::loopback(r, i))).collect();
         Cloud::with_spots(cluster, spots)
     }

@@ -87,9 +87,10 @@ fn a_flux_v8_container_app_is_served_and_removed_without_a_trace() {
     let (status, body) = get(&cloud, "bbweb.app.localhost").expect("answer");
     eprintln!("OCI app, image on the node: deploy --wait to first 200 in {} ms", began.elapsed().as_millis());
     assert_eq!((status, body.trim()), (200, "hello from busybox"));
-    // FluxOS's port convention and the component's custom domain reach the same server.
+    // FluxOS's port convention reaches the same server; the component's custom domain waits
+    // for its owner to prove it (tests/system/domains.rs), so it is not served.
     assert_eq!(get(&cloud, "bbweb_31000.app.localhost").map(|r| r.0), Some(200));
-    assert_eq!(get(&cloud, "bbweb.example.com").map(|r| r.0), Some(200));
+    assert_eq!(get(&cloud, "bbweb.example.com").map(|r| r.0), Some(404));
     let view = app_view(&cloud, "bbweb");
     let running = view.placements.iter().filter(|p| p.state == model::api::InstanceState::Running).count();
     assert_eq!(running, 2, "{view:?}");

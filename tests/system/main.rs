@@ -5,6 +5,7 @@
 mod cloud;
 mod cluster;
 mod containers;
+mod domains;
 mod gateway;
 mod heal;
 mod oci;

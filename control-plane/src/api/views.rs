@@ -251,6 +251,7 @@ fn local_app_view(api: &Api, name: &str) -> Result<AppView, ApiError> {
         unreachable: BTreeMap::new(),
         routing,
         secrets: shard.read(|s| s.secrets.get(name).map(|v| v.values.keys().cloned().collect()).unwrap_or_default()),
+        domains: shard.read(|s| s.domain_views(name)),
     })
 }
 

@@ -12,6 +12,7 @@ use chain::{HttpChain, SharedChainSource};
 use control_plane::api::{self, Api};
 use control_plane::auth::AdminToken;
 use control_plane::blobs::BlobStore;
+use control_plane::domains::DomainResolver;
 use control_plane::{Shard, ShardConfig};
 use model::chain::{SignedTx, Tx};
 use model::keys::Keypair;
@@ -55,6 +56,10 @@ pub struct ControlArgs {
     /// region directory. Without it the replica is not published.
     #[arg(long)]
     pub wallet: Option<PathBuf>,
+    /// The DNS server (`ADDR:PORT`) that custom domains' TXT records are looked up at
+    /// (default: the name servers in /etc/resolv.conf).
+    #[arg(long)]
+    pub dns: Option<SocketAddr>,
 }
 
 impl ControlArgs {
@@ -70,6 +75,7 @@ impl ControlArgs {
             data_dir: self.data_dir.or(file.data_dir),
             admin_token_file: self.admin_token_file.or(file.admin_token_file),
             wallet: self.wallet.or(file.wallet),
+            dns: self.dns.or(file.dns),
         }
     }
 }
@@ -114,6 +120,8 @@ pub struct Config {
     pub admin: AdminToken,
     /// Control operator wallet, to publish this replica.
     pub wallet: Option<Keypair>,
+    /// The DNS server custom domains are proven through; `None`: the system's.
+    pub dns: Option<SocketAddr>,
     /// Timings.
     pub daemon: Arc<DaemonConfig>,
 }
@@ -133,6 +141,7 @@ impl Config {
             data_dir: config::required(args.data_dir, "--data-dir", "control.data_dir")?,
             admin: AdminToken::from_file(&token_file)?,
             wallet: args.wallet.as_deref().map(load_key).transpose()?,
+            dns: args.dns,
             daemon,
         })
     }
@@ -181,7 +190,8 @@ impl Config {
         }
         check_chain(&shard, &chain).await?;
         let initialized = shard.is_initialized().await;
-        Ok(Built { config: self, shard, chain, listener, advertise, initialized })
+        let resolver = Arc::new(DomainResolver::new(self.dns));
+        Ok(Built { config: self, shard, chain, listener, advertise, initialized, resolver })
     }
 }
 
@@ -210,6 +220,8 @@ pub struct Built {
     listener: tokio::net::TcpListener,
     advertise: String,
     initialized: bool,
+    /// Where custom domains' TXT records are looked up.
+    resolver: Arc<DomainResolver>,
 }
 
 impl Built {
@@ -220,7 +232,7 @@ impl Built {
 
     /// Starts serving, following the chain while leading, and publishing this replica.
     pub fn spawn(self) -> anyhow::Result<Running> {
-        let Built { config, shard, chain, listener, advertise, initialized } = self;
+        let Built { config, shard, chain, listener, advertise, initialized, resolver } = self;
         let api = Arc::new(Api {
             shard: shard.clone(),
             chain: chain.clone(),
@@ -237,6 +249,9 @@ impl Built {
         let actors = tokio::spawn(actors::lead(shard.clone(), chain.clone(), fatal.clone(), stopped.clone()));
         let peers = client::Client::new(vec![advertise.clone()])?;
         tokio::spawn(control_plane::capacity::follow_other_regions(shard.clone(), peers, stopped.clone()));
+        let recheck = config.daemon.timing.domain_recheck;
+        tracing::info!(region = %config.region, "custom domains are proven through {}", resolver.describe);
+        tokio::spawn(control_plane::domains::verify_domains(shard.clone(), resolver, recheck, stopped.clone()));
         match config.wallet.clone() {
             Some(wallet) => {
                 tokio::spawn(publish(shard.clone(), chain, wallet, advertise.clone(), fatal.clone(), stopped));

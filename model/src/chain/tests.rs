@@ -399,3 +399,39 @@ fn a_node_cannot_claim_another_nodes_ports_or_a_control_replicas_listener() {
     assert_eq!(url_listener("https://[::1]"), Some("[::1]:443".parse().expect("addr")));
     assert_eq!(url_listener("http://example.com:80"), None);
 }
+
+#[test]
+fn a_domain_claim_keeps_its_height_across_updates_that_keep_it() {
+    let owner = Keypair::generate();
+    let (mut state, _) = genesis(&owner);
+    let with_domains = |domains: &[&str]| {
+        let mut s = spec("shop");
+        let ports = domains
+            .iter()
+            .enumerate()
+            .map(|(i, d)| crate::spec::OciPort { container: 80, public: 8080 + i as u16, domain: Some(d.to_string()) })
+            .collect();
+        s.components[0].workload = crate::spec::Workload::Oci(crate::spec::OciWorkload {
+            image: "busybox:local".into(),
+            archive: None,
+            ports,
+            commands: vec![],
+            volumes: vec![],
+            health_path: None,
+        });
+        s
+    };
+    let claims = |state: &ChainState| state.apps["shop"].claims().collect::<Vec<_>>();
+    let reg = SignedTx::sign(Tx::AppRegister { spec: with_domains(&["Shop.Example.com"]), payment: FLUX }, 1, &owner);
+    state.apply_tx(&reg, 1).expect("register");
+    assert_eq!(claims(&state), [("shop.example.com".to_string(), 1)]);
+    let update = |domains: &[&str], nonce| {
+        SignedTx::sign(Tx::AppUpdate { spec: with_domains(domains), payment: FLUX }, nonce, &owner)
+    };
+    state.apply_tx(&update(&["shop.example.com", "b.example.com"], 2), 2).expect("update");
+    assert_eq!(claims(&state), [("b.example.com".to_string(), 2), ("shop.example.com".to_string(), 1)]);
+    // Dropped, then claimed again: a new claim.
+    state.apply_tx(&update(&["b.example.com"], 3), 3).expect("update");
+    state.apply_tx(&update(&["b.example.com", "shop.example.com"], 4), 4).expect("update");
+    assert_eq!(claims(&state), [("b.example.com".to_string(), 2), ("shop.example.com".to_string(), 4)]);
+}

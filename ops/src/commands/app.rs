@@ -403,6 +403,7 @@ async fn deploy(
     let spec = prepare(api, &key, file, allow_outside).await?;
     let name = spec.name.clone();
     let price = model::price::app_price(&spec);
+    let spec_domains = spec.domains();
     let (resp, update) = submit_spec(api, &key, spec).await?;
     let url = format!("http://{name}.app.{}/", cli.gateway);
     eprintln!(
@@ -411,7 +412,16 @@ async fn deploy(
         short(&resp.tx_id, 12),
         format_flux(price)
     );
+    let domains = spec_domains;
     if !wait && secrets.is_empty() {
+        for domain in &domains {
+            eprintln!(
+                "domain {domain} is served only once proven: add a DNS TXT record {} with the value {} \
+                 (`fluxctl app status {name}` shows where it stands)",
+                model::domains::txt_name(domain),
+                key.public()
+            );
+        }
         println!("{url}");
         return Ok(());
     }
@@ -432,6 +442,7 @@ async fn deploy(
         seal_and_send(api, &key, &name, &secrets, &[]).await?;
     }
     if !wait {
+        report_domains(api, &name, height, Instant::now() + DOMAIN_CHECK_WAIT).await?;
         println!("{url}");
         return Ok(());
     }
@@ -474,8 +485,54 @@ async fn deploy(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("ready in {:.1}s", started.elapsed().as_secs_f64());
+    if !domains.is_empty() {
+        report_domains(api, &name, height, deadline.min(Instant::now() + DOMAIN_CHECK_WAIT)).await?;
+    }
     println!("{url}");
     Ok(())
+}
+
+/// How long a deploy waits for the control plane's first lookup of its new domains.
+const DOMAIN_CHECK_WAIT: Duration = Duration::from_secs(10);
+
+/// Says where each custom domain of `name` (on chain at `height`) stands, and for one that is
+/// not proven, the record that proves it; waits until `until` for the first lookups.
+async fn report_domains(api: &Client, name: &str, height: u64, until: Instant) -> anyhow::Result<()> {
+    let app = loop {
+        let app = match api.app(name).await {
+            Ok(app) => Some(app),
+            Err(e) if e.is_not_found() || e.is_unreachable() => None,
+            Err(e) => return Err(e.into()),
+        };
+        let checked = app.as_ref().is_some_and(|a| {
+            a.updated_height >= height && a.domains.iter().all(|d| d.state != model::domains::DomainState::Unchecked)
+        });
+        if checked || Instant::now() >= until {
+            break app;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for d in app.iter().flat_map(|a| &a.domains) {
+        eprintln!("{}", describe_domain(d));
+    }
+    Ok(())
+}
+
+/// One line on where a custom domain stands, with the record to add when it is not proven.
+fn describe_domain(d: &model::domains::DomainView) -> String {
+    use model::domains::DomainState;
+    let add = format!("add a DNS TXT record {} with the value {}", d.record, d.value);
+    let why = d.message.as_ref().map(|m| format!(" ({m})")).unwrap_or_default();
+    match d.state {
+        DomainState::Serving => format!("domain {}: proven by {}, served", d.domain, d.record),
+        DomainState::Outranked => format!(
+            "domain {}: proven, but served for `{}`, whose claim is older",
+            d.domain,
+            d.served_by.as_deref().unwrap_or("another app")
+        ),
+        DomainState::Pending => format!("domain {} waits for verification{why}: {add}", d.domain),
+        DomainState::Unchecked => format!("domain {} waits for verification (not looked up yet): {add}", d.domain),
+    }
 }
 
 /// Waits until every gateway that follows a region where `app` runs holds a feed version that
@@ -762,6 +819,9 @@ async fn status(cli: &Cli, api: &Client, name: &str) -> anyhow::Result<()> {
     println!("quotas: {}", if quotas.is_empty() { "none".to_string() } else { quotas.join(", ") });
     if !app.secrets.is_empty() {
         println!("secrets: {} (values are never shown)", app.secrets.join(", "));
+    }
+    for d in &app.domains {
+        println!("{}", describe_domain(d));
     }
     for (region, routing) in &app.routing {
         let gateways: Vec<String> = routing
