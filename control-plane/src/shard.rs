@@ -974,8 +974,7 @@ impl Shard {
 
     /// The capabilities `node` declares but said, in its last beat, it cannot use now.
     pub fn unavailable(&self, node: &str) -> BTreeMap<Capability, String> {
-        let mut unavailable =
-            self.beats.stripe(node).get(node).map(|n| n.unavailable.clone()).unwrap_or_default();
+        let mut unavailable = self.beats.stripe(node).get(node).map(|n| n.unavailable.clone()).unwrap_or_default();
         // A node that has not proven its address takes no work of any kind.
         if let Some(why) = self.unproven(node) {
             for cap in Capability::ALL {

@@ -83,7 +83,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     // under today's rules only the first of them is started.
     let chain_nodes = devnet.state().nodes;
     if let Some(n) = dev_nodes().iter().find(|n| {
-        chain_nodes.get(&n.id).is_none_or(|r| r.start.address != n.address || r.start.instance_ports != n.instance_ports)
+        chain_nodes
+            .get(&n.id)
+            .is_none_or(|r| r.start.address != n.address || r.start.instance_ports != n.instance_ports)
     }) {
         anyhow::bail!(
             "{}: dev node {} is not on this chain with address {} and ports {} (the data dir was written by an \

@@ -376,7 +376,11 @@ impl SignedUpload {
 
     /// Checks the signature.
     pub fn verify(&self) -> Result<(), String> {
-        crate::keys::verify_hex(&self.uploader, &Self::signing_bytes(&self.hash, self.size, self.at_ms), &self.signature)
+        crate::keys::verify_hex(
+            &self.uploader,
+            &Self::signing_bytes(&self.hash, self.size, self.at_ms),
+            &self.signature,
+        )
     }
 }
 

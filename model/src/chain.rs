@@ -190,7 +190,8 @@ impl NodeStart {
 
     /// Whether the two nodes claim a port in common on the same address.
     pub fn overlaps(&self, other: &NodeStart) -> bool {
-        self.address.to_canonical() == other.address.to_canonical() && self.instance_ports.overlaps(&other.instance_ports)
+        self.address.to_canonical() == other.address.to_canonical()
+            && self.instance_ports.overlaps(&other.instance_ports)
     }
 
     /// Why `endpoint` (an instance endpoint the node reported) is not one it may serve on, if
@@ -767,9 +768,11 @@ impl ChainState {
                         start.address, start.instance_ports, other.start.node_id, other.start.instance_ports
                     )));
                 }
-                let replica = self.directory.values().flat_map(|d| d.values()).find(|url| {
-                    url_listener(url).is_some_and(|listener| start.covers(listener))
-                });
+                let replica = self
+                    .directory
+                    .values()
+                    .flat_map(|d| d.values())
+                    .find(|url| url_listener(url).is_some_and(|listener| start.covers(listener)));
                 if let Some(url) = replica {
                     return Err(TxError::InvalidNode(format!(
                         "instance ports {} on {} include the listener of control replica {url}",

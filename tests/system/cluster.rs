@@ -61,7 +61,10 @@ impl Proc {
     /// The process's resident memory, in bytes (from `/proc`).
     pub fn rss_bytes(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+        let kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
         kb.unwrap_or(0) * 1024
     }
 
@@ -475,7 +478,13 @@ impl Cluster {
             capabilities: vec![model::chain::Capability::Wasm],
             node_key: Keypair::generate().public(),
             // Each its own address: a node's address and ports are its own.
-            address: std::net::Ipv4Addr::new(127, 2, 0, 1 + self.nodes_on_chain.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as u8).into(),
+            address: std::net::Ipv4Addr::new(
+                127,
+                2,
+                0,
+                1 + self.nodes_on_chain.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as u8,
+            )
+            .into(),
             instance_ports: model::chain::PortRange::DEFAULT,
         };
         self.submit_applied(&self.running(), &self.wallet(), Tx::NodeStart(start)).expect("node on chain");

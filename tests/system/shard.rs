@@ -344,7 +344,8 @@ fn unsigned_large_raft_posts_cost_the_replica_no_memory() {
             .map(|_| {
                 let (url, body) = (url.clone(), body.clone());
                 s.spawn(move || {
-                    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+                    let http =
+                        reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
                     http.post(&url)
                         .header("content-type", "application/json")
                         .body(body.to_vec())
@@ -362,12 +363,7 @@ fn unsigned_large_raft_posts_cost_the_replica_no_memory() {
     assert!(answers.iter().any(|a| matches!(a, Ok(401))), "{answers:?}");
     std::thread::sleep(Duration::from_secs(1));
     let after = rss();
-    assert!(
-        after < before + (50 << 20),
-        "RSS went from {} MB to {} MB",
-        before >> 20,
-        after >> 20
-    );
+    assert!(after < before + (50 << 20), "RSS went from {} MB to {} MB", before >> 20, after >> 20);
     // Still serving.
     c.wait_leader(Duration::from_secs(5));
 }

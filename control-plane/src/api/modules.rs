@@ -60,9 +60,9 @@ fn signed_upload(hash: &str, headers: &HeaderMap) -> Result<SignedUpload, ApiErr
             ),
         ));
     };
-    let at_ms: u64 = at
-        .parse()
-        .map_err(|_| ApiError::new("unauthorized", format!("{} must be ms since the epoch", SignedUpload::AT_HEADER)))?;
+    let at_ms: u64 = at.parse().map_err(|_| {
+        ApiError::new("unauthorized", format!("{} must be ms since the epoch", SignedUpload::AT_HEADER))
+    })?;
     let size = header(CONTENT_LENGTH.as_str())
         .and_then(|v| v.parse::<u64>().ok())
         .ok_or_else(|| ApiError::new("length_required", "an upload states its length (Content-Length)"))?;
@@ -200,11 +200,7 @@ pub(super) async fn blob_status(
     }
     let stored = ensure(&api, &hash).await?;
     let paid = api.shard.read(|s| s.chain.blobs.get(&hash).cloned());
-    Ok(axum::Json(BlobStatus {
-        stored,
-        paid_by: paid.as_ref().map(|p| p.payer.clone()),
-        size: paid.map(|p| p.size),
-    }))
+    Ok(axum::Json(BlobStatus { stored, paid_by: paid.as_ref().map(|p| p.payer.clone()), size: paid.map(|p| p.size) }))
 }
 
 /// Removes stored blobs the chain no longer keeps: not paid for within the grace period and

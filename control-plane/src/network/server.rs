@@ -61,7 +61,8 @@ fn authenticate(service: &RaftService, rpc: &str, headers: &HeaderMap) -> Result
     let header = |name: &str| {
         headers.get(name).and_then(|v| v.to_str().ok()).ok_or_else(|| format!("the call has no {name} header"))
     };
-    let number = |name: &str| -> Result<u64, String> { header(name)?.parse().map_err(|_| format!("bad {name} header")) };
+    let number =
+        |name: &str| -> Result<u64, String> { header(name)?.parse().map_err(|_| format!("bad {name} header")) };
     let call = SignedCall {
         from: number(auth::REPLICA_ID)?,
         key: PublicKeyHex(header(auth::REPLICA_KEY)?.to_string()),
@@ -94,7 +95,11 @@ async fn read_body(service: &RaftService, call: &SignedCall, rpc: &str, req: Req
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let too_large = || {
-        refuse(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("a Raft {rpc} call is at most {limit} bytes"))
+        refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("a Raft {rpc} call is at most {limit} bytes"),
+        )
     };
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());

@@ -76,10 +76,9 @@ impl Config {
                 })?,
                 None => 1_000_000 * model::tier::FLUX,
             },
-            blob_rules: args.blob_grace.map(|grace| model::chain::BlobRules {
-                grace_ms: grace.as_millis() as u64,
-                ..Default::default()
-            }),
+            blob_rules: args
+                .blob_grace
+                .map(|grace| model::chain::BlobRules { grace_ms: grace.as_millis() as u64, ..Default::default() }),
             limits: daemon.http.limits(),
         })
     }
@@ -101,7 +100,9 @@ impl Config {
                 key_path.display()
             );
             let key = load_or_create_key(&key_path)?;
-            Devnet::open(&chain_path, || chain::funded_genesis(&key, &[], self.genesis_flux, self.blob_rules, chain::now_ms()))?
+            Devnet::open(&chain_path, || {
+                chain::funded_genesis(&key, &[], self.genesis_flux, self.blob_rules, chain::now_ms())
+            })?
         };
         let listener = bind(self.listen, "chain").await?;
         Ok(Built { config: self, devnet, listener, key_path })

@@ -98,29 +98,40 @@ fn refuse(status: StatusCode, code: &str, message: impl Into<String>) -> Respons
     (status, axum::Json(ErrorBody { error: detail })).into_response()
 }
 
+/// A refusal: status, code and message, answered in the API's JSON error shape.
+struct Refusal(StatusCode, &'static str, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        refuse(self.0, self.1, self.2)
+    }
+}
+
 impl NodeApi {
     /// Takes the request's nonce; refuses one already answered within the skew window.
-    fn take_nonce(&self, request: &LogsRequest) -> Result<(), Response> {
+    fn take_nonce(&self, request: &LogsRequest) -> Result<(), Refusal> {
         let now = chain::now_ms();
         // The map holds plain data; one left by a panicking holder is still whole.
         let mut nonces = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
         nonces.retain(|_, at| now.abs_diff(*at) <= LogsRequest::MAX_SKEW_MS);
         if nonces.contains_key(&request.nonce) {
-            return Err(refuse(StatusCode::UNAUTHORIZED, "unauthorized", "this signed request was already answered (a replay)"));
+            let why = "this signed request was already answered (a replay)".to_string();
+            return Err(Refusal(StatusCode::UNAUTHORIZED, "unauthorized", why));
         }
         if nonces.len() >= MAX_NONCES {
-            return Err(refuse(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", "too many logs requests: try again in 30 s"));
+            let why = "too many logs requests: try again in 30 s".to_string();
+            return Err(Refusal(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", why));
         }
         nonces.insert(request.nonce.clone(), request.at_ms);
         Ok(())
     }
 
     /// A place among `app`'s follow streams, given back when the guard drops.
-    fn follow_slot(&self, app: &str) -> Result<FollowSlot, Response> {
+    fn follow_slot(&self, app: &str) -> Result<FollowSlot, Refusal> {
         let mut follows = self.follows.lock().unwrap_or_else(|e| e.into_inner());
         let open = follows.entry(app.to_string()).or_default();
         if *open >= MAX_FOLLOWS_PER_APP {
-            return Err(refuse(
+            return Err(Refusal(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_requests",
                 format!("{app} already has {MAX_FOLLOWS_PER_APP} follow streams open on this node"),
@@ -196,13 +207,13 @@ async fn logs(
         Err(agent::LogsRefused::Unknown(why)) => return refuse(StatusCode::NOT_FOUND, "not_found", why),
     };
     if let Err(refused) = api.take_nonce(&request) {
-        return refused;
+        return refused.into_response();
     }
     let app = instance.split('@').next().unwrap_or(&instance).to_string();
     let slot = if q.follow {
         match api.follow_slot(&app) {
             Ok(slot) => Some(slot),
-            Err(refused) => return refused,
+            Err(refused) => return refused.into_response(),
         }
     } else {
         None

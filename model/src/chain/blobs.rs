@@ -72,7 +72,9 @@ impl ChainState {
         let referenced = self.referenced_blobs();
         self.blobs
             .iter()
-            .filter(|(hash, b)| &b.payer == payer && !referenced.contains(hash.as_str()) && !except.contains(hash.as_str()))
+            .filter(|(hash, b)| {
+                &b.payer == payer && !referenced.contains(hash.as_str()) && !except.contains(hash.as_str())
+            })
             .map(|(_, b)| b.size)
             .sum()
     }
@@ -80,12 +82,18 @@ impl ChainState {
     /// Checks a blob payment and returns the fee for the bytes (the transaction fee apart).
     pub(super) fn check_blob_upload(&self, signer: &PublicKeyHex, blobs: &[BlobPayment]) -> Result<u64, TxError> {
         if blobs.is_empty() || blobs.len() > MAX_BLOBS_PER_TX {
-            return Err(TxError::InvalidBlob(format!("a payment names 1 to {MAX_BLOBS_PER_TX} blobs, not {}", blobs.len())));
+            return Err(TxError::InvalidBlob(format!(
+                "a payment names 1 to {MAX_BLOBS_PER_TX} blobs, not {}",
+                blobs.len()
+            )));
         }
         let mut named = BTreeSet::new();
         for b in blobs {
             if !is_blob_hash(&b.hash) {
-                return Err(TxError::InvalidBlob(format!("`{}` is not a blake3 hash (64 lower-case hex digits)", b.hash)));
+                return Err(TxError::InvalidBlob(format!(
+                    "`{}` is not a blake3 hash (64 lower-case hex digits)",
+                    b.hash
+                )));
             }
             if b.size == 0 || b.size > MAX_BLOB_BYTES {
                 return Err(TxError::InvalidBlob(format!(

@@ -342,7 +342,11 @@ fn blobs_are_paid_per_megabyte_bounded_per_key_and_dropped_unless_an_app_refers_
 
     // The quota (10 MB here) counts what no app refers to.
     let over = pay(vec![(3, 8_000_000)], 2);
-    assert!(matches!(state.check_tx(&over, 2), Err(TxError::BlobQuota { held: 2_500_010, .. })), "{:?}", state.check_tx(&over, 2));
+    assert!(
+        matches!(state.check_tx(&over, 2), Err(TxError::BlobQuota { held: 2_500_010, .. })),
+        "{:?}",
+        state.check_tx(&over, 2)
+    );
     for bad in [vec![], vec![(4, 0)], vec![(5, MAX_BLOB_BYTES + 1)], vec![(6, 1), (6, 1)]] {
         assert!(matches!(state.check_tx(&pay(bad.clone(), 2), 2), Err(TxError::InvalidBlob(_))), "{bad:?}");
     }
@@ -352,7 +356,8 @@ fn blobs_are_paid_per_megabyte_bounded_per_key_and_dropped_unless_an_app_refers_
         &owner,
     );
     assert!(matches!(state.check_tx(&upper, 2), Err(TxError::InvalidBlob(_))));
-    let unfunded = SignedTx::sign(Tx::BlobUpload { blobs: vec![BlobPayment { hash: hash(8), size: 1 }] }, 1, &Keypair::generate());
+    let unfunded =
+        SignedTx::sign(Tx::BlobUpload { blobs: vec![BlobPayment { hash: hash(8), size: 1 }] }, 1, &Keypair::generate());
     assert!(matches!(state.check_tx(&unfunded, 2), Err(TxError::InsufficientFunds { .. })));
 
     // An app refers to blob 1: it stays past the grace; blob 2 goes.

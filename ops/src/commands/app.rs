@@ -326,9 +326,12 @@ fn pairs_names(values: &std::collections::BTreeMap<String, Vec<u8>>) -> String {
     values.keys().cloned().collect::<Vec<_>>().join(", ")
 }
 
+/// The modules and image archives a manifest names: `(blake3 hex, bytes)`.
+type ManifestBlobs = Vec<(String, Vec<u8>)>;
+
 /// Reads a manifest and returns the spec in chain form (modules by hash), with the bytes of
 /// each module and image archive it names, by hash.
-fn read_manifest(file: &Path, allow_outside: bool) -> anyhow::Result<(AppSpec, Vec<(String, Vec<u8>)>)> {
+fn read_manifest(file: &Path, allow_outside: bool) -> anyhow::Result<(AppSpec, ManifestBlobs)> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let mut spec = AppSpec::from_manifest(&text).map_err(|e| anyhow::anyhow!("{} is invalid:\n{e}", file.display()))?;
     let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
