@@ -50,7 +50,8 @@ pub struct ChainTip {
 pub fn status_of(code: &str) -> u16 {
     match code {
         "bad_request" | "invalid_spec" | "invalid_node" | "invalid_announce" | "invalid_transfer"
-        | "missing_module" | "bad_block" | "bad_endpoint" | "invalid_module" | "bad_nonce" | "invalid_secret" => 400,
+        | "missing_module" | "bad_block" | "bad_endpoint" | "invalid_module" | "invalid_archive" | "bad_nonce"
+        | "invalid_secret" => 400,
         "bad_signature" | "unauthorized" => 401,
         "underpaid" | "insufficient_funds" => 402,
         "forbidden" => 403,
