@@ -78,7 +78,7 @@ impl<'a> Archive<'a> {
 
     /// The file at `path` (following links within the archive), if there is one.
     fn file(&self, path: &str) -> Result<Option<usize>, String> {
-        let mut current = clean(path).ok_or_else(|| format!("{} reaches outside the archive", show(path)))?;
+        let mut current = clean(path).ok_or_else(|| format!("{} is not a path inside the archive", show(path)))?;
         for _ in 0..=MAX_LINK_HOPS {
             let Some(&i) = self.by_path.get(&current) else {
                 return Ok(None);
