@@ -3,6 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+mod archive;
+
+pub use archive::check_image_archive;
+
 /// Largest module accepted.
 pub const MAX_BLOB_BYTES: usize = 64 * 1024 * 1024;
 
@@ -116,22 +120,10 @@ pub fn check_blob(bytes: &[u8]) -> Result<BlobKind, BlobError> {
     match check_component(bytes) {
         Ok(()) => Ok(BlobKind::Component),
         Err(why) if !bytes.starts_with(b"\0asm") => {
-            Err(BlobError::NotAComponent(format!("{why}, nor an image archive (`docker save` or OCI layout tar)")))
+            Err(BlobError::NotAComponent(format!("{why}, nor an image archive (a `docker save` tar)")))
         }
         Err(why) => Err(BlobError::NotAComponent(why)),
     }
-}
-
-/// Why `bytes` are not an image archive a Docker engine loads, if they are not: a tar whose
-/// top level holds `manifest.json` (`docker save`) or `index.json` (OCI layout). Walks the
-/// headers only, never the contents, and never quotes them.
-pub fn check_image_archive(bytes: &[u8]) -> Result<(), String> {
-    let entries = model::tar::entries(bytes)?;
-    if entries.iter().any(|e| e.name == "manifest.json" || e.name == "index.json") {
-        return Ok(());
-    }
-    Err("a tar file without manifest.json or index.json at its top: make it with `docker save IMAGE -o FILE.tar`"
-        .into())
 }
 
 /// The interface a node calls to serve requests.
@@ -231,14 +223,18 @@ mod tests {
 
     #[test]
     fn image_archives_are_told_from_other_tars() {
-        let saved = tar(&[("blobs/sha256/ab", b"layer"), ("manifest.json", b"[]"), ("repositories", b"{}")]);
+        let saved = archive::tests::old_docker_save();
         assert_eq!(check_blob(&saved).expect("an archive"), BlobKind::ImageArchive);
         assert_eq!(BlobKind::of(&saved[..512]), Some(BlobKind::ImageArchive));
-        let oci = tar(&[("./oci-layout", b"{}"), ("./index.json", b"{}")]);
-        assert_eq!(check_blob(&oci).expect("an OCI layout"), BlobKind::ImageArchive);
         let other = tar(&[("notes.txt", b"private words")]);
         let err = check_blob(&other).expect_err("not an image").to_string();
         assert!(err.contains("without manifest.json") && !err.contains("private"), "{err}");
+        let junk = tar(&[("manifest.json", b"private words")]);
+        let err = check_blob(&junk).expect_err("not an image").to_string();
+        assert!(
+            err.starts_with("not an image archive: manifest.json is not JSON") && !err.contains("private"),
+            "{err}"
+        );
         let mut broken = saved.clone();
         broken[124..135].copy_from_slice(b"99999999999");
         assert!(check_blob(&broken).is_err());

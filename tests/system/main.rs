@@ -2,6 +2,7 @@
 //! chain, control, node and gateway roles) on ephemeral ports, driven through the real `fluxctl`
 //! binary and over HTTP. Every process is held by a guard that kills it on drop.
 
+mod archives;
 mod cloud;
 mod cluster;
 mod containers;

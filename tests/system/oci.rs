@@ -53,10 +53,47 @@ impl BusyboxImage {
 }
 
 impl BusyboxImage {
+    /// Builds a new image with `docker build` from a scratch Dockerfile, in layers as a
+    /// Dockerfile makes them: busybox, the page, then a file at the top added, removed and added
+    /// again. The two layers that add the file are the same (no directory of theirs changes),
+    /// so the engine stores that layer once: `docker save` before Docker 25 links the second to
+    /// the first.
+    pub fn build() -> BusyboxImage {
+        assert!(Path::new(BUSYBOX).exists(), "{BUSYBOX} is missing: apt-get install busybox-static");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::copy(BUSYBOX, dir.path().join("busybox")).expect("busybox");
+        std::fs::write(dir.path().join("index.html"), "hello from busybox\n").expect("index");
+        let dockerfile = "FROM scratch\n\
+                          COPY busybox /bin/busybox\n\
+                          COPY index.html /www/index.html\n\
+                          COPY index.html /built.txt\n\
+                          RUN [\"/bin/busybox\", \"rm\", \"/built.txt\"]\n\
+                          COPY index.html /built.txt\n\
+                          CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-vv\", \"-p\", \"80\", \"-h\", \"/www\"]\n";
+        std::fs::write(dir.path().join("Dockerfile"), dockerfile).expect("Dockerfile");
+        let tag = format!("fluxplane-test/built:{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        // The classic builder: one layer per step, the same on every engine (BuildKit, where
+        // installed, may merge or skip layers).
+        let out = Command::new("docker")
+            .env("DOCKER_BUILDKIT", "0")
+            .args(["build", "-q", "--force-rm", "-t", &tag])
+            .arg(dir.path())
+            .output()
+            .expect("the docker CLI runs");
+        assert!(out.status.success(), "docker build: {}", String::from_utf8_lossy(&out.stderr));
+        BusyboxImage { tag, _dir: dir }
+    }
+
     /// `docker save` of the image: an archive to upload.
     pub fn save(&self, to: &Path) {
         let out = docker(&["save", "-o", to.to_str().expect("utf-8 path"), &self.tag]);
         assert!(out.status.success(), "docker save: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// `docker load` of an archive: the engine's error when it refuses it.
+    pub fn load(archive: &Path) -> Result<(), String> {
+        let out = docker(&["load", "-q", "-i", archive.to_str().expect("utf-8 path")]);
+        if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) }
     }
 
     /// Removes the image from the engine, so that only an archive can bring it back.

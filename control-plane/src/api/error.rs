@@ -127,3 +127,16 @@ impl From<client::ClientError> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_uploads_are_client_errors() {
+        for code in ["invalid_module", "invalid_archive"] {
+            let status = ApiError::new(code, "refused").into_response().status();
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{code}");
+        }
+    }
+}
