@@ -3,12 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-mod archive;
-
-pub use archive::check_image_archive;
-
-/// Largest module accepted.
-pub const MAX_BLOB_BYTES: usize = 64 * 1024 * 1024;
+use model::blob::ContentError;
+pub use model::blob::{BlobKind, check_component, check_image_archive};
 
 /// A directory of blobs named by their blake3 hash.
 #[derive(Debug, Clone)]
@@ -41,93 +37,14 @@ pub enum BlobError {
     Io(#[from] std::io::Error),
 }
 
-/// Why `bytes` are not a valid WebAssembly component, if they are not. Only components run
-/// here, so nothing else is stored (or served back). The reason says what is wrong and where,
-/// never what the bytes are: an upload of a private file must not come back in an error.
-pub fn check_component(bytes: &[u8]) -> Result<(), String> {
-    if !bytes.starts_with(b"\0asm") {
-        return Err("not a WebAssembly binary (it does not start with the `\\0asm` header)".into());
-    }
-    if wasmparser::Parser::is_core_wasm(bytes) {
-        return Err("a core WebAssembly module, not a component: build for wasm32-wasip2, or wrap it with \
-                    `wasm-tools component new`"
-            .into());
-    }
-    if !wasmparser::Parser::is_component(bytes) {
-        return Err("an unknown WebAssembly version or layer".into());
-    }
-    // The standard features only, as the nodes' wasmtime engine enables by default: a module
-    // that needs a proposal they do not run would be paid for and never start.
-    let mut validator = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::default());
-    let invalid = |e: wasmparser::BinaryReaderError| format!("invalid at byte {}: {}", e.offset(), e.message());
-    validator.validate_all(bytes).map_err(invalid)?;
-    // Nodes run it as a wasi:http proxy: it must export the incoming handler (at the top level,
-    // not inside a nested component).
-    let mut depth = 0i32;
-    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
-        match payload.map_err(invalid)? {
-            wasmparser::Payload::ModuleSection { .. } | wasmparser::Payload::ComponentSection { .. } => depth += 1,
-            wasmparser::Payload::End(_) => depth -= 1,
-            wasmparser::Payload::ComponentExportSection(exports) if depth == 0 => {
-                for export in exports {
-                    if export.map_err(invalid)?.name.name.starts_with(HTTP_HANDLER) {
-                        return Ok(());
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    Err(format!(
-        "it does not export `{HTTP_HANDLER}`: build it as a wasi:http component (the wasm32-wasip2 target and an \
-         http proxy export)"
-    ))
-}
-
-/// What a stored blob is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlobKind {
-    /// A WebAssembly component (a `wasm` module).
-    Component,
-    /// A container image archive (an `image_archive`).
-    ImageArchive,
-}
-
-impl BlobKind {
-    /// The kind of blob whose first bytes are `head` (at least 512 of them for an archive).
-    pub fn of(head: &[u8]) -> Option<BlobKind> {
-        if head.starts_with(b"\0asm") {
-            Some(BlobKind::Component)
-        } else if is_tar(head) {
-            Some(BlobKind::ImageArchive)
-        } else {
-            None
-        }
-    }
-}
-
-/// Whether `bytes` begin with a POSIX tar header (`ustar` at offset 257).
-fn is_tar(bytes: &[u8]) -> bool {
-    bytes.get(257..262) == Some(b"ustar".as_slice())
-}
-
-/// Checks an upload: a WebAssembly component, or a container image archive.
+/// Checks an upload's content: a WebAssembly component, or a container image archive (see
+/// [`model::blob`], which `fluxctl` also checks with before it pays).
 pub fn check_blob(bytes: &[u8]) -> Result<BlobKind, BlobError> {
-    if is_tar(bytes) {
-        check_image_archive(bytes).map_err(BlobError::NotAnArchive)?;
-        return Ok(BlobKind::ImageArchive);
-    }
-    match check_component(bytes) {
-        Ok(()) => Ok(BlobKind::Component),
-        Err(why) if !bytes.starts_with(b"\0asm") => {
-            Err(BlobError::NotAComponent(format!("{why}, nor an image archive (a `docker save` tar)")))
-        }
-        Err(why) => Err(BlobError::NotAComponent(why)),
-    }
+    model::blob::check(bytes).map_err(|e| match e {
+        ContentError::NotAComponent(why) => BlobError::NotAComponent(why),
+        ContentError::NotAnArchive(why) => BlobError::NotAnArchive(why),
+    })
 }
-
-/// The interface a node calls to serve requests.
-const HTTP_HANDLER: &str = "wasi:http/incoming-handler";
 
 impl BlobStore {
     /// A store in `dir`, created if needed.
@@ -218,29 +135,6 @@ impl BlobStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    use model::tar::build as tar;
-
-    #[test]
-    fn image_archives_are_told_from_other_tars() {
-        let saved = archive::tests::old_docker_save();
-        assert_eq!(check_blob(&saved).expect("an archive"), BlobKind::ImageArchive);
-        assert_eq!(BlobKind::of(&saved[..512]), Some(BlobKind::ImageArchive));
-        let other = tar(&[("notes.txt", b"private words")]);
-        let err = check_blob(&other).expect_err("not an image").to_string();
-        assert!(err.contains("without manifest.json") && !err.contains("private"), "{err}");
-        let junk = tar(&[("manifest.json", b"private words")]);
-        let err = check_blob(&junk).expect_err("not an image").to_string();
-        assert!(
-            err.starts_with("not an image archive: manifest.json is not JSON") && !err.contains("private"),
-            "{err}"
-        );
-        let mut broken = saved.clone();
-        broken[124..135].copy_from_slice(b"99999999999");
-        assert!(check_blob(&broken).is_err());
-        let text = check_blob(b"root:x:0:0").expect_err("text").to_string();
-        assert!(text.contains("not a WebAssembly component") && text.contains("nor an image archive"), "{text}");
-    }
 
     /// The hello component, padded with a custom section of `size` bytes.
     fn component(size: usize) -> Vec<u8> {

@@ -1,7 +1,8 @@
 //! Pure domain types for fluxplane: the app manifest and its validation, Flux v8 JSON specs, geography and regions,
 //! node tiers, the price formula and transaction fees, sealing secret values to a key, chain
-//! transactions and the chain state they build, and the wire types that the API, `fluxctl`,
-//! agents and gateways exchange.
+//! transactions and the chain state they build, what an uploaded module or image archive must
+//! be (wasmparser, sha2: parsing only), and the wire types that the API, `fluxctl`, agents and
+//! gateways exchange.
 //!
 //! This crate does no I/O and must not depend on tokio, openraft, wasmtime or any other runtime
 //! crate: every other crate builds on it, and `fluxctl` and the gateway link it without the
@@ -9,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod blob;
 pub mod capacity;
 pub mod chain;
 pub mod command;

@@ -174,8 +174,9 @@ fn a_rogue_node_cannot_point_the_gateway_at_the_control_plane() {
 }
 
 /// `wasm = "/etc/passwd"` (or any file beside the manifest's directory) is refused by fluxctl;
-/// sent anyway (`--allow-outside`, or straight to the API) it is refused as not a component. No
-/// refusal quotes the file, nothing is stored, and nothing is paid for.
+/// sent anyway (`--allow-outside`) fluxctl refuses it as not a component before paying, and
+/// straight to the API it is refused unpaid, then as not a component. No refusal quotes the
+/// file, and nothing is stored.
 #[test]
 fn a_manifest_cannot_publish_a_file_that_is_not_its_module() {
     let c = Cluster::start(&Loopback, &[1], &[1], TEST_CONFIG);
@@ -204,12 +205,17 @@ fn a_manifest_cannot_publish_a_file_that_is_not_its_module() {
         assert!(err.contains("not a WebAssembly component"), "{err}");
         assert!(!err.contains("root:") && !err.contains("the-secret-line"), "the refusal quotes the file: {err}");
     }
-    // Straight to the API: a core module is refused, and none of it is stored.
+    assert_eq!(balance(), before, "something was paid for");
+    // Straight to the API: unsigned, refused before it is read; paid for and signed, a core
+    // module is refused as not a component, and none of it is stored.
     let http = reqwest::blocking::Client::new();
     let core = b"\0asm\x01\x00\x00\x00".to_vec();
     let hash = blake3::hash(&core).to_hex().to_string();
     let url = format!("{}/v1/blobs/{hash}", c.replicas[&1].url);
-    let resp = http.put(&url).body(core).send().expect("upload");
+    assert_eq!(http.put(&url).body(core.clone()).send().expect("upload").status().as_u16(), 401);
+    let payment = model::chain::BlobPayment { hash: hash.clone(), size: core.len() as u64 };
+    c.submit_applied(&[1], &c.wallet(), Tx::BlobUpload { blobs: vec![payment] }).expect("paid");
+    let resp = signed_upload(&http, &c.replicas[&1].url, &c.wallet(), &core).send().expect("upload");
     let (status, body) = (resp.status().as_u16(), resp.text().unwrap_or_default());
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("\"invalid_module\"") && body.contains("core WebAssembly module"), "{body}");
@@ -217,7 +223,6 @@ fn a_manifest_cannot_publish_a_file_that_is_not_its_module() {
     let passwd = std::fs::read("/etc/passwd").unwrap_or_default();
     let url = format!("{}/v1/blobs/{}", c.replicas[&1].url, blake3::hash(&passwd).to_hex());
     assert_eq!(http.get(&url).send().expect("get").status().as_u16(), 404, "the file was stored");
-    assert_eq!(balance(), before, "something was paid for");
 }
 
 /// An app the nodes on chain could never run (too many instances, or too large for any tier)

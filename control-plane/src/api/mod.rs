@@ -51,13 +51,18 @@ pub struct Api {
 /// [`modules::collect_garbage`]): as often as a quarter of the chain's grace period, at most
 /// once a second and at least once a minute.
 pub async fn sweep_blobs(api: Arc<Api>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let mut last = std::time::Instant::now();
     loop {
-        let grace = api.shard.read(|s| s.chain.blob_rules.grace_ms);
-        let every = std::time::Duration::from_millis((grace / 4).clamp(1_000, 60_000));
+        // Looked at every second: the grace is known only once the shard applied genesis.
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
             _ = stopped.changed() => return,
         }
+        let grace = api.shard.read(|s| s.chain.blob_rules.grace_ms);
+        if last.elapsed() < std::time::Duration::from_millis((grace / 4).clamp(1_000, 60_000)) {
+            continue;
+        }
+        last = std::time::Instant::now();
         let this = api.clone();
         match tokio::task::spawn_blocking(move || modules::collect_garbage(&this)).await {
             Ok(Ok(0)) => {}

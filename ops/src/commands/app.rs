@@ -8,6 +8,7 @@ use clap::Subcommand;
 use client::Client;
 use comfy_table::Table;
 use model::api::{AppView, SubmitTxResponse, TxStatus};
+use model::blob::BlobKind;
 use model::chain::Tx;
 use model::keys::Keypair;
 use model::spec::{AppSpec, BLAKE3_PREFIX};
@@ -353,6 +354,16 @@ fn read_manifest(file: &Path, allow_outside: bool) -> anyhow::Result<(AppSpec, M
             // The checked file itself, not the path again (a link swapped in between is not followed).
             let bytes =
                 std::fs::read(&real).with_context(|| format!("component[{i}].{field}: reading {}", path.display()))?;
+            // Checked as the control plane checks it, before anything is paid for it.
+            let want = if field == "wasm" { BlobKind::Component } else { BlobKind::ImageArchive };
+            match model::blob::check(&bytes) {
+                Ok(kind) if kind == want => {}
+                Ok(_) => {
+                    let expected = if field == "wasm" { "a WebAssembly component" } else { "an image archive" };
+                    anyhow::bail!("component[{i}].{field}: {} is not {expected}", path.display())
+                }
+                Err(e) => anyhow::bail!("component[{i}].{field}: {}: {e}", path.display()),
+            }
             let hash = blake3::hash(&bytes).to_hex().to_string();
             blobs.push((hash.clone(), bytes));
             *blob = format!("{BLAKE3_PREFIX}{hash}");

@@ -12,13 +12,13 @@
 //! followed only for the named file itself, not for the directories on its path.
 //!
 //! Each entry is hashed at most once and each OCI blob parsed at most once, so the work is
-//! bounded by the archive's size (at most [`super::MAX_BLOB_BYTES`]). Errors name entries and
+//! bounded by the archive's size (at most [`crate::chain::MAX_BLOB_BYTES`]). Errors name entries and
 //! positions, never the contents of a file: an upload of a private file must not come back in
 //! an error.
 
 use std::collections::{HashMap, HashSet};
 
-use model::tar::TarEntry;
+use crate::tar::TarEntry;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -63,7 +63,7 @@ struct Archive<'a> {
 
 impl<'a> Archive<'a> {
     fn read(bytes: &'a [u8]) -> Result<Self, String> {
-        let entries = model::tar::entries(bytes)?;
+        let entries = crate::tar::entries(bytes)?;
         let mut by_path = HashMap::new();
         for (i, entry) in entries.iter().enumerate() {
             if matches!(entry.kind, b'x' | b'g' | b'L' | b'K') {
@@ -108,7 +108,7 @@ impl<'a> Archive<'a> {
 
     fn body(&self, i: usize) -> &'a [u8] {
         let entry = &self.entries[i];
-        // `model::tar::entries` checked that every body lies inside the archive.
+        // `crate::tar::entries` checked that every body lies inside the archive.
         &self.bytes[entry.header_at + 512..entry.header_at + 512 + entry.size]
     }
 
@@ -186,7 +186,7 @@ fn is_compressed(layer: &[u8]) -> bool {
 /// Whether `body` reads as a tar to its end: its headers walk, and it stops at a block of zeros
 /// or at the end of a block (a tail shorter than a header is what a tar reader fails on).
 fn check_tar(body: &[u8]) -> Result<(), String> {
-    let end = model::tar::entries(body)?.last().map_or(0, |e| e.next_at);
+    let end = crate::tar::entries(body)?.last().map_or(0, |e| e.next_at);
     match body.get(end..end + 512) {
         Some(block) if block.iter().all(|b| *b == 0) => Ok(()),
         None if end == body.len() => Ok(()),
@@ -393,7 +393,7 @@ fn blob(
 pub(crate) mod tests {
     use super::*;
 
-    use model::tar::build as tar;
+    use crate::tar::build as tar;
 
     fn sha256(bytes: &[u8]) -> String {
         hex::encode(Sha256::digest(bytes))
@@ -462,7 +462,7 @@ pub(crate) mod tests {
 
     /// `archive` with the body of `name` replaced.
     fn replaced(archive: &[u8], name: &str, body: &[u8]) -> Vec<u8> {
-        let entries = model::tar::entries(archive).expect("walks");
+        let entries = crate::tar::entries(archive).expect("walks");
         let kept: Vec<(String, Vec<u8>)> = entries
             .iter()
             .map(|e| {
@@ -476,7 +476,7 @@ pub(crate) mod tests {
 
     /// `archive` without the entry `name`.
     fn without(archive: &[u8], name: &str) -> Vec<u8> {
-        let entries = model::tar::entries(archive).expect("walks");
+        let entries = crate::tar::entries(archive).expect("walks");
         let kept: Vec<(&str, &[u8])> = entries
             .iter()
             .filter(|e| e.name != name)
@@ -502,10 +502,10 @@ pub(crate) mod tests {
         let config = config(&[&one, &one]);
         let manifest = br#"[{"Config":"c.json","Layers":["aa/layer.tar","bb/layer.tar"]}]"#;
         let with_link = |kind: u8, target: &str| {
-            let mut link = model::tar::header("bb/layer.tar", 0);
+            let mut link = crate::tar::header("bb/layer.tar", 0);
             link[156] = kind;
             link[157..157 + target.len()].copy_from_slice(target.as_bytes());
-            model::tar::set_checksum(&mut link);
+            crate::tar::set_checksum(&mut link);
             let mut archive = tar(&[("aa/layer.tar", &one), ("c.json", &config), ("manifest.json", manifest)]);
             archive.truncate(archive.len() - 1024);
             archive.extend_from_slice(&link);
@@ -530,7 +530,7 @@ pub(crate) mod tests {
 
     /// The text of `name` in `archive`.
     fn text_of(archive: &[u8], name: &str) -> String {
-        let entries = model::tar::entries(archive).expect("walks");
+        let entries = crate::tar::entries(archive).expect("walks");
         let e = entries.iter().find(|e| e.name == name).expect("the entry");
         String::from_utf8(archive[e.header_at + 512..e.header_at + 512 + e.size].to_vec()).expect("utf8")
     }
