@@ -7,6 +7,7 @@ mod cluster;
 mod containers;
 mod gateway;
 mod heal;
+mod isolation;
 mod oci;
 mod util;
 

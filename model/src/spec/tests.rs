@@ -242,8 +242,9 @@ fn network_with_names_other_apps_once() {
     assert!(!serde_json::to_string(&plain).expect("json").contains("network"));
     assert_eq!(serde_json::from_str::<AppSpec>(&json).expect("back"), spec);
 
-    let errors = AppSpec::from_toml(&format!("{base}[network]\nwith = [\"web\", \"Db\", \"db2\", \"db2\", 3]\nsize = 1\n"))
-        .expect_err("invalid");
+    let errors =
+        AppSpec::from_toml(&format!("{base}[network]\nwith = [\"web\", \"Db\", \"db2\", \"db2\", 3]\nsize = 1\n"))
+            .expect_err("invalid");
     let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(
         paths,
