@@ -85,9 +85,13 @@ impl Family {
 pub struct Firewall {
     config: FirewallConfig,
     /// What our chains held right after this process last wrote them, per family, as
-    /// `iptables-save` prints them: a check compares against it.
-    written: tokio::sync::Mutex<Vec<(Family, Vec<String>)>>,
+    /// `iptables-save` prints them, and the resolvers they were written for: a check compares
+    /// against both (a changed resolv.conf is a rewrite too).
+    written: tokio::sync::Mutex<Vec<Written>>,
 }
+
+/// One family's chains as last written (`iptables-save` lines), and the resolvers they let through.
+type Written = (Family, Vec<String>, Vec<IpAddr>);
 
 /// One process's nodes take turns at the tables (`fluxplane dev` runs six).
 static TABLES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -138,16 +142,21 @@ impl Firewall {
         for attempt in 0..3 {
             let table = self.save(family).await?;
             let ours = self.chains_in(&table);
-            let written = self.written.lock().await.iter().find(|(f, _)| *f == family).map(|(_, r)| r.clone());
-            let plan = self.plan(family, &table, resolvers, written.as_deref() == Some(&ours[..]));
+            let current = self
+                .written
+                .lock()
+                .await
+                .iter()
+                .any(|(f, rules, written_for)| *f == family && *rules == ours && written_for == resolvers);
+            let plan = self.plan(family, &table, resolvers, current);
             let Some(script) = plan else { return Ok(()) };
             match self.restore(family, &script).await {
                 Ok(()) => {
                     tracing::info!(?family, "isolation rules installed");
                     let now = self.chains_in(&self.save(family).await?);
                     let mut written = self.written.lock().await;
-                    written.retain(|(f, _)| *f != family);
-                    written.push((family, now));
+                    written.retain(|(f, _, _)| *f != family);
+                    written.push((family, now, resolvers.to_vec()));
                     return Ok(());
                 }
                 Err(e) if attempt == 2 => return Err(e),
@@ -276,7 +285,7 @@ impl Firewall {
             {
                 failed.push(e);
             }
-            self.written.lock().await.retain(|(f, _)| *f != family);
+            self.written.lock().await.retain(|(f, _, _)| *f != family);
         }
         match failed.is_empty() {
             true => Ok(()),
