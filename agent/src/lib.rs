@@ -514,7 +514,16 @@ async fn capability_loop(agent: Agent) {
 
 /// Whether an instance started for `a` still runs what `b` asks for.
 fn same_run(a: &Assignment, b: &Assignment) -> bool {
-    a.spec_height == b.spec_height && a.secrets_version == b.secrets_version
+    a.spec_height == b.spec_height && a.secrets_version == b.secrets_version && a.network_with == b.network_with
+}
+
+/// The run an instance started for `a` is: its spec, secrets and shared networks (the last
+/// change when the app it names is registered or gone, with the spec unchanged).
+fn run_of(a: &Assignment) -> String {
+    match a.network_with.is_empty() {
+        true => format!("{}.{}", a.spec_height, a.secrets_version),
+        false => format!("{}.{}.{}", a.spec_height, a.secrets_version, a.network_with.join(",")),
+    }
 }
 
 /// Starts every component of `a`; on a failure, stops those already started.
@@ -591,7 +600,7 @@ async fn start_component(
         node: owner(&config.node_id, &config.key),
         app: a.app.clone(),
         instance: a.id.clone(),
-        run: format!("{}.{}", a.spec_height, a.secrets_version),
+        run: run_of(a),
         component: c.clone(),
         artifact,
         env,
@@ -599,6 +608,7 @@ async fn start_component(
         ports: agent.ports.clone(),
         limits: Limits::of(c, config.request_deadline, config.stop_grace),
         logs,
+        network_with: a.network_with.clone(),
     };
     runtime.start(spec).await.map_err(|e| match e {
         StartError::Unavailable(why) => anyhow::anyhow!("component {}: {capability} is unavailable: {why}", c.name),

@@ -33,6 +33,7 @@ pub fn cloud(nodes: usize, apps: usize) -> ChainState {
     }
     for a in 0..apps {
         let spec = AppSpec {
+            network: Default::default(),
             name: format!("app{a}"),
             description: String::new(),
             instances: 4,

@@ -149,6 +149,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             key: Some(dev_node_key(&wallet, &n.id)),
             cache: Some(cache.clone()),
             docker_socket: args.docker_socket.clone(),
+            iptables: None,
             daemon: daemon.clone(),
         }
         .build()

@@ -171,6 +171,9 @@ pub struct AppView {
     pub shortfall: BTreeMap<String, String>,
     /// Components.
     pub components: Vec<ComponentSpec>,
+    /// The apps whose networks its containers join too, as the spec asks.
+    #[serde(default, skip_serializing_if = "crate::spec::NetworkSpec::is_empty")]
+    pub network: crate::spec::NetworkSpec,
     /// Regions whose shard could not be asked; their placements are missing from this view.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub unreachable: BTreeMap<String, String>,
@@ -735,6 +738,10 @@ pub struct Assignment {
     /// The app's owner: the only key whose requests for its logs the node answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<PublicKeyHex>,
+    /// Apps whose networks the instance's containers join too: those its spec names in
+    /// `network.with` that exist and have the same owner (the control plane checks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_with: Vec<AppName>,
 }
 
 /// A request for an instance's logs, signed by its app's owner and sent to the node that runs

@@ -75,6 +75,8 @@ pub struct FluxSpec {
     pub geolocation: Vec<GeoRule>,
     /// Lease in blocks.
     pub expire: u32,
+    /// The apps named by a `networkWith:[a,b]` token in the description, as FluxOS reads it.
+    pub network_with: Vec<String>,
 }
 
 /// One component of a Flux v8 spec.
@@ -169,19 +171,24 @@ impl FluxSpec {
                 traffic: Default::default(),
             });
         }
+        let name = self.name.to_ascii_lowercase();
+        // FluxOS ignores a link to the app itself; names are case-insensitive there.
+        let with = self.network_with.iter().map(|n| n.to_ascii_lowercase()).filter(|n| *n != name).collect();
         let spec = AppSpec {
-            name: self.name.to_ascii_lowercase(),
+            name,
             description: self.description.clone(),
             instances: self.instances,
             geolocation: self.geolocation.clone(),
             expire: self.expire,
             components,
+            network: crate::spec::NetworkSpec { with },
         };
         // What Flux allows and our manifest does not (an env name with a dot, say), by our
         // paths, with the Flux field they came from.
         if let Err(ours) = spec.validate() {
             for e in ours.0 {
                 let path = e.path.replacen("component[", "compose[", 1).replace(".image", ".repotag");
+                let path = if path.starts_with("network.with") { "description".to_string() } else { path };
                 errors.push(path, e.message);
             }
         }
@@ -255,7 +262,52 @@ fn read_app(app: &Map<String, Value>, errors: &mut ValidationErrors) -> FluxSpec
         _ => errors.push("compose", "must be an array of 1 to 10 components"),
     }
     check_app_wide(&compose, errors);
-    FluxSpec { name, description, owner, compose, instances: instances as u32, geolocation, expire: expire as u32 }
+    let network_with = parse_network_with(&description);
+    FluxSpec {
+        name,
+        description,
+        owner,
+        compose,
+        instances: instances as u32,
+        geolocation,
+        expire: expire as u32,
+        network_with,
+    }
+}
+
+/// The apps named by FluxOS's `networkWith` token in a description (v8.17,
+/// `appNetworkLinker.js`): the first `networkWith`, in any case, starting a word and followed
+/// by `:` or `=` and a bracketed, comma-separated list (`networkWith:[appA, "appB"]`). Quotes
+/// around names are dropped; names that are not app names, and repeats, are skipped as FluxOS
+/// skips them. No token, or a malformed one, names nothing.
+pub fn parse_network_with(description: &str) -> Vec<String> {
+    const KEY: &str = "networkwith";
+    let lower = description.to_ascii_lowercase();
+    let is_word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut from = 0;
+    while let Some(found) = lower.get(from..).and_then(|rest| rest.find(KEY)) {
+        let start = from + found;
+        from = start + KEY.len();
+        if start > 0 && lower.as_bytes().get(start - 1).copied().is_some_and(is_word) {
+            continue;
+        }
+        let rest = description.get(from..).unwrap_or_default().trim_start();
+        let Some(rest) = rest.strip_prefix([':', '=']) else { continue };
+        let Some(rest) = rest.trim_start().strip_prefix('[') else { continue };
+        let Some((list, _)) = rest.split_once(']') else { continue };
+        let mut names: Vec<String> = Vec::new();
+        for raw in list.split(',') {
+            let name = raw.trim().trim_matches(['"', '\'']).trim();
+            let flux_name = name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+                && name.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+            if flux_name && !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+                names.push(name.to_string());
+            }
+        }
+        return names;
+    }
+    Vec::new()
 }
 
 fn read_component(c: &Map<String, Value>, at: &str, errors: &mut ValidationErrors) -> FluxComponent {

@@ -39,6 +39,7 @@ mod tests {
 
     fn spec(instances: u32, expire: u32, cpu_tenths: u32, ram_mb: u32, hdd_gb: u32) -> AppSpec {
         AppSpec {
+            network: Default::default(),
             name: "p".into(),
             description: String::new(),
             instances,

@@ -56,6 +56,31 @@ pub struct AppSpec {
     pub expire: u32,
     /// The workloads of each instance.
     pub components: Vec<ComponentSpec>,
+    /// Which network its containers share. Skipped when empty, so a spec that sets none
+    /// serializes as it did before networks existed: signatures and block hashes cover this JSON.
+    #[serde(default, skip_serializing_if = "NetworkSpec::is_empty")]
+    pub network: NetworkSpec,
+}
+
+/// Most apps one app may share networks with.
+pub const MAX_NETWORK_WITH: usize = 10;
+
+/// An app's network: its containers are on a network of their own, which no other app's
+/// containers reach, unless it names apps of the same owner to share with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    /// Apps whose networks this app's containers join too (`[network] with = ["db"]` in a
+    /// manifest, `networkWith:[db]` in a Flux description). Honoured only for apps of the same
+    /// owner; the control plane drops any other name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub with: Vec<String>,
+}
+
+impl NetworkSpec {
+    /// Whether it asks for nothing beyond the app's own network.
+    pub fn is_empty(&self) -> bool {
+        self.with.is_empty()
+    }
 }
 
 /// One workload of an app.
@@ -334,6 +359,26 @@ impl AppSpec {
                 }
             }
         }
+        self.network.check(&self.name, errors);
+    }
+}
+
+impl NetworkSpec {
+    fn check(&self, app: &str, errors: &mut ValidationErrors) {
+        if self.with.len() > MAX_NETWORK_WITH {
+            errors.push("network.with", format!("at most {MAX_NETWORK_WITH} apps"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, other) in self.with.iter().enumerate() {
+            let at = format!("network.with[{i}]");
+            if let Err(m) = check_name(other) {
+                errors.push(at, format!("`{other}` is not an app name: it {m}"));
+            } else if other == app {
+                errors.push(at, "an app is always on its own network; name other apps");
+            } else if !seen.insert(other.as_str()) {
+                errors.push(at, format!("`{other}` is named twice"));
+            }
+        }
     }
 }
 
@@ -549,7 +594,8 @@ impl std::error::Error for ValidationErrors {}
 
 fn parse_table(table: &toml::Table, errors: &mut ValidationErrors) -> AppSpec {
     // `secrets` never reaches the spec (see [`manifest_secrets`]).
-    const KNOWN: [&str; 7] = ["name", "description", "instances", "geolocation", "expire", "component", "secrets"];
+    const KNOWN: [&str; 8] =
+        ["name", "description", "instances", "geolocation", "expire", "component", "network", "secrets"];
     for key in table.keys().filter(|k| !KNOWN.contains(&k.as_str())) {
         errors.push(key.as_str(), format!("unknown field (expected one of {})", KNOWN.join(", ")));
     }
@@ -585,7 +631,33 @@ fn parse_table(table: &toml::Table, errors: &mut ValidationErrors) -> AppSpec {
         }
         Some(_) => errors.push("component", "must be an array of tables ([[component]])"),
     }
-    AppSpec { name, description, instances, geolocation, expire, components }
+    let network = parse_network(table.get("network"), errors);
+    AppSpec { name, description, instances, geolocation, expire, components, network }
+}
+
+fn parse_network(value: Option<&toml::Value>, errors: &mut ValidationErrors) -> NetworkSpec {
+    let mut network = NetworkSpec::default();
+    let Some(value) = value else { return network };
+    let Some(table) = value.as_table() else {
+        errors.push("network", "must be a table: [network] with = [\"other-app\"]");
+        return network;
+    };
+    for key in table.keys().filter(|k| k.as_str() != "with") {
+        errors.push(format!("network.{key}"), "unknown field (expected with)");
+    }
+    match table.get("with") {
+        None => {}
+        Some(toml::Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                match item.as_str() {
+                    Some(name) => network.with.push(name.to_string()),
+                    None => errors.push(format!("network.with[{i}]"), "must be an app name (a string)"),
+                }
+            }
+        }
+        Some(_) => errors.push("network.with", "must be an array of app names, e.g. [\"db\"]"),
+    }
+    network
 }
 
 fn parse_component(t: &toml::Table, at: &str, errors: &mut ValidationErrors) -> ComponentSpec {

@@ -7,7 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, PortBinding, RestartPolicy};
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, HostConfigLogConfig, NetworkConnectRequest, PortBinding,
+    RestartPolicy,
+};
 use bollard::query_parameters as q;
 use futures::StreamExt;
 use model::spec::OciWorkload;
@@ -48,7 +51,7 @@ fn container_name(spec: &StartSpec) -> String {
 pub(crate) struct NameLocks(Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>);
 
 impl NameLocks {
-    async fn hold(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    pub(crate) async fn hold(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {
             let mut locks = self.0.lock().unwrap_or_else(|e| e.into_inner());
             // Forget the locks nobody holds or waits for, so the map stays as small as the
@@ -70,7 +73,7 @@ fn labels(spec: &StartSpec) -> HashMap<String, String> {
     ])
 }
 
-fn is_not_found(e: &bollard::errors::Error) -> bool {
+pub(crate) fn is_not_found(e: &bollard::errors::Error) -> bool {
     matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
 }
 
@@ -97,6 +100,9 @@ pub(crate) struct OciInstance {
     /// Its name, whose lock a stop holds.
     name: String,
     names: NameLocks,
+    /// The networks it is on, its own app's first; a stop removes those it leaves empty.
+    networks: Vec<String>,
+    network_locks: NameLocks,
     component: String,
     endpoints: Vec<Endpoint>,
     /// The container port of the main endpoint, and the health path.
@@ -107,6 +113,38 @@ pub(crate) struct OciInstance {
     stopping: watch::Sender<bool>,
 }
 
+/// The locks a runtime's containers take turns by.
+#[derive(Clone, Default)]
+pub(crate) struct Locks {
+    /// One per container name.
+    pub(crate) names: NameLocks,
+    /// One per network name: a network is made, joined and removed in turns.
+    pub(crate) networks: NameLocks,
+}
+
+/// Holds the locks of `networks`, in name order, so that two starts never wait on each other
+/// crosswise.
+async fn hold_all(locks: &NameLocks, networks: &[String]) -> Vec<tokio::sync::OwnedMutexGuard<()>> {
+    let mut sorted = networks.to_vec();
+    sorted.sort();
+    let mut held = Vec::new();
+    for n in &sorted {
+        held.push(locks.hold(n).await);
+    }
+    held
+}
+
+/// The networks a container of `spec` is on: its app's own first, then those it shares.
+fn networks_of(spec: &StartSpec) -> Vec<(String, String)> {
+    let mut apps = vec![spec.app.clone()];
+    for other in &spec.network_with {
+        if !apps.contains(other) {
+            apps.push(other.clone());
+        }
+    }
+    apps.into_iter().map(|app| (crate::network::network_name(&spec.node, &app), app)).collect()
+}
+
 /// Starts the container for `spec`, or adopts the one an earlier process of this node left
 /// running for the very same run.
 pub(crate) async fn start(
@@ -114,21 +152,38 @@ pub(crate) async fn start(
     spec: &StartSpec,
     oci: &OciWorkload,
     image_id: &str,
-    names: &NameLocks,
+    locks: &Locks,
+    bridge_prefix: &str,
 ) -> Result<OciInstance, String> {
+    let names = &locks.names;
     let name = container_name(spec);
     let _turn = names.hold(&name).await;
+    let wanted = networks_of(spec);
+    let networks: Vec<String> = wanted.iter().map(|(n, _)| n.clone()).collect();
+    // Held until the container is on them (or gone), so that no sweep removes one meanwhile.
+    let _networks_held = hold_all(&locks.networks, &networks).await;
     match docker.inspect_container(&name, None).await {
         Ok(existing) => {
             let labels = existing.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
             let running = existing.state.as_ref().and_then(|s| s.running).unwrap_or(false);
             let same_run =
                 labels.get(LABEL_RUN) == Some(&spec.run) && labels.get(LABEL_INSTANCE) == Some(&spec.instance);
-            if same_run && running {
+            // On exactly its networks: one left from before app networks (on Docker's shared
+            // bridge) is made anew.
+            let mut on: Vec<String> = existing
+                .network_settings
+                .as_ref()
+                .and_then(|n| n.networks.as_ref())
+                .map(|n| n.keys().cloned().collect())
+                .unwrap_or_default();
+            on.sort();
+            let mut want_on = networks.clone();
+            want_on.sort();
+            if same_run && running && on == want_on {
                 let bound = existing.network_settings.as_ref().and_then(|n| n.ports.clone()).unwrap_or_default();
                 if let (Some(host_ports), Some(id)) = (adopted_ports(&bound, oci), existing.id.clone()) {
                     tracing::info!(container = %name, "adopting the container an earlier run of this node left");
-                    let instance = OciInstance::new(docker, id, name.clone(), names.clone(), spec, oci, &host_ports);
+                    let instance = OciInstance::new(docker, id, name.clone(), locks, networks, spec, oci, &host_ports);
                     instance.shared.running.store(true, std::sync::atomic::Ordering::Relaxed);
                     instance.supervise(spec.logs.clone(), true);
                     return Ok(instance);
@@ -140,24 +195,60 @@ pub(crate) async fn start(
         Err(e) if is_not_found(&e) => {}
         Err(e) => return Err(format!("asking the Docker engine about {name}: {e}")),
     }
-    let binds = volumes(&docker, spec, oci).await?;
+    for (_, app) in &wanted {
+        crate::network::ensure(&docker, &spec.node, app, bridge_prefix).await?;
+    }
+    let result = create_and_start(&docker, spec, oci, image_id, &name, &networks).await;
+    match result {
+        Ok((id, host_ports)) => {
+            let instance = OciInstance::new(docker, id, name.clone(), locks, networks, spec, oci, &host_ports);
+            instance.shared.running.store(true, std::sync::atomic::Ordering::Relaxed);
+            instance.supervise(spec.logs.clone(), false);
+            Ok(instance)
+        }
+        Err(e) => {
+            // Networks made for it alone go with it.
+            for network in &networks {
+                if let Err(e) = crate::network::remove_if_unused(&docker, network).await {
+                    tracing::warn!("{e}");
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Creates the container on `networks` (its own first) and starts it: its id and host ports.
+async fn create_and_start(
+    docker: &Docker,
+    spec: &StartSpec,
+    oci: &OciWorkload,
+    image_id: &str,
+    name: &str,
+    networks: &[String],
+) -> Result<(String, Vec<u16>), String> {
+    let binds = volumes(docker, spec, oci).await?;
     let mut last_error = String::new();
     for _ in 0..PORT_ATTEMPTS {
         let host_ports = pick_ports(spec, oci.ports.len())?;
-        let body = create_body(spec, oci, image_id, &host_ports, &binds);
-        let options = q::CreateContainerOptions { name: Some(name.clone()), ..Default::default() };
+        let body = create_body(spec, oci, image_id, &host_ports, &binds, &networks[0]);
+        let options = q::CreateContainerOptions { name: Some(name.to_string()), ..Default::default() };
         let created =
             docker.create_container(Some(options), body).await.map_err(|e| format!("creating the container: {e}"))?;
-        match docker.start_container(&created.id, None::<q::StartContainerOptions>).await {
-            Ok(()) => {
-                let instance =
-                    OciInstance::new(docker, created.id, name.clone(), names.clone(), spec, oci, &host_ports);
-                instance.shared.running.store(true, std::sync::atomic::Ordering::Relaxed);
-                instance.supervise(spec.logs.clone(), false);
-                return Ok(instance);
+        for other in &networks[1..] {
+            let request = NetworkConnectRequest {
+                container: created.id.clone(),
+                endpoint_config: Some(EndpointSettings::default()),
+            };
+            if let Err(e) = docker.connect_network(other, request).await {
+                remove(docker, &created.id).await?;
+                return Err(format!("joining network {other}: {e}"));
             }
+        }
+        match docker.start_container(&created.id, None::<q::StartContainerOptions>).await {
+            Ok(()) => return Ok((created.id, host_ports)),
             Err(e) => {
-                remove(&docker, &created.id).await?;
+                remove(docker, &created.id).await?;
                 last_error = e.to_string();
                 // Another process took a chosen port between the check and the start.
                 if last_error.contains("port is already allocated") || last_error.contains("address already in use") {
@@ -205,6 +296,7 @@ fn create_body(
     image_id: &str,
     host_ports: &[u16],
     binds: &[String],
+    network: &str,
 ) -> ContainerCreateBody {
     let port_bindings: HashMap<String, Option<Vec<PortBinding>>> = oci
         .ports
@@ -229,6 +321,8 @@ fn create_body(
         cap_add: Some(vec!["NET_BIND_SERVICE".into()]),
         security_opt: Some(vec!["no-new-privileges".into()]),
         port_bindings: Some(port_bindings),
+        // The app's own network, never Docker's shared bridge.
+        network_mode: Some(network.to_string()),
         binds: (!binds.is_empty()).then(|| binds.to_vec()),
         // Restarts are the supervisor's, with its backoff and its counts.
         restart_policy: Some(RestartPolicy {
@@ -280,11 +374,13 @@ async fn remove(docker: &Docker, name: &str) -> Result<(), String> {
 }
 
 impl OciInstance {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         docker: Docker,
         id: String,
         name: String,
-        names: NameLocks,
+        locks: &Locks,
+        networks: Vec<String>,
         spec: &StartSpec,
         oci: &OciWorkload,
         host_ports: &[u16],
@@ -303,7 +399,9 @@ impl OciInstance {
             docker,
             id,
             name,
-            names,
+            names: locks.names.clone(),
+            networks,
+            network_locks: locks.networks.clone(),
             component,
             endpoints,
             main_port: oci.ports.first().map(|p| p.container),
@@ -322,13 +420,14 @@ impl OciInstance {
     /// run state, each exit answered by a start after the backoff.
     fn supervise(&self, logs: LogBuffer, adopted: bool) {
         let (docker, name, shared) = (self.docker.clone(), self.id.clone(), self.shared.clone());
+        let network = self.networks.first().cloned().unwrap_or_default();
         let mut stopping = self.stopping.subscribe();
         tokio::spawn(async move {
             let mut backoff = BACKOFF_FIRST;
             let mut first = true;
             loop {
                 let started = Instant::now();
-                refresh_ip(&docker, &name, &shared).await;
+                refresh_ip(&docker, &name, &network, &shared).await;
                 // This run's output: an adopted container's recent past, else all of it since
                 // this start.
                 let tail = if first && adopted { ADOPTED_TAIL } else { "all" };
@@ -403,12 +502,14 @@ async fn wait_exit(docker: &Docker, name: &str) -> Option<(i64, bool)> {
     }
 }
 
-async fn refresh_ip(docker: &Docker, name: &str, shared: &Shared) {
+/// The container's address on its own network (`network`), which health checks go to.
+async fn refresh_ip(docker: &Docker, name: &str, network: &str, shared: &Shared) {
     let ip = match docker.inspect_container(name, None).await {
         Ok(c) => c
             .network_settings
             .and_then(|n| n.networks)
-            .and_then(|nets| nets.into_values().find_map(|e| e.ip_address.filter(|ip| !ip.is_empty())))
+            .and_then(|mut nets| nets.remove(network))
+            .and_then(|e| e.ip_address.filter(|ip| !ip.is_empty()))
             .and_then(|ip| ip.parse().ok()),
         Err(_) => None,
     };
@@ -493,6 +594,13 @@ impl Instance for OciInstance {
         }
         if let Err(e) = remove(&self.docker, &self.id).await {
             tracing::warn!("{e}");
+        }
+        // The app's last container on this node takes its network with it.
+        let _held = hold_all(&self.network_locks, &self.networks).await;
+        for network in &self.networks {
+            if let Err(e) = crate::network::remove_if_unused(&self.docker, network).await {
+                tracing::warn!("{e}");
+            }
         }
     }
 }

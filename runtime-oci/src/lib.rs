@@ -5,6 +5,11 @@
 //!   component and run. A node that starts again adopts the containers it still wants (same
 //!   run, still running) and the agent's sweep removes the rest, so nothing leaks even after a
 //!   `kill -9` of the node.
+//! - **Networks.** Each app's containers are on a network of their own per node
+//!   (`fluxplane.<node>.<app>`, labelled like the containers), made before the first starts
+//!   and removed with the last, and swept with them. Host rules ([`Firewall`]) keep app
+//!   networks from each other, from the host's own addresses and from private ranges; while
+//!   they cannot be installed, the runtime is unavailable and starts nothing.
 //! - **Lockdown.** Never privileged; every capability dropped but `NET_BIND_SERVICE`;
 //!   `no-new-privileges`; memory from `ram` with swap off, CPU from `cpu`, a pids limit, bounded
 //!   log files. The Docker socket is never mounted.
@@ -16,7 +21,9 @@
 //! Depends on `model` and `runtime`.
 
 mod container;
+mod firewall;
 mod images;
+mod network;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +34,7 @@ use model::spec::Workload;
 use runtime::{Instance, StartError, StartSpec};
 
 pub use container::{LABEL_APP, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_NODE, LABEL_RUN};
+pub use firewall::{Firewall, FirewallConfig};
 
 /// The Docker engine's socket when none is given.
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
@@ -43,14 +51,42 @@ pub struct OciRuntime {
     /// when the engine stops answering, so that a restarted engine is found again.
     client: Arc<std::sync::Mutex<Option<Docker>>>,
     images: Arc<images::Images>,
-    names: container::NameLocks,
+    locks: container::Locks,
+    firewall: Arc<Firewall>,
+    /// Whether the host rules were in place at the last check: until they are, nothing runs.
+    rules_in_place: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl OciRuntime {
     /// A runtime on the engine at `socket`. It connects when first used: an engine that is
     /// down (or not installed) now makes the runtime unavailable, never the node fail to start.
     pub fn new(socket: &str) -> Self {
-        Self { socket: socket.to_string(), client: Arc::default(), images: Arc::default(), names: Default::default() }
+        Self {
+            socket: socket.to_string(),
+            client: Arc::default(),
+            images: Arc::default(),
+            locks: Default::default(),
+            firewall: Arc::new(Firewall::new(FirewallConfig::default())),
+            rules_in_place: Arc::default(),
+        }
+    }
+
+    /// The same, its host rules installed as `config` says.
+    pub fn with_firewall(self, config: FirewallConfig) -> Self {
+        Self { firewall: Arc::new(Firewall::new(config)), ..self }
+    }
+
+    /// Checks the host rules, installing what is missing; why they cannot be in place.
+    async fn ensure_rules(&self) -> Result<(), String> {
+        let checked = self.firewall.ensure().await;
+        let ok = checked.is_ok();
+        let was = self.rules_in_place.swap(ok, std::sync::atomic::Ordering::Relaxed);
+        match &checked {
+            Err(e) if was => tracing::warn!("containers would reach their neighbours: {e}"),
+            Ok(()) if !was => tracing::info!("isolation rules in place"),
+            _ => {}
+        }
+        checked.map_err(|e| format!("containers would reach their neighbours: {e}"))
     }
 
     fn cached(&self) -> std::sync::MutexGuard<'_, Option<Docker>> {
@@ -86,13 +122,15 @@ impl runtime::Runtime for OciRuntime {
             Ok(d) => d,
             Err(why) => return Some(why),
         };
-        match docker.ping().await {
-            Ok(_) => None,
-            Err(e) => {
-                *self.cached() = None;
-                Some(format!("the Docker engine at {} does not answer: {e}", self.socket))
-            }
+        if let Err(e) = docker.ping().await {
+            *self.cached() = None;
+            return Some(format!("the Docker engine at {} does not answer: {e}", self.socket));
         }
+        // Installed at the first check (node start), then checked by every sweep and start.
+        if self.rules_in_place.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        self.ensure_rules().await.err()
     }
 
     async fn start(&self, spec: StartSpec) -> Result<Box<dyn Instance>, StartError> {
@@ -100,14 +138,49 @@ impl runtime::Runtime for OciRuntime {
             return Err(StartError::Failed(format!("component {} is not a container", spec.component.name)));
         };
         let docker = self.engine().await.map_err(StartError::Unavailable)?;
+        // No container runs open to its neighbours.
+        self.ensure_rules().await.map_err(StartError::Unavailable)?;
         let image =
             self.images.resolve(&docker, &oci.image, spec.artifact.as_ref()).await.map_err(StartError::Failed)?;
-        let instance = container::start(docker, &spec, &oci, &image, &self.names).await.map_err(StartError::Failed)?;
+        let instance = container::start(docker, &spec, &oci, &image, &self.locks, self.firewall.bridge_prefix())
+            .await
+            .map_err(StartError::Failed)?;
         Ok(Box::new(instance))
     }
 
     async fn remove_others(&self, node: &str, keep: &[String]) -> anyhow::Result<usize> {
         let docker = self.engine().await.map_err(anyhow::Error::msg)?;
-        container::remove_others(&docker, node, keep).await
+        // The sweep checks the host rules too, and puts back what is missing.
+        let rules = self.ensure_rules().await;
+        let removed = container::remove_others(&docker, node, keep).await?;
+        let networks = network::sweep(&docker, node, &self.locks.networks).await.map_err(anyhow::Error::msg)?;
+        rules.map_err(anyhow::Error::msg)?;
+        Ok(removed + networks)
+    }
+
+    async fn shutdown(&self, node: &str) {
+        let Ok(docker) = self.engine().await else { return };
+        if let Err(e) = network::sweep(&docker, node, &self.locks.networks).await {
+            tracing::warn!("removing this node's networks: {e}");
+        }
+        // The rules serve every node on the machine: they go with the last app network.
+        let prefix = self.firewall.bridge_prefix().to_string();
+        let others = match network::bridged(&docker, &prefix).await {
+            Ok(left) => left,
+            Err(e) => return tracing::warn!("isolation rules kept: {e}"),
+        };
+        if !others.is_empty() {
+            return tracing::info!("isolation rules kept for {} app network(s) of other nodes", others.len());
+        }
+        match self.firewall.remove().await {
+            Ok(()) => tracing::info!("isolation rules removed: no app network is left on this machine"),
+            Err(e) => tracing::warn!("removing the isolation rules: {e}"),
+        }
+        // Another node made one meanwhile: it keeps its rules.
+        if network::bridged(&docker, &prefix).await.is_ok_and(|left| !left.is_empty())
+            && let Err(e) = self.firewall.ensure().await
+        {
+            tracing::warn!("{e}");
+        }
     }
 }

@@ -44,7 +44,9 @@ pub async fn run(runtime: &dyn Runtime, fixture: &Fixture) -> anyhow::Result<()>
     ensure!(runtime.unavailable().await.is_none(), "the runtime says it is unavailable");
     serves_logs_and_stops(runtime, fixture).await.context("start, serve, health, logs, stop")?;
     holds_to_memory_limit(runtime, fixture).await.context("memory limit")?;
-    survives_a_crash(runtime, fixture).await.context("crash")?;
+    let crash = survives_a_crash(runtime, fixture).await.context("crash");
+    runtime.shutdown(&fixture.node).await;
+    crash?;
     Ok(())
 }
 
@@ -61,6 +63,7 @@ fn spec(fixture: &Fixture, workload: &Workload, instance: &str, logs: &LogBuffer
         ports: fixture.ports.clone(),
         limits: Limits::of(&workload.component, Duration::from_secs(5), Duration::from_secs(2)),
         logs: logs.clone(),
+        network_with: Vec::new(),
     }
 }
 

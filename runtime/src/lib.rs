@@ -81,6 +81,9 @@ pub struct StartSpec {
     pub limits: Limits,
     /// Where its output goes. The agent owns it, so that output outlives a restart.
     pub logs: LogBuffer,
+    /// Apps of the same owner (checked by the control plane) whose networks a container joins
+    /// besides its own app's.
+    pub network_with: Vec<String>,
 }
 
 /// A port an instance serves on the host.
@@ -143,6 +146,11 @@ pub trait Runtime: Send + Sync + 'static {
     /// Removes everything this node left running that is not one of `keep` (instance ids),
     /// such as containers of instances unassigned while the node was down. Returns how many.
     async fn remove_others(&self, node: &str, keep: &[String]) -> anyhow::Result<usize>;
+
+    /// The node stops for good, its instances stopped: removes what the runtime set up on the
+    /// machine for them (a container runtime's networks, and its host rules once no other
+    /// node on the machine needs them).
+    async fn shutdown(&self, _node: &str) {}
 }
 
 /// One running component of one instance.

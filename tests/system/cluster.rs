@@ -610,6 +610,7 @@ pub fn eventually_value<T>(within: Duration, what: &str, mut f: impl FnMut() -> 
 /// An app spec with the hello module by hash.
 pub fn app_spec(name: &str, hash: &str, instances: u32) -> model::AppSpec {
     model::AppSpec {
+        network: Default::default(),
         name: name.into(),
         description: String::new(),
         instances,

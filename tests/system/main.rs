@@ -9,6 +9,7 @@ mod containers;
 mod domains;
 mod gateway;
 mod heal;
+mod isolation;
 mod oci;
 mod util;
 

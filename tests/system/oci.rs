@@ -32,7 +32,7 @@ impl BusyboxImage {
         std::fs::create_dir_all(root.join("bin")).expect("bin");
         std::fs::create_dir_all(root.join("www")).expect("www");
         std::fs::copy(BUSYBOX, root.join("bin/busybox")).expect("busybox");
-        for applet in ["sh", "httpd", "sleep", "echo"] {
+        for applet in ["sh", "httpd", "sleep", "echo", "nc"] {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("applet");
         }
         std::fs::write(root.join("www/index.html"), "hello from busybox\n").expect("index");
@@ -126,7 +126,7 @@ pub fn containers_labelled(label: &str, value: &str) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect()
 }
 
-/// Removes every container and volume carrying `label=value`, whatever the test left.
+/// Removes every container, volume and network carrying `label=value`, whatever the test left.
 pub struct LabelledCleanup {
     pub label: &'static str,
     pub value: String,
@@ -141,5 +141,51 @@ impl Drop for LabelledCleanup {
         for v in String::from_utf8_lossy(&out.stdout).split_whitespace() {
             let _ = docker(&["volume", "rm", "-f", v]);
         }
+        for n in networks_labelled(self.label, &self.value) {
+            // Containers of other apps that shared it are cut off first.
+            let out =
+                docker(&["network", "inspect", "--format", "{{range $id, $c := .Containers}}{{$id}} {{end}}", &n]);
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = docker(&["network", "disconnect", "-f", &n, id]);
+            }
+            let _ = docker(&["network", "rm", &n]);
+        }
+        remove_host_rules_if_unused();
     }
+}
+
+/// Removes the nodes' host rules (which killed nodes leave) once no app network is left on the
+/// engine, as the last node's graceful stop would.
+pub fn remove_host_rules_if_unused() {
+    let out = docker(&["network", "ls", "--filter", "label=fluxplane.node", "--format", "{{.Name}}"]);
+    if !out.status.success() {
+        return;
+    }
+    for network in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        let bridge = docker(&[
+            "network",
+            "inspect",
+            "--format",
+            "{{index .Options \"com.docker.network.bridge.name\"}}",
+            network,
+        ]);
+        if String::from_utf8_lossy(&bridge.stdout).trim().starts_with("fp-") {
+            return;
+        }
+    }
+    for tool in ["iptables", "ip6tables"] {
+        let run = |args: &[&str]| Command::new(tool).args(args).output().is_ok_and(|o| o.status.success());
+        while run(&["-D", "DOCKER-USER", "-i", "fp-+", "-j", "FLUXPLANE-ISOLATION"]) {}
+        while run(&["-D", "INPUT", "-i", "fp-+", "-j", "FLUXPLANE-INPUT"]) {}
+        for chain in ["FLUXPLANE-ISOLATION", "FLUXPLANE-INPUT"] {
+            run(&["-F", chain]);
+            run(&["-X", chain]);
+        }
+    }
+}
+
+/// The names of the networks carrying `label=value`.
+pub fn networks_labelled(label: &str, value: &str) -> Vec<String> {
+    let out = docker(&["network", "ls", "--format", "{{.Name}}", "--filter", &format!("label={label}={value}")]);
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect()
 }

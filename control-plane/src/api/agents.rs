@@ -107,6 +107,7 @@ pub(super) async fn heartbeat(State(api): State<Arc<Api>>, body: Bytes) -> Json<
                     secrets: Default::default(),
                     secrets_version: s.secrets.get(&p.app).map_or(0, |stored| stored.version),
                     owner: Some(app.owner.clone()),
+                    network_with: shared_networks(s, app),
                 })
             })
             .collect();
@@ -140,6 +141,19 @@ pub(super) async fn heartbeat(State(api): State<Arc<Api>>, body: Bytes) -> Json<
         tracing::debug!(region = %shard.region, node = %node_id, instance = %order.id, "told to stop: {}", order.reason);
     }
     Ok(axum::Json(answer))
+}
+
+/// The apps whose networks `app`'s containers join too: those its spec names that exist and
+/// have the same owner. Checked here, each time, because only the chain state knows who owns
+/// what now: a name registered later by another key shares nothing.
+fn shared_networks(s: &crate::state::ShardState, app: &model::chain::AppRecord) -> Vec<String> {
+    app.spec
+        .network
+        .with
+        .iter()
+        .filter(|name| s.chain.apps.get(*name).is_some_and(|other| other.owner == app.owner))
+        .cloned()
+        .collect()
 }
 
 /// `app`'s secrets, opened with the region's key and sealed to `node`'s box key. A value that

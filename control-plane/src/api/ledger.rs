@@ -73,6 +73,7 @@ pub(super) async fn submit_tx(
             }
         }
         check_feasible(&api, spec)?;
+        check_network_with(&api, spec, &stx.signer)?;
     }
     let tx_id = api.chain.submit(stx).await?;
     let height = if wait_applied { wait_applied_at(&api, &tx_id).await? } else { api.chain.tip().await?.height };
@@ -128,6 +129,34 @@ pub(super) fn check_feasible(api: &Api, spec: &model::AppSpec) -> Result<(), Api
     api.shard
         .read(|s| crate::scheduler::feasibility(spec, s.chain.nodes.values()))
         .map_err(|why| ApiError::new("infeasible", format!("`{}` cannot be placed: {why}", spec.name)))
+}
+
+/// Refuses a spec that asks to share the network of an app another key owns: it would never
+/// be honoured (see `agents::shared_networks`), and the owner should hear so now. A name no app
+/// has yet is accepted; it is shared only if the same owner registers it.
+pub(super) fn check_network_with(
+    api: &Api,
+    spec: &model::AppSpec,
+    signer: &model::keys::PublicKeyHex,
+) -> Result<(), ApiError> {
+    let foreign: Vec<String> = api.shard.read(|s| {
+        spec.network
+            .with
+            .iter()
+            .filter(|name| s.chain.apps.get(*name).is_some_and(|other| &other.owner != signer))
+            .cloned()
+            .collect()
+    });
+    match foreign.is_empty() {
+        true => Ok(()),
+        false => Err(ApiError::new(
+            "forbidden",
+            format!(
+                "network.with names {}, owned by another key: only apps of the same owner share a network",
+                foreign.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+            ),
+        )),
+    }
 }
 
 /// Waits until `tx_id` is in a block and this replica's shard has applied that block. A shard

@@ -248,6 +248,7 @@ fn local_app_view(api: &Api, name: &str) -> Result<AppView, ApiError> {
         placements,
         shortfall,
         components: record.spec.components,
+        network: record.spec.network,
         unreachable: BTreeMap::new(),
         routing,
         secrets: shard.read(|s| s.secrets.get(name).map(|v| v.values.keys().cloned().collect()).unwrap_or_default()),

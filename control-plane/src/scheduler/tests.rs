@@ -29,6 +29,7 @@ fn node(id: &str, region: &str, continent: &str, tier: Tier) -> NodeRecord {
 
 fn app(instances: u32, geo: &[&str], ram_mb: u32) -> AppSpec {
     AppSpec {
+        network: Default::default(),
         name: "a".into(),
         description: String::new(),
         instances,

@@ -66,6 +66,11 @@ pub struct NodeArgs {
     /// does not answer, the node takes no container and says why in its heartbeats.
     #[arg(long)]
     pub docker_socket: Option<PathBuf>,
+    /// The iptables binary the node keeps app networks apart with (default: `iptables` on
+    /// PATH; `iptables-save`, `iptables-restore` and the ip6tables ones beside it). Without
+    /// working rules (no iptables, not root) the node takes no container and says why.
+    #[arg(long)]
+    pub iptables: Option<PathBuf>,
 }
 
 impl NodeArgs {
@@ -84,6 +89,7 @@ impl NodeArgs {
             advertise: self.advertise.or(file.advertise),
             instance_ports: self.instance_ports.or(file.instance_ports),
             docker_socket: self.docker_socket.or(file.docker_socket),
+            iptables: self.iptables.or(file.iptables),
         }
     }
 }
@@ -136,6 +142,8 @@ pub struct Config {
     pub cache: Option<ComponentCache>,
     /// The Docker engine's socket.
     pub docker_socket: PathBuf,
+    /// The iptables binary for the host rules (`iptables` on PATH when `None`).
+    pub iptables: Option<PathBuf>,
     /// Timings.
     pub daemon: Arc<DaemonConfig>,
 }
@@ -160,6 +168,7 @@ impl Config {
             key: None,
             cache: None,
             docker_socket: args.docker_socket.unwrap_or_else(|| runtime_oci::DEFAULT_SOCKET.into()),
+            iptables: args.iptables,
             daemon,
         })
     }
@@ -211,7 +220,11 @@ impl Built {
     pub fn spawn(self) -> anyhow::Result<Running> {
         let Built { config, key, id, listener, engine, cache } = self;
         let socket = config.docker_socket.to_string_lossy().into_owned();
-        let oci = runtime_oci::OciRuntime::new(&socket);
+        let mut firewall = runtime_oci::FirewallConfig::default();
+        if let Some(path) = &config.iptables {
+            firewall.iptables = path.clone();
+        }
+        let oci = runtime_oci::OciRuntime::new(&socket).with_firewall(firewall);
         let runtimes =
             agent::Runtimes::default().with(Arc::new(runtime_wasm::WasmRuntime::new(cache))).with(Arc::new(oci));
         let capabilities = runtimes.capabilities();
@@ -265,6 +278,10 @@ impl Built {
                         tracing::warn!("removing this node's workloads at shutdown: {e:#}");
                     }
                 }
+            }
+            // Stopped for good: what the runtimes set up for its workloads goes too.
+            for runtime in leftovers.all() {
+                runtime.shutdown(&owner).await;
             }
             server.drain(Duration::from_secs(1)).await;
             if let Some(engine) = engine {

@@ -7,6 +7,7 @@ use crate::tier::FLUX;
 
 fn spec(name: &str) -> AppSpec {
     AppSpec {
+        network: Default::default(),
         name: name.into(),
         description: String::new(),
         instances: 3,

@@ -210,3 +210,34 @@ fn a_v8_spec_maps_onto_our_manifest() {
     let toml = "name = \"a\"\n[[component]]\nname = \"w\"\nwasm = \"a.wasm\"\n";
     assert_eq!(AppSpec::from_manifest(toml).expect("toml").name, "a");
 }
+
+#[test]
+fn network_with_is_read_from_the_description_as_fluxos_reads_it() {
+    let cases: [(&str, &[&str]); 9] = [
+        ("db and web: networkWith:[appA,appB]", &["appA", "appB"]),
+        ("NETWORKWITH = [ \"appA\" , 'appB' ]", &["appA", "appB"]),
+        ("networkWith:[appA, appa, bad_name, -dash, ok-2]", &["appA", "ok-2"]),
+        ("networkWith:[]", &[]),
+        ("no token here", &[]),
+        // Not at the start of a word, or without `:`/`=` and brackets: not a token.
+        ("xnetworkWith:[appA]", &[]),
+        ("networkWith appA", &[]),
+        ("networkWith:[appA", &[]),
+        // The first well-formed token counts.
+        ("networkWith: later networkWith=[b]", &["b"]),
+    ];
+    for (description, want) in cases {
+        assert_eq!(parse_network_with(description), want, "{description}");
+    }
+}
+
+#[test]
+fn network_with_becomes_the_specs_network_lowercased_without_itself() {
+    let mut v = valid();
+    v["description"] = json!("shares networkWith:[BusyWeb, Postgres]");
+    let spec = parse(&v).expect("valid").to_app_spec().expect("maps");
+    assert_eq!(spec.network.with, ["postgres"]);
+    // Without a token the spec serializes as before networks existed.
+    let plain = parse(&valid()).expect("valid").to_app_spec().expect("maps");
+    assert!(!serde_json::to_string(&plain).expect("json").contains("network"));
+}

@@ -229,3 +229,29 @@ fn container_component_mistakes_name_their_field() {
         assert_eq!(errors.0[0].path, path, "{body}: {errors}");
     }
 }
+
+#[test]
+fn network_with_names_other_apps_once() {
+    let base = "name = \"web\"\n[[component]]\nname = \"w\"\nwasm = \"a.wasm\"\n";
+    let spec = AppSpec::from_toml(&format!("{base}[network]\nwith = [\"db\", \"cache\"]\n")).expect("valid");
+    assert_eq!(spec.network.with, ["db", "cache"]);
+    let json = serde_json::to_string(&spec).expect("json");
+    assert!(json.contains(r#""network":{"with":["db","cache"]}"#), "{json}");
+    // Absent: nothing in the JSON, so earlier signatures and hashes stay the same.
+    let plain = AppSpec::from_toml(base).expect("valid");
+    assert!(!serde_json::to_string(&plain).expect("json").contains("network"));
+    assert_eq!(serde_json::from_str::<AppSpec>(&json).expect("back"), spec);
+
+    let errors =
+        AppSpec::from_toml(&format!("{base}[network]\nwith = [\"web\", \"Db\", \"db2\", \"db2\", 3]\nsize = 1\n"))
+            .expect_err("invalid");
+    let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["network.size", "network.with[4]", "network.with[0]", "network.with[1]", "network.with[3]"],
+        "{errors}"
+    );
+    assert!(errors.to_string().contains("always on its own network"), "{errors}");
+    let errors = AppSpec::from_toml(&format!("network = \"db\"\n{base}")).expect_err("invalid");
+    assert_eq!(errors.0[0].path, "network", "{errors}");
+}

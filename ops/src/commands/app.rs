@@ -618,6 +618,7 @@ async fn scale(cli: &Cli, api: &Client, name: &str, instances: u32) -> anyhow::R
     let (key, _) = keys::load(cli.key.as_ref())?;
     let app = api.app(name).await?;
     let spec = AppSpec {
+        network: app.network.clone(),
         name: app.name.clone(),
         description: app.description.clone(),
         instances,
