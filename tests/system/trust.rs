@@ -62,6 +62,22 @@ impl Drop for AddressProver {
 use crate::cluster::*;
 use crate::util::repo;
 
+/// The registration of node `eu-rogue` in Frankfurt, with `key`, on `address` and `ports`.
+fn rogue_start(key: &Keypair, address: std::net::IpAddr, instance_ports: PortRange) -> NodeStart {
+    NodeStart {
+        node_id: "eu-rogue".into(),
+        collateral: Tier::Cumulus.collateral(),
+        region: REGION.into(),
+        continent: "EU".into(),
+        country: "DE".into(),
+        geo: model::GeoPoint { lat: 50.0, lon: 8.0 },
+        capabilities: vec![Capability::Wasm],
+        node_key: key.public(),
+        address,
+        instance_ports,
+    }
+}
+
 /// One signed beat of `node`, reporting `instances`; the status and body of the answer.
 fn beat(url: &str, node: &str, key: &Keypair, instances: Vec<InstanceReport>) -> (u16, String) {
     beat_with_api(url, node, key, instances, None)
@@ -98,18 +114,7 @@ fn a_rogue_node_cannot_point_the_gateway_at_the_control_plane() {
 
     // The rogue registers honestly on chain: loopback, the default instance ports.
     let key = Keypair::generate();
-    let start = NodeStart {
-        node_id: "eu-rogue".into(),
-        collateral: Tier::Cumulus.collateral(),
-        region: REGION.into(),
-        continent: "EU".into(),
-        country: "DE".into(),
-        geo: model::GeoPoint { lat: 50.0, lon: 8.0 },
-        capabilities: vec![Capability::Wasm],
-        node_key: key.public(),
-        address: std::net::Ipv4Addr::LOCALHOST.into(),
-        instance_ports: PortRange::DEFAULT,
-    };
+    let start = rogue_start(&key, std::net::Ipv4Addr::LOCALHOST.into(), PortRange::DEFAULT);
     c.submit_applied(&[1], &c.wallet(), Tx::NodeStart(start)).expect("the rogue node on chain");
 
     // An app, which only the rogue node can take.
@@ -939,18 +944,7 @@ fn a_node_cannot_take_another_address_and_gets_work_only_once_it_proves_its_own(
         nodes().into_iter().find(|n| n.id == "eu-n1").map(|n| (n.address, n.instance_ports))
     });
     let key = Keypair::generate();
-    let start = |address: std::net::IpAddr, instance_ports: PortRange| NodeStart {
-        node_id: "eu-rogue".into(),
-        collateral: Tier::Cumulus.collateral(),
-        region: REGION.into(),
-        continent: "EU".into(),
-        country: "DE".into(),
-        geo: model::GeoPoint { lat: 50.0, lon: 8.0 },
-        capabilities: vec![Capability::Wasm],
-        node_key: key.public(),
-        address,
-        instance_ports,
-    };
+    let start = |address: std::net::IpAddr, instance_ports: PortRange| rogue_start(&key, address, instance_ports);
     // eu-n1's own address and ports.
     let refused = c.submit_applied(&[1], &c.wallet(), Tx::NodeStart(start(honest.0, honest.1)));
     let err = refused.expect_err("another node's ports");
