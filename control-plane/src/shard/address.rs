@@ -16,6 +16,8 @@ use super::Shard;
 
 /// How long a challenge may take.
 const CHALLENGE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The largest answer read from a challenged address.
+const MAX_PROOF_BYTES: usize = 4096;
 /// The least time between two challenges of one node.
 const RETRY_AFTER: Duration = Duration::from_secs(3);
 
@@ -133,10 +135,15 @@ async fn challenge(node: &str, api: &str, nonce: &str) -> Result<AddressProof, S
     if !resp.status().is_success() {
         return Err(format!("{api} answered {}", resp.status()));
     }
-    // A proof is small; anything larger is not one.
-    let body = resp.bytes().await.map_err(|e| format!("reading the answer: {e}"))?;
-    if body.len() > 4096 {
-        return Err("the answer is too large to be a proof".into());
+    // A proof is small; anything larger is not one, and is not read on (the address is the
+    // node's to choose, so whatever answers there may be hostile).
+    let mut resp = resp;
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("reading the answer: {e}"))? {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_PROOF_BYTES {
+            return Err("the answer is too large to be a proof".into());
+        }
     }
     serde_json::from_slice(&body).map_err(|e| format!("the answer is not a proof: {e}"))
 }
