@@ -42,11 +42,18 @@ fn a_real_docker_save_passes_the_archive_check_and_a_tampered_one_does_not() {
     // the image.
     image.remove_from_engine();
 
-    // The busybox layer (the largest entry) with one byte changed: its digest no longer holds.
-    let (layer, _) = entries.iter().enumerate().max_by_key(|(_, e)| e.size).expect("entries");
+    // A layer of this image's own (the one holding `built.txt`, which names its tag; the
+    // busybox layer may be held by other tests' images, and the engine would not read it) with
+    // one byte changed: its digest no longer holds.
+    let marker = format!("built as {}", image.tag);
+    let at = archive.windows(marker.len()).position(|w| w == marker.as_bytes()).expect("built.txt in a layer");
+    let (layer, _) = entries
+        .iter()
+        .enumerate()
+        .find(|(_, e)| e.header_at + 512 <= at && at < e.header_at + 512 + e.size)
+        .expect("the layer holding built.txt");
     let mut changed = archive.clone();
-    let body_at = entries[layer].header_at + 512;
-    changed[body_at + entries[layer].size / 2] ^= 0xff;
+    changed[at] ^= 0xff;
     let err = control_plane::blobs::check_image_archive(&changed).expect_err("a changed layer");
     assert!(err.contains("hashes to sha256:"), "{err}");
     let changed_path = dir.path().join("changed.tar");

@@ -63,15 +63,18 @@ impl BusyboxImage {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::copy(BUSYBOX, dir.path().join("busybox")).expect("busybox");
         std::fs::write(dir.path().join("index.html"), "hello from busybox\n").expect("index");
+        let tag = format!("fluxplane-test/built:{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        // A file of this image's own, so its layers are not ones the engine holds from another
+        // image (a tampered copy of a held layer would load).
+        std::fs::write(dir.path().join("built.txt"), format!("built as {tag}\n")).expect("built.txt");
         let dockerfile = "FROM scratch\n\
                           COPY busybox /bin/busybox\n\
                           COPY index.html /www/index.html\n\
-                          COPY index.html /built.txt\n\
+                          COPY built.txt /built.txt\n\
                           RUN [\"/bin/busybox\", \"rm\", \"/built.txt\"]\n\
-                          COPY index.html /built.txt\n\
+                          COPY built.txt /built.txt\n\
                           CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-vv\", \"-p\", \"80\", \"-h\", \"/www\"]\n";
         std::fs::write(dir.path().join("Dockerfile"), dockerfile).expect("Dockerfile");
-        let tag = format!("fluxplane-test/built:{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         // The classic builder: one layer per step, the same on every engine (BuildKit, where
         // installed, may merge or skip layers).
         let out = Command::new("docker")
